@@ -1,0 +1,352 @@
+# Files → Istio resources, with every problem pinned to a file, a line and a `$.spec…` path.
+#
+# Rules:
+# - Paths may be files or directories; directories are walked recursively in sorted order, keeping
+#   `.yaml`, `.yml` and `.json` files and skipping names that start with "." (Kubernetes ConfigMap mounts
+#   keep their real files in `..2024_…` folders behind `..data` symlinks; the visible names are enough).
+# - A file holds one or more YAML documents (JSON is read as YAML); a document is one object or a kubectl
+#   `List` (`kind: List` / `…List` with `items`). Empty documents are ignored.
+# - Objects of the networking.istio.io group (v1alpha3, v1beta1, v1) of kinds Gateway, VirtualService,
+#   DestinationRule and ServiceEntry are decoded strictly (edge/istio.py). Anything else (Deployment,
+#   Service, Gateway API objects, other Istio kinds) is skipped with a note.
+# - `metadata.namespace` defaults to "default". `metadata.name` is required.
+# - Load order = sorted file path order, then document order; it is the creation order of resources that
+#   carry no `metadata.creationTimestamp`.
+# - Fields that only mean something inside a Kubernetes mesh are accepted and produce a warning saying they
+#   have no effect here: a file pasted from istio.io must not fail because of them.
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import yaml
+
+from edge import istio
+from edge.errors import ERROR, NOTE, WARNING, Diagnostic
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+DEFAULT_NAMESPACE = "default"
+
+_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# Keys that are mesh- or Kubernetes-only wherever they appear in a spec, with why they do nothing here.
+MESH_ONLY_KEYS: dict[str, str] = {
+    "exportTo": "namespace visibility is a Kubernetes mesh setting; every resource is visible here",
+    "sourceLabels": "sidecar source selectors have no effect at a gateway that has no such labels",
+    "sourceNamespace": "sidecar source selectors have no effect at a standalone gateway",
+    "destinationSubnets": "destination subnets only apply to sidecars",
+    "sourceSubnet": "source subnets only apply to sidecars",
+    "workloadSelector": "workload selectors pick Kubernetes workloads; this gateway has none",
+    "localityLbSetting": "locality load balancing needs mesh topology; endpoints are balanced without it",
+    "zoneAwareLbSetting": "zone-aware load balancing needs mesh topology; endpoints are balanced without it",
+    "retryRemoteLocalities": "locality-aware retries need mesh topology",
+    "network": "multi-network routing is a mesh feature",
+    "serviceAccount": "workload identities are a mesh feature",
+    "locality": "locality is a mesh feature",
+    "location": "MESH_INTERNAL/EXTERNAL only changes mesh mTLS and policy",
+    "caCertCredentialName": "not supported yet; put ca.crt in the credentialName folder instead",
+}
+
+
+@dataclass
+class LoadResult:
+    resources: list[istio.Resource] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.severity == ERROR for d in self.diagnostics)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == WARNING]
+
+
+def find_config_files(paths: list[str]) -> tuple[list[str], list[Diagnostic]]:
+    files: list[str] = []
+    problems: list[Diagnostic] = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, names in os.walk(path, followlinks=True):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(names):
+                    if not name.startswith(".") and name.endswith(CONFIG_SUFFIXES):
+                        files.append(os.path.join(root, name))
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            problems.append(Diagnostic(severity=ERROR, file=path, message="no such file or directory"))
+    # Sorted overall so that creation order does not depend on the order paths were given in.
+    return sorted(dict.fromkeys(files)), problems
+
+
+def load_paths(paths: list[str]) -> LoadResult:
+    files, problems = find_config_files(paths)
+    result = LoadResult(diagnostics=problems, files=files)
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            result.diagnostics.append(Diagnostic(severity=ERROR, file=path, message=f"cannot read: {exc}"))
+            continue
+        load_text(text, path, result)
+    return result
+
+
+def load_text(text: str, path: str, result: LoadResult) -> None:
+    """Parse one file's text and append its resources and diagnostics to `result`."""
+    try:
+        nodes = [n for n in yaml.compose_all(text, Loader=_YamlLoader) if n is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        reason = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        message = f"invalid YAML: {context + ', ' if context else ''}{reason}"
+        result.diagnostics.append(Diagnostic(severity=ERROR, file=path, line=line, message=message))
+        return
+    multi = len(nodes) > 1
+    for index, node in enumerate(nodes):
+        try:
+            obj = yaml.constructor.SafeConstructor().construct_document(node)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else node.start_mark.line + 1
+            result.diagnostics.append(Diagnostic(severity=ERROR, file=path, line=line, message=f"invalid YAML: {exc}"))
+            continue
+        _load_object(obj, node, path, index, multi, result)
+
+
+def _load_object(obj: Any, node: yaml.Node, path: str, doc: int, multi: bool, result: LoadResult) -> None:
+    line0 = node.start_mark.line + 1
+    if obj is None:
+        return
+    if not isinstance(obj, dict):
+        result.diagnostics.append(
+            Diagnostic(severity=ERROR, file=path, line=line0, message="expected a Kubernetes object (a mapping)")
+        )
+        return
+    kind = obj.get("kind")
+    items = obj.get("items")
+    if isinstance(kind, str) and kind.endswith("List") and isinstance(items, list):
+        items_node = _child(node, "items")
+        for i, item in enumerate(items):
+            item_node = _child(items_node, i) if items_node is not None else node
+            _load_object(item, item_node if item_node is not None else node, path, doc, multi, result)
+        return
+
+    api_version = obj.get("apiVersion")
+    where = f" (document {doc + 1})" if multi else ""
+    if not isinstance(kind, str) or not isinstance(api_version, str):
+        result.diagnostics.append(
+            Diagnostic(severity=ERROR, file=path, line=line0, message=f"object{where} has no kind/apiVersion")
+        )
+        return
+    group, _, version = api_version.rpartition("/")
+    if group != istio.API_GROUP or kind not in istio.SPEC_TYPES:
+        result.diagnostics.append(
+            Diagnostic(severity=NOTE, file=path, line=line0, message=f"skipped {kind} ({api_version}){where}: not a resource edge serves")
+        )
+        return
+    if version not in istio.API_VERSIONS:
+        result.diagnostics.append(
+            Diagnostic(
+                severity=ERROR,
+                file=path,
+                line=_line(node, ["apiVersion"]),
+                message=f"{kind}: apiVersion {api_version} is not one of " + ", ".join(f"{istio.API_GROUP}/{v}" for v in istio.API_VERSIONS),
+            )
+        )
+        return
+
+    metadata = obj.get("metadata") or {}
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str) or not metadata.get("name"):
+        result.diagnostics.append(
+            Diagnostic(severity=ERROR, file=path, line=_line(node, ["metadata"]), message=f"{kind}{where}: metadata.name is required")
+        )
+        return
+    name = metadata["name"]
+    namespace = metadata.get("namespace") or DEFAULT_NAMESPACE
+    ref = f"{kind} {namespace}/{name}{where}"
+    if not isinstance(namespace, str):
+        result.diagnostics.append(Diagnostic(severity=ERROR, file=path, line=_line(node, ["metadata", "namespace"]), resource=ref, message="metadata.namespace must be a string"))
+        return
+
+    spec = obj.get("spec")
+    if spec is None:
+        result.diagnostics.append(Diagnostic(severity=ERROR, file=path, line=line0, resource=ref, path="$.spec", message="spec is required"))
+        return
+    spec_node = _child(node, "spec")
+    try:
+        decoded = istio.decode_spec(kind, spec)
+    except msgspec.ValidationError as exc:
+        json_path, line, message = _explain_validation_error(str(exc), spec, spec_node, line0)
+        result.diagnostics.append(Diagnostic(severity=ERROR, file=path, line=line, resource=ref, path=json_path, message=message))
+        return
+
+    for json_path, key_line, why in _mesh_only_fields(spec, spec_node, "$.spec"):
+        result.diagnostics.append(Diagnostic(severity=WARNING, file=path, line=key_line, resource=ref, path=json_path, message=f"has no effect here: {why}"))
+
+    timestamp = metadata.get("creationTimestamp") or ""
+    if not isinstance(timestamp, str):  # YAML may have turned an unquoted timestamp into a datetime
+        timestamp = timestamp.isoformat().replace("+00:00", "Z")
+    labels = metadata.get("labels") or {}
+    annotations = metadata.get("annotations") or {}
+    result.resources.append(
+        istio.Resource(
+            kind=kind,
+            name=name,
+            namespace=namespace,
+            spec=decoded,
+            api_version=api_version,
+            labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+            annotations={str(k): str(v) for k, v in annotations.items()} if isinstance(annotations, dict) else {},
+            creation_timestamp=timestamp,
+            file=path,
+            line=line0,
+            document=doc,
+            order=len(result.resources),
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Error locations
+# ---------------------------------------------------------------------------------------------------------
+
+_MSGSPEC_ERROR = re.compile(r"^(?P<message>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.S)
+_PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
+_GOT_TYPE = re.compile(r"got `(\w+)`")
+
+_JSON_TYPE_NAMES = {str: "str", int: "int", float: "float", bool: "bool", list: "array", dict: "object", type(None): "null"}
+
+
+def _explain_validation_error(text: str, spec: Any, spec_node: yaml.Node | None, fallback_line: int) -> tuple[str, int, str]:
+    """msgspec's "Expected `int`, got `str` - at `$.http[0].weight`" → ("$.spec.http[0].weight", line, "expected int, got str")."""
+    m = _MSGSPEC_ERROR.match(text)
+    message = m.group("message") if m else text
+    tokens: list[str | int] = []
+    for name, index in _PATH_TOKEN.findall((m.group("path") or "$")[1:] if m else ""):
+        if name:
+            tokens.append(name)
+        elif index == "...":
+            tokens.append(...)  # type: ignore[arg-type]
+        else:
+            tokens.append(int(index))
+    got = _GOT_TYPE.search(message)
+    unknown = _UNKNOWN_FIELD.search(message)
+    resolved = _resolve_map_keys(spec, tokens, got.group(1) if got else None, unknown.group(1) if unknown else None)
+    if unknown:
+        resolved.append(unknown.group(1))
+    line = _line(spec_node, resolved) if spec_node is not None else fallback_line
+    json_path = "$.spec" + "".join(f"[{t}]" if isinstance(t, int) else f".{t}" for t in resolved)
+    message = message.replace("`", "").replace(" | null", "")
+    message = message[:1].lower() + message[1:]
+    if unknown:
+        message = f"unknown field {unknown.group(1)!r}"
+        json_path = json_path.rsplit(".", 1)[0] or "$.spec"
+    missing = _MISSING_FIELD.search(text)
+    if missing:
+        message = f"missing required field {missing.group(1)!r}"
+    return json_path, line, message
+
+
+def _resolve_map_keys(data: Any, tokens: list[Any], got_type: str | None, unknown: str | None) -> list[str | int]:
+    """Replace msgspec's `[...]` (a map key it does not name) by the key whose value holds the error."""
+    if not tokens:
+        return []
+    head, rest = tokens[0], tokens[1:]
+    if head is ...:
+        if not isinstance(data, dict):
+            return []
+        candidates = []
+        for key, value in data.items():
+            sub = _resolve_map_keys(value, rest, got_type, unknown)
+            if len(sub) == len(rest):
+                leaf = _walk(value, sub)
+                score = 0
+                if got_type is not None and _JSON_TYPE_NAMES.get(type(leaf)) == got_type:
+                    score = 2
+                if unknown is not None and isinstance(leaf, dict) and unknown in leaf:
+                    score = 2
+                candidates.append((score, str(key), sub))
+        if not candidates:
+            return []
+        score, key, sub = max(candidates, key=lambda c: c[0])
+        return [key, *sub]
+    if isinstance(head, int):
+        if isinstance(data, list) and 0 <= head < len(data):
+            return [head, *_resolve_map_keys(data[head], rest, got_type, unknown)]
+        return [head]
+    if isinstance(data, dict) and head in data:
+        return [head, *_resolve_map_keys(data[head], rest, got_type, unknown)]
+    return [head]
+
+
+def _walk(data: Any, tokens: list[str | int]) -> Any:
+    for t in tokens:
+        try:
+            data = data[t]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _child(node: yaml.Node | None, key: str | int) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode) and isinstance(key, str):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return v
+    if isinstance(node, yaml.SequenceNode) and isinstance(key, int) and 0 <= key < len(node.value):
+        return node.value[key]
+    return None
+
+
+def _line(node: yaml.Node | None, tokens: list[str | int]) -> int:
+    """Line of the deepest node the path reaches (the key's own line for the last mapping step)."""
+    if node is None:
+        return 0
+    line = node.start_mark.line + 1
+    for token in tokens:
+        if isinstance(node, yaml.MappingNode) and isinstance(token, str):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == token:
+                    line = k.start_mark.line + 1
+                    node = v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(token, int) and 0 <= token < len(node.value):
+            node = node.value[token]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+# Maps whose keys are the user's own (header names, labels): never read as field names.
+_USER_KEYED_MAPS = frozenset({"headers", "withoutHeaders", "queryParams", "labels", "selector", "matchLabels", "set", "add", "ports"})
+
+
+def _mesh_only_fields(data: Any, node: yaml.Node | None, path: str):
+    if isinstance(data, dict):
+        for key, value in data.items():
+            child_path = f"{path}.{key}"
+            if key in MESH_ONLY_KEYS and value not in (None, "", [], {}):
+                yield child_path, _line(node, [key]), MESH_ONLY_KEYS[key]
+            elif key not in _USER_KEYED_MAPS:
+                yield from _mesh_only_fields(value, _child(node, key), child_path)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _mesh_only_fields(value, _child(node, i), f"{path}[{i}]")

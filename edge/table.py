@@ -1,0 +1,343 @@
+# The compiled RoutingTable: what the supervisor publishes into shared memory and every worker serves.
+#
+# Rules:
+# - Frozen msgspec Structs, encoded with msgpack. Everything a worker needs is here; workers never see YAML.
+# - Everything that can be decided at compile time is decided here: Istio defaults applied, hosts lowercased,
+#   routes ordered and merged, weights of 0 dropped, percentages turned into parts per million, durations in
+#   seconds (0.0 = no limit), header names lowercased, clusters resolved (a missing cluster is the empty
+#   name "" and answers 503 NC).
+# - Workers build their per-table indexes (compiled regexes, lookup dicts) once per generation, never per
+#   request (workers/router.py).
+# - Deterministic: the same resources give byte-identical encodings (dicts are emitted with sorted keys).
+# - Layout changes bump TABLE_LAYOUT_VERSION; a worker refuses a table whose version it does not know.
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+TABLE_LAYOUT_VERSION = 1
+
+# StringMatcher kinds (a table, not an enum, so that msgpack stays small and workers index by int).
+MATCH_EXACT = 0
+MATCH_PREFIX = 1
+MATCH_REGEX = 2
+MATCH_PRESENT = 3  # header/query present with any value ({} or regex "*")
+
+# Route actions.
+ACTION_FORWARD = 0
+ACTION_REDIRECT = 1
+ACTION_DIRECT = 2
+
+# Listener protocols as the worker dispatches on them (workers/listeners.py keeps the handler table).
+PROTO_HTTP = "HTTP"  # plain HTTP/1.1 (Istio HTTP, HTTP2, GRPC, GRPC-WEB servers)
+PROTO_HTTPS = "HTTPS"  # TLS terminated, then HTTP; filter chains chosen by SNI
+PROTO_TLS = "TLS"  # passthrough by SNI (filter chains without TLS contexts) or terminated TCP
+PROTO_TCP = "TCP"  # opaque TCP
+
+UNLIMITED = 2**32 - 1  # Istio's default circuit-breaker thresholds
+
+
+class Frozen(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    pass
+
+
+class StringMatcher(Frozen):
+    kind: int
+    value: str = ""
+    ignore_case: bool = False
+
+
+class HeaderMatcher(Frozen):
+    # Lowercase header name; ":method", ":authority" and ":scheme" are the request's pseudo-headers.
+    name: str
+    matcher: StringMatcher
+    invert: bool = False  # withoutHeaders
+
+
+class QueryMatcher(Frozen):
+    name: str
+    matcher: StringMatcher
+
+
+class RouteMatch(Frozen):
+    # None = any path. ignore_case of the path matcher carries ignoreUriCase.
+    path: StringMatcher | None = None
+    headers: tuple[HeaderMatcher, ...] = ()
+    query: tuple[QueryMatcher, ...] = ()
+    name: str = ""
+
+
+class HeaderOps(Frozen):
+    set: tuple[tuple[str, str], ...] = ()  # overwrite or add; lowercase names
+    add: tuple[tuple[str, str], ...] = ()  # append
+    remove: tuple[str, ...] = ()
+
+
+class HeaderRules(Frozen):
+    request: HeaderOps | None = None
+    response: HeaderOps | None = None
+    # `:authority`/`host` set or added through request headers: a host rewrite (Istio turns it into one).
+    authority: str = ""
+
+
+class WeightedCluster(Frozen):
+    # Empty name: the destination does not resolve to a cluster (unknown host or subset) → 503 NC.
+    cluster: str
+    weight: int = 1
+    headers: HeaderRules | None = None
+    host: str = ""  # the destination host as written, for logs and explanations
+    # Consistent-hash policy from the DestinationRule of this destination (per route in Envoy).
+    hash_policy: HashPolicy | None = None
+
+
+class HashPolicy(Frozen):
+    kind: str  # "header" | "cookie" | "source_ip" | "query"
+    name: str = ""
+    cookie_path: str = ""
+    cookie_ttl_s: float = -1.0  # < 0: never generate the cookie; 0: session cookie
+    cookie_attributes: tuple[tuple[str, str], ...] = ()
+
+
+class Redirect(Frozen):
+    code: int = 301
+    scheme: str = ""  # "" = keep the request's scheme
+    authority: str = ""  # "" = keep the request's host
+    port: int = 0  # 0 = as FROM_PROTOCOL_DEFAULT (no port unless the request's host had none to keep)
+    port_from_request: bool = False  # derivePort: FROM_REQUEST_PORT (the listener port)
+    path: str = ""  # uri: replaces the whole path
+    prefix_rewrite: str | None = None  # replaces the matched prefix (route path match must be a prefix)
+
+
+class DirectResponse(Frozen):
+    status: int
+    body: bytes = b""
+
+
+class Rewrite(Frozen):
+    prefix: str | None = None  # `uri` with a prefix match: replaces the matched prefix
+    full_path: str | None = None  # `uri` with an exact/regex match or no match: replaces the whole path
+    regex: str | None = None  # uriRegexRewrite.match (RE2 syntax, compiled by workers)
+    regex_substitution: str = ""  # with \1 converted to Python's \g<1>
+    authority: str = ""
+
+
+class RetryPolicy(Frozen):
+    attempts: int = 0  # retries, not tries: at most 1 + attempts requests
+    per_try_timeout_s: float = 0.0
+    retry_on: tuple[str, ...] = ()
+    retriable_status_codes: tuple[int, ...] = ()
+    backoff_base_s: float = 0.025
+    ignore_previous_hosts: bool = True
+
+
+class Fault(Frozen):
+    delay_s: float = 0.0
+    delay_ppm: int = 0  # parts per million of requests delayed
+    abort_status: int = 0
+    abort_grpc_status: str = ""
+    abort_ppm: int = 0
+
+
+class Mirror(Frozen):
+    cluster: str
+    ppm: int = 1_000_000
+    host: str = ""
+
+
+class Cors(Frozen):
+    allow_origins: tuple[StringMatcher, ...] = ()
+    allow_methods: str = ""
+    allow_headers: str = ""
+    expose_headers: str = ""
+    max_age: str = ""
+    allow_credentials: bool = False
+    unmatched_preflights: str = "FORWARD"
+
+
+class Route(Frozen):
+    name: str = ""  # Envoy route name: HTTPRoute.name (+ "." + match name)
+    virtual_service: str = ""  # "namespace/name"
+    rule_index: int = 0  # index of the HTTPRoute inside its VirtualService (after delegate expansion)
+    match: RouteMatch = RouteMatch()
+    action: int = ACTION_FORWARD
+    clusters: tuple[WeightedCluster, ...] = ()
+    total_weight: int = 0
+    redirect: Redirect | None = None
+    direct: DirectResponse | None = None
+    rewrite: Rewrite | None = None
+    headers: HeaderRules | None = None
+    timeout_s: float = 0.0  # 0 = disabled (Istio's default)
+    retry: RetryPolicy | None = None
+    fault: Fault | None = None
+    mirrors: tuple[Mirror, ...] = ()
+    cors: Cors | None = None
+    stat_prefix: str = ""
+
+
+class VirtualHost(Frozen):
+    name: str  # "<domain>:<port>", like Istio's vhost names
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...] = ()
+    require_tls: bool = False  # Gateway tls.httpsRedirect: 301 to https before routing
+
+
+class RouteConfig(Frozen):
+    name: str  # "http.8080" or "https.443.https.my-gateway.default"
+    virtual_hosts: tuple[VirtualHost, ...] = ()
+    # Host lookup, Envoy's precedence: exact → longest "*.suffix" → "*". Keys are lowercase; suffix keys
+    # keep their leading dot (".example.com" for "*.example.com"). Values index virtual_hosts.
+    exact_hosts: dict[str, int] = {}
+    suffix_hosts: dict[str, int] = {}
+    wildcard_host: int = -1
+
+
+class ServerTLS(Frozen):
+    mode: str  # SIMPLE | MUTUAL | OPTIONAL_MUTUAL
+    cert_chain_file: str = ""
+    private_key_file: str = ""
+    ca_file: str = ""
+    crl_file: str = ""
+    credential_name: str = ""  # resolved against --credentials-dir by the worker's TLS layer
+    extra_certificates: tuple[tuple[str, str], ...] = ()  # (cert, key) of tlsCertificates/credentialNames
+    subject_alt_names: tuple[str, ...] = ()
+    verify_certificate_spki: tuple[str, ...] = ()
+    verify_certificate_hash: tuple[str, ...] = ()
+    min_version: str = "TLSV1_2"
+    max_version: str = "TLS_AUTO"
+    cipher_suites: tuple[str, ...] = ()
+    ecdh_curves: tuple[str, ...] = ()
+    insecure_skip_verify: bool = False
+
+
+class L4Route(Frozen):
+    virtual_service: str = ""
+    clusters: tuple[WeightedCluster, ...] = ()
+    total_weight: int = 0
+
+
+class FilterChain(Frozen):
+    # SNI names this chain answers (lowercase; "*.x" wildcards allowed); empty = any SNI, or none.
+    server_names: tuple[str, ...] = ()
+    server_name: str = ""  # Gateway Server.name / "<gateway>/<port name>" for stats
+    gateway: str = ""  # "namespace/name"
+    tls: ServerTLS | None = None  # None on passthrough chains
+    route_config: RouteConfig | None = None  # HTTPS: terminated HTTP
+    tcp: L4Route | None = None  # passthrough, or terminated non-HTTP (protocol TLS + SIMPLE)
+
+
+class Listener(Frozen):
+    name: str  # "<bind>_<port>", Istio's listener name, e.g. "0.0.0.0_80"
+    port: int  # the Gateway port.number
+    bind: str = "0.0.0.0"
+    protocol: str = PROTO_HTTP
+    route_config: RouteConfig | None = None  # PROTO_HTTP
+    filter_chains: tuple[FilterChain, ...] = ()  # PROTO_HTTPS / PROTO_TLS
+    tcp: L4Route | None = None  # PROTO_TCP
+    gateways: tuple[str, ...] = ()  # "namespace/name" of the Gateways contributing servers
+
+
+class Endpoint(Frozen):
+    address: str  # IP literal (or a DNS name before the supervisor resolved it)
+    port: int
+    weight: int = 1
+    labels: dict[str, str] = {}
+
+
+class ConnectionPool(Frozen):
+    max_connections: int = UNLIMITED
+    connect_timeout_s: float = 10.0
+    tcp_keepalive: tuple[int, float, float] | None = None  # (probes, time_s, interval_s); 0 = OS default
+    max_connection_duration_s: float = 0.0
+    tcp_idle_timeout_s: float = 3600.0
+    http1_max_pending_requests: int = UNLIMITED
+    http2_max_requests: int = UNLIMITED
+    max_requests_per_connection: int = 0  # 0 = unlimited
+    max_retries: int = UNLIMITED
+    idle_timeout_s: float = 3600.0
+
+
+class OutlierPolicy(Frozen):
+    consecutive_5xx: int = 5  # 0 = off
+    consecutive_gateway_errors: int = 0  # 0 = off
+    interval_s: float = 10.0
+    base_ejection_time_s: float = 30.0
+    max_ejection_percent: int = 10
+    min_health_percent: int = 0
+    error_codes: tuple[int, ...] = ()  # empty = all 5xx
+
+
+class UpstreamTLS(Frozen):
+    mode: str  # SIMPLE | MUTUAL
+    client_cert_file: str = ""
+    private_key_file: str = ""
+    ca_file: str = ""  # "" = the system trust store
+    credential_name: str = ""
+    subject_alt_names: tuple[str, ...] = ()
+    sni: str = ""  # "" = the request's Host
+    insecure_skip_verify: bool = False
+    crl_file: str = ""
+
+
+class Cluster(Frozen):
+    name: str  # "outbound|<port>|<subset>|<host>"
+    service: str  # the ServiceEntry host
+    port: int
+    subset: str = ""
+    protocol: str = ""  # ServicePort.protocol (HTTP, HTTPS, TCP, …)
+    resolution: str = "STATIC"  # STATIC | DNS | DNS_ROUND_ROBIN
+    endpoints: tuple[Endpoint, ...] = ()
+    lb_policy: str = "LEAST_REQUEST"  # ROUND_ROBIN | LEAST_REQUEST | RANDOM | PASSTHROUGH | CONSISTENT_HASH
+    hash_policy: HashPolicy | None = None
+    pool: ConnectionPool = ConnectionPool()
+    outlier: OutlierPolicy | None = None
+    tls: UpstreamTLS | None = None
+    dns_refresh_s: float = 60.0
+
+
+class Options(Frozen):
+    """Process-wide behaviour switches; the supervisor fills them from flags and environment."""
+
+    server_header: str = "istio-envoy"  # `server` on every response; "" = pass the upstream's through
+    accept_http10: bool = True  # False reproduces Istio's 426 for HTTP/1.0 (PILOT_HTTP10 unset)
+    shadow_host_suffix: bool = False  # True = Istio ≤1.27 `-shadow` Host on mirrored requests
+    num_trusted_proxies: int = 0
+    max_request_headers_bytes: int = 60 * 1024
+    max_connections_per_worker: int = 10_000
+    request_headers_timeout_s: float = 10.0
+
+    idle_timeout_s: float = 3600.0
+    stream_idle_timeout_s: float = 0.0  # 0 = disabled (Istio sets Envoy's stream_idle_timeout to 0)
+    tls_handshake_timeout_s: float = 15.0
+    reject_underscore_headers: bool = True
+    generate_request_id: bool = True
+    cluster_domain: str = "cluster.local"
+
+
+class RoutingTable(Frozen):
+    layout_version: int = TABLE_LAYOUT_VERSION
+    options: Options = Options()
+    listeners: tuple[Listener, ...] = ()
+    clusters: dict[str, Cluster] = {}
+    # Default retry policy applied to routes without `retries` (Istio ≥1.24).
+    default_retry: RetryPolicy | None = None
+
+
+_encoder = msgspec.msgpack.Encoder(order="sorted")
+_decoder = msgspec.msgpack.Decoder(RoutingTable)
+
+
+def encode_table(table: RoutingTable) -> bytes:
+    return _encoder.encode(table)
+
+
+def decode_table(payload: bytes | memoryview) -> RoutingTable:
+    table = _decoder.decode(payload)
+    if table.layout_version != TABLE_LAYOUT_VERSION:
+        raise ValueError(f"table layout {table.layout_version} is not {TABLE_LAYOUT_VERSION}")
+    return table
+
+
+def to_builtins(table: RoutingTable) -> Any:
+    """JSON-ready form for `edge dump` and the admin `/config_dump`."""
+    return msgspec.to_builtins(table, order="sorted")

@@ -1,0 +1,182 @@
+# Loader: files → resources with diagnostics, and compile-level diagnostics of broken files pinned to the
+# exact line (edge.compiler.load_and_compile refines compile diagnostics to the line of their $.spec path).
+from __future__ import annotations
+
+import os
+import pathlib
+import textwrap
+
+import pytest
+
+from edge.compiler import load_and_compile
+from edge.errors import ERROR, NOTE, WARNING
+from edge.loader import LoadResult, find_config_files, load_paths, load_text
+
+BROKEN = pathlib.Path(__file__).parent / "broken"
+
+
+def load(text: str, path: str = "conf.yaml") -> LoadResult:
+    result = LoadResult()
+    load_text(textwrap.dedent(text), path, result)
+    return result
+
+
+GW = """\
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata:
+  name: gw
+spec:
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+"""
+
+
+def test_multi_document_files_keep_document_order_and_lines():
+    result = load(GW + "---\n" + GW.replace("name: gw", "name: gw2").replace("v1beta1", "v1alpha3") + "---\n")
+    assert [(r.name, r.line, r.document, r.order) for r in result.resources] == [("gw", 1, 0, 0), ("gw2", 10, 1, 1)]
+    assert [r.api_version for r in result.resources] == ["networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]
+
+
+def test_kubectl_lists_are_flattened():
+    text = """\
+    apiVersion: v1
+    kind: List
+    items:
+    - apiVersion: networking.istio.io/v1
+      kind: ServiceEntry
+      metadata: {name: a}
+      spec: {hosts: [a.example.com]}
+    - apiVersion: networking.istio.io/v1
+      kind: VirtualServiceList
+      metadata: {name: nested}
+      spec: {hosts: [b.example.com], http: [{route: [{destination: {host: b}}]}]}
+    """
+    result = load(text)
+    assert [(r.kind, r.name, r.line) for r in result.resources] == [("ServiceEntry", "a", 4)]
+    # A kind that merely ends in "List" but has no items is not a list: skipped like any unknown kind.
+    assert [(d.severity, d.line) for d in result.diagnostics if "skipped VirtualServiceList" in d.message] == [(NOTE, 8)]
+
+
+def test_other_kinds_are_skipped_with_a_note():
+    text = """\
+    apiVersion: v1
+    kind: Service
+    metadata: {name: productpage}
+    ---
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata: {name: r}
+    """
+    result = load(text)
+    assert result.resources == []
+    assert [(d.severity, d.line, d.message) for d in result.diagnostics] == [
+        (NOTE, 1, "skipped Service (v1) (document 1): not a resource edge serves"),
+        (NOTE, 5, "skipped HTTPRoute (gateway.networking.k8s.io/v1) (document 2): not a resource edge serves"),
+    ]
+
+
+def test_namespace_defaults_to_default():
+    result = load(GW)
+    assert (result.resources[0].namespace, result.resources[0].key) == ("default", "default/gw")
+    result = load(GW.replace("  name: gw\n", "  name: gw\n  namespace: edge\n"))
+    assert result.resources[0].key == "edge/gw"
+
+
+def test_mesh_only_fields_are_warnings_not_errors():
+    text = """\
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: v}
+    spec:
+      hosts: [a.example.com]
+      gateways: [gw]
+      exportTo: ["."]
+      http:
+      - match:
+        - sourceLabels: {app: x}
+        route: [{destination: {host: a}}]
+    """
+    result = load(text)
+    assert result.ok
+    assert [(d.severity, d.line, d.path) for d in result.diagnostics] == [
+        (WARNING, 7, "$.spec.exportTo"),
+        (WARNING, 10, "$.spec.http[0].match[0].sourceLabels"),
+    ]
+
+
+def test_creation_timestamps_are_kept_as_rfc3339_text():
+    result = load(GW.replace("  name: gw\n", "  name: gw\n  creationTimestamp: 2024-05-01T10:00:00Z\n"))
+    assert result.resources[0].creation_timestamp == "2024-05-01T10:00:00Z"
+    result = load(GW.replace("  name: gw\n", "  name: gw\n  creationTimestamp: '2024-05-01T10:00:00Z'\n"))
+    assert result.resources[0].creation_timestamp == "2024-05-01T10:00:00Z"
+
+
+def test_directories_are_walked_in_sorted_order_and_configmap_links_skipped(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "z.yaml").write_text(GW.replace("name: gw", "name: z"))
+    (tmp_path / "a.yml").write_text(GW.replace("name: gw", "name: a"))
+    (tmp_path / "notes.txt").write_text("not config")
+    (tmp_path / "c.json").write_text('{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "j"}, "spec": {"hosts": ["j.example.com"]}}')
+    # A Kubernetes ConfigMap mount: real files in a timestamped dot-folder, `..data` → it, visible symlinks.
+    real = tmp_path / "cm" / "..2024_05_01_10_00_00.123"
+    real.mkdir(parents=True)
+    (real / "gw.yaml").write_text(GW.replace("name: gw", "name: mounted"))
+    os.symlink("..2024_05_01_10_00_00.123", tmp_path / "cm" / "..data")
+    os.symlink("..data/gw.yaml", tmp_path / "cm" / "gw.yaml")
+    files, problems = find_config_files([str(tmp_path)])
+    assert problems == []
+    assert [os.path.relpath(f, tmp_path) for f in files] == ["a.yml", "b/z.yaml", "c.json", "cm/gw.yaml"]
+    result = load_paths([str(tmp_path)])
+    assert [r.name for r in result.resources] == ["a", "z", "j", "mounted"]
+    assert [r.order for r in result.resources] == [0, 1, 2, 3]
+
+
+def test_missing_paths_are_errors(tmp_path):
+    result = load_paths([str(tmp_path / "nope")])
+    assert [(d.severity, d.message) for d in result.diagnostics] == [(ERROR, "no such file or directory")]
+
+
+# Each broken file with the exact first error `edge check` prints for it (file:line: message).
+BROKEN_CASES = [
+    ("weight-string.yaml", "14: VirtualService default/reviews: $.spec.http[0].route[0].weight: expected int, got str"),
+    ("unknown-field.yaml", "14: Gateway default/typo: $.spec.servers[0]: unknown field 'hostz'"),
+    ("bad-yaml.yaml", "9: invalid YAML: while parsing a block mapping, did not find expected key"),
+    ("missing-name.yaml", "4: ServiceEntry: metadata.name is required"),
+    ("two-actions.yaml", "12: VirtualService default/both: $.spec.http[0]: an HTTP route takes only one of route, redirect, directResponse, delegate (got route, redirect)"),
+    ("bad-duration.yaml", "15: VirtualService default/slow: $.spec.http[0].timeout: invalid duration 'ten seconds': use a number with a unit, e.g. \"10s\", \"250ms\", \"1h\""),
+    (
+        "bad-regex.yaml",
+        "14: VirtualService default/lookahead: $.spec.http[0].match[0].uri.regex: invalid regex '/api/(?!internal).*': invalid or unsupported Perl syntax at position 5: '(?!i' (RE2 has no look-arounds, atomic groups, conditionals or comments); Istio uses RE2 syntax (https://github.com/google/re2/wiki/Syntax)",
+    ),
+    (
+        "port-conflict.yaml",
+        "21: Gateway default/raw: $.spec.servers[0]: conflicts with Gateway default/web server http (HTTP 9000) on port 9000: plain HTTP, TLS (HTTPS/TLS) and TCP servers cannot share a port and bind; this server is skipped",
+    ),
+    ("zero-weights.yaml", "12: VirtualService default/nothing: $.spec.http[0].route: total destination weight = 0"),
+    ("duplicate-port-names.yaml", "16: Gateway default/twice: $.spec.servers[1].port.name: port names in servers must be unique: duplicate name web (also servers[0])"),
+    ("https-without-tls.yaml", "8: Gateway default/notls: $.spec.servers[0].tls: server must have TLS settings for HTTPS/TLS protocols"),
+    (
+        "auto-passthrough.yaml",
+        "15: Gateway default/eastwest: $.spec.servers[0].tls.mode: AUTO_PASSTHROUGH is not supported: it routes by SNI names of the form outbound_.<port>_.<subset>_.<host> that only mesh clients send; use PASSTHROUGH with VirtualService tls routes",
+    ),
+    ("prefix-rewrite-exact.yaml", "16: VirtualService default/moved: $.spec.http[0].redirect.prefixRewrite: redirect prefix_rewrite requires all URI matches to use prefix match type"),
+    ("authority-twice.yaml", '15: VirtualService default/host: $.spec.http[0].headers.request: authority header cannot be set multiple times: have "b.example.com", attempting to set "c.example.com"'),
+    ("negative-weight.yaml", "15: VirtualService default/minus: $.spec.http[0].route[0].weight: weight -10 < 0"),
+    ("short-timeout.yaml", "15: VirtualService default/hurry: $.spec.http[0].timeout: duration must be greater than 1ms"),
+    ("bad-redirect-code.yaml", "14: VirtualService default/teapot: $.spec.http[0].redirect.redirectCode: 418 is not a valid redirect code, must be 3xx"),
+]
+
+
+def test_every_broken_file_is_covered():
+    assert sorted(name for name, _ in BROKEN_CASES) == sorted(p.name for p in BROKEN.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name, expected", BROKEN_CASES, ids=[name for name, _ in BROKEN_CASES])
+def test_broken_files_report_the_exact_message_and_line(name, expected):
+    path = f"tests/edge/broken/{name}"
+    loaded, result = load_and_compile([str(BROKEN / name)])
+    errors = [d for d in loaded.diagnostics + result.diagnostics if d.severity == ERROR]
+    assert result.table is None
+    assert str(errors[0]).replace(str(BROKEN) + "/", "tests/edge/broken/") == f"{path}:{expected}"

@@ -1,0 +1,68 @@
+# edge/settings.py: flags > EDGE_* variables > defaults, validated once.
+from __future__ import annotations
+
+import pytest
+
+from edge import table
+from edge.settings import RunSettings, SettingsError, build_settings, env_name, parse_labels, parse_port_map
+
+
+def test_defaults():
+    s = build_settings({}, {})
+    assert s.config == ("/etc/edge",)
+    assert s.workers >= 1
+    assert (s.status_port, s.metrics_port, s.admin_port, s.admin_bind) == (15021, 15090, 15000, "127.0.0.1")
+    assert s.gateway_labels == {"istio": "ingressgateway"}
+    assert (s.access_log, s.access_log_format, s.drain_timeout_s, s.drain_delay_s) == ("off", "text", 5.0, 0.0)
+    assert (s.accept_http10, s.shadow_host_suffix, s.server_header, s.cluster_domain) == (True, False, "istio-envoy", "cluster.local")
+    assert s.port_map == {}
+
+
+def test_flags_win_over_environment():
+    env = {"EDGE_WORKERS": "3", "EDGE_PORT_MAP": "80=8080", "EDGE_CONFIG": "a:b", "EDGE_HTTP10": "reject", "EDGE_ACCESS_LOG": "-"}
+    s = build_settings({"workers": "5", "config": None}, env)
+    assert (s.workers, s.port_map, s.config, s.accept_http10, s.access_log) == (5, {80: 8080}, ("a", "b"), False, "-")
+    s = build_settings({"config": ["x", "y"], "port_map": "443=8443,80=0", "shadow_host_suffix": True}, env)
+    assert (s.config, s.port_map, s.shadow_host_suffix) == (("x", "y"), {443: 8443, 80: 0}, True)
+
+
+def test_every_flag_has_a_variable():
+    assert env_name("--port-map") == "EDGE_PORT_MAP"
+    env = {
+        "EDGE_STATUS_PORT": "1", "EDGE_METRICS_PORT": "2", "EDGE_ADMIN_PORT": "3", "EDGE_ADMIN_BIND": "::1",
+        "EDGE_GATEWAY_LABELS": "app=edge", "EDGE_CREDENTIALS_DIR": "/c", "EDGE_ACCESS_LOG_FORMAT": "json",
+        "EDGE_DRAIN_TIMEOUT": "2.5", "EDGE_DRAIN_DELAY": "1", "EDGE_SHADOW_HOST_SUFFIX": "yes", "EDGE_SERVER_HEADER": "",
+        "EDGE_CLUSTER_DOMAIN": "corp",
+    }
+    s = build_settings({}, env)
+    assert s == RunSettings(
+        workers=s.workers, status_port=1, metrics_port=2, admin_port=3, admin_bind="::1", gateway_labels={"app": "edge"},
+        credentials_dir="/c", access_log_format="json", drain_timeout_s=2.5, drain_delay_s=1.0, shadow_host_suffix=True,
+        server_header="", cluster_domain="corp",
+    )
+
+
+def test_settings_become_table_and_compile_options():
+    s = build_settings({"http10": "reject", "server_header": "edge", "gateway_labels": "a=b"}, {})
+    assert s.table_options() == table.Options(server_header="edge", accept_http10=False)
+    assert s.compile_options().gateway_labels == {"a": "b"}
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("80=8080", {80: 8080}), ("80=8080, 443=8443", {80: 8080, 443: 8443}), ("", {})],
+)
+def test_parse_port_map(text, expected):
+    assert parse_port_map(text) == expected
+
+
+@pytest.mark.parametrize("text", ["80", "80=x", "0=1", "70000=1", "80=1,80=2"])
+def test_parse_port_map_rejects(text):
+    with pytest.raises(SettingsError):
+        parse_port_map(text)
+
+
+def test_parse_labels():
+    assert parse_labels("istio=ingressgateway, app = edge") == {"istio": "ingressgateway", "app": "edge"}
+    with pytest.raises(SettingsError):
+        parse_labels("=x")

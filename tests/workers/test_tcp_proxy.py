@@ -1,0 +1,207 @@
+"""workers/tcp_proxy.py: the per-connection weighted pick, and the splice over real socket pairs (bytes
+both ways, half-close, reset, idle timeout and maximum duration on trio's autojump clock)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import socket
+from collections import Counter
+
+import pytest
+import trio
+import trio.testing
+
+from edge.table import WeightedCluster
+from workers.netio import SocketTransport
+from workers.tcp_proxy import SPLICE_BUFFER_BYTES, pick_weighted, splice_sockets, splice_transports
+
+
+@pytest.mark.parametrize(
+    "weights, expected_share",
+    [
+        ((80, 20), (0.8, 0.2)),
+        ((1, 1, 2), (0.25, 0.25, 0.5)),
+        ((5,), (1.0,)),
+        ((0,), (1.0,)),  # a lone destination takes everything whatever its weight
+    ],
+)
+def test_pick_weighted_shares(weights, expected_share):
+    clusters = tuple(WeightedCluster(cluster=f"c{i}", weight=w) for i, w in enumerate(weights))
+    rng = random.Random(7)
+    n = 20_000
+    counts = Counter(pick_weighted(clusters, sum(weights), rng).cluster for _ in range(n))
+    for i, share in enumerate(expected_share):
+        assert abs(counts[f"c{i}"] / n - share) < 0.02
+
+
+def test_pick_weighted_edges():
+    rng = random.Random(1)
+    assert pick_weighted((), 0, rng) is None
+    two_zero = (WeightedCluster(cluster="a", weight=0), WeightedCluster(cluster="b", weight=0))
+    assert pick_weighted(two_zero, 0, rng) is None
+    # total_weight 0 in the table (older compilers): computed from the weights
+    pair = (WeightedCluster(cluster="a", weight=0), WeightedCluster(cluster="b", weight=3))
+    assert {pick_weighted(pair, 0, rng).cluster for _ in range(50)} == {"b"}
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+async def recv_until_eof(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            continue
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+async def send_all(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+
+
+async def test_splice_both_ways_with_half_close():
+    """client ⇄ proxy ⇄ server: each side sends a large payload and half-closes; each receives the other's
+    payload whole, then EOF; the splice ends by itself."""
+    client, proxy_client = pair()
+    proxy_upstream, server = pair()
+    up = random.Random(1).randbytes(3 * SPLICE_BUFFER_BYTES + 123)
+    down = random.Random(2).randbytes(5 * SPLICE_BUFFER_BYTES + 7)
+    received = {}
+    with client, proxy_client, proxy_upstream, server:
+
+        async def side(name, sock, payload):
+            async def write():
+                await send_all(sock, payload)
+                sock.shutdown(socket.SHUT_WR)
+
+            async with trio.open_nursery() as both:  # full duplex: read while writing
+                both.start_soon(write)
+                received[name] = await recv_until_eof(sock)
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(side, "client", client, up)
+                nursery.start_soon(side, "server", server, down)
+                splice = await splice_sockets(proxy_client, proxy_upstream, idle_timeout_s=60, initial=b"HELLO")
+    assert hashlib.sha256(received["server"]).digest() == hashlib.sha256(b"HELLO" + up).digest()
+    assert received["client"] == down
+    assert (splice.bytes_up, splice.bytes_down, splice.reset, splice.idle_timeout) == (len(up) + 5, len(down), False, False)
+
+
+async def test_half_close_keeps_the_other_direction_open():
+    """The client half-closes first; the server answers afterwards and the client still gets it."""
+    client, proxy_client = pair()
+    proxy_upstream, server = pair()
+    with client, proxy_client, proxy_upstream, server:
+        result = {}
+
+        async def server_side():
+            request = await recv_until_eof(server)  # the client's FIN arrived through the proxy
+            await trio.sleep(0.05)
+            await send_all(server, b"answer to " + request)
+            server.shutdown(socket.SHUT_WR)
+
+        async def client_side():
+            await send_all(client, b"question")
+            client.shutdown(socket.SHUT_WR)
+            result["client"] = await recv_until_eof(client)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server_side)
+                nursery.start_soon(client_side)
+                await splice_sockets(proxy_client, proxy_upstream)
+    assert result["client"] == b"answer to question"
+
+
+async def test_reset_ends_both_directions():
+    client, proxy_client = pair()
+    proxy_upstream, server = pair()
+    with client, proxy_client, proxy_upstream:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        await send_all(client, b"x" * 1000)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+
+                async def abort_server():
+                    await trio.sleep(0.05)
+                    server.close()  # unread bytes + close on a socketpair: the peer sees a reset or EOF
+
+                nursery.start_soon(abort_server)
+                splice = await splice_sockets(proxy_client, proxy_upstream)
+        assert splice.bytes_up == 1000
+        # The client side is not closed by the splice itself (the caller closes); nothing is left hanging.
+
+
+async def test_idle_timeout(autojump_clock):
+    client, proxy_client = pair()
+    proxy_upstream, server = pair()
+    with client, proxy_client, proxy_upstream, server:
+        start = trio.current_time()
+        with trio.fail_after(1000):
+            async with trio.open_nursery() as nursery:
+
+                async def talk_then_stall():
+                    for _ in range(3):
+                        await send_all(client, b"ping")
+                        await trio.sleep(50)  # under the idle timeout: keeps the connection alive
+
+                nursery.start_soon(talk_then_stall)
+                splice = await splice_sockets(proxy_client, proxy_upstream, idle_timeout_s=100)
+        elapsed = trio.current_time() - start
+    assert splice.idle_timeout and not splice.reset
+    assert splice.bytes_up == 12
+    # last byte at t≈100, then 100 s of silence, detected within a quarter of the timeout
+    assert 200 <= elapsed <= 200 + 100 / 4 + 1
+
+
+async def test_max_duration(autojump_clock):
+    client, proxy_client = pair()
+    proxy_upstream, server = pair()
+    with client, proxy_client, proxy_upstream, server:
+        start = trio.current_time()
+        splice = await splice_sockets(proxy_client, proxy_upstream, idle_timeout_s=0, max_duration_s=30)
+        assert trio.current_time() - start == pytest.approx(30)
+    assert not splice.idle_timeout
+
+
+async def test_splice_transports_half_close():
+    client, proxy_client = pair()
+    proxy_upstream, server = pair()
+    with client, proxy_client, proxy_upstream, server:
+        received = {}
+
+        async def server_side():
+            received["server"] = await recv_until_eof(server)
+            await send_all(server, b"bye")
+            server.shutdown(socket.SHUT_WR)
+
+        async def client_side():
+            await send_all(client, b"data")
+            client.shutdown(socket.SHUT_WR)
+            received["client"] = await recv_until_eof(client)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server_side)
+                nursery.start_soon(client_side)
+                proxy_c = SocketTransport(proxy_client)
+                splice = await splice_transports(proxy_c, SocketTransport(proxy_upstream), )
+                proxy_c.close()  # what the caller does when the splice ends
+        assert received == {"server": b"data", "client": b"bye"}
+        assert (splice.bytes_up, splice.bytes_down) == (4, 3)

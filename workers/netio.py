@@ -1,0 +1,208 @@
+# Byte transports for the worker's data path: a raw non-blocking socket, or any trio Stream (TLS).
+#
+# Rules:
+# - A socket call that succeeds at once costs no scheduler pass: try the non-blocking call first and wait
+#   (trio.lowlevel.wait_readable/wait_writable) only when it would block. To keep every connection fair to
+#   the others, a transport yields with a real checkpoint after FAIRNESS_OPS calls that did not wait.
+# - recv() returns b"" at EOF and raises TransportClosed (a trio.BrokenResourceError) when the peer reset
+#   the connection; send_all() raises TransportClosed when the peer is gone. Callers catch exactly that.
+# - Closing is idempotent; close() notifies trio first, so a task parked on the socket wakes with
+#   ClosedResourceError instead of waiting forever on a recycled fd.
+from __future__ import annotations
+
+import errno
+import socket
+
+import trio
+
+FAIRNESS_OPS = 16
+RECV_BYTES = 64 * 1024
+
+_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.ENOTCONN, errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+class TransportClosed(trio.BrokenResourceError):
+    """The peer reset or went away."""
+
+
+class SocketTransport:
+    """A connected non-blocking socket.socket used without trio's stream wrappers."""
+
+    __slots__ = ("sock", "_fast_ops", "closed")
+
+    def __init__(self, sock: socket.socket):
+        sock.setblocking(False)
+        self.sock = sock
+        self._fast_ops = 0
+        self.closed = False
+
+    async def _fairness(self) -> None:
+        self._fast_ops += 1
+        if self._fast_ops >= FAIRNESS_OPS:
+            self._fast_ops = 0
+            await trio.lowlevel.checkpoint()
+
+    async def recv(self, max_bytes: int = RECV_BYTES) -> bytes:
+        sock = self.sock
+        try:
+            data = sock.recv(max_bytes)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            raise self._broken(exc) from exc
+        else:
+            await self._fairness()
+            return data
+        while True:
+            if self.closed:
+                raise trio.ClosedResourceError("transport closed")
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(max_bytes)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise self._broken(exc) from exc
+
+    def recv_nowait(self, max_bytes: int = RECV_BYTES) -> bytes | None:
+        """Bytes if some are ready now, b"" at EOF, None if the call would block."""
+        try:
+            return self.sock.recv(max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise self._broken(exc) from exc
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        sock = self.sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise self._broken(exc) from exc
+        if sent == len(data):
+            await self._fairness()
+            return
+        view = memoryview(data)[sent:]
+        while view:
+            if self.closed:
+                raise trio.ClosedResourceError("transport closed")
+            await trio.lowlevel.wait_writable(sock)
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise self._broken(exc) from exc
+            view = view[sent:]
+
+    async def send_eof(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        await trio.lowlevel.checkpoint()
+
+    def _broken(self, exc: OSError) -> Exception:
+        if exc.errno == errno.EBADF or self.closed:
+            return trio.ClosedResourceError("transport closed")
+        return TransportClosed(str(exc))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                trio.lowlevel.notify_closing(self.sock)
+            except (RuntimeError, ValueError):
+                pass
+            self.sock.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+
+class StreamTransport:
+    """Any trio Stream (trio.SSLStream) behind the same recv/send_all surface."""
+
+    __slots__ = ("stream", "closed")
+
+    def __init__(self, stream: trio.abc.Stream):
+        self.stream = stream
+        self.closed = False
+
+    async def recv(self, max_bytes: int = RECV_BYTES) -> bytes:
+        try:
+            return await self.stream.receive_some(max_bytes)
+        except trio.BrokenResourceError as exc:
+            raise TransportClosed(str(exc)) from exc
+
+    def recv_nowait(self, max_bytes: int = RECV_BYTES) -> bytes | None:
+        return None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self.stream.send_all(data)
+        except trio.BrokenResourceError as exc:
+            raise TransportClosed(str(exc)) from exc
+
+    async def send_eof(self) -> None:
+        send_eof = getattr(self.stream, "send_eof", None)
+        if send_eof is not None:
+            try:
+                await send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, NotImplementedError):
+                pass
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            # SSLStream.aclose is async; a synchronous close drops the underlying socket.
+            transport = getattr(self.stream, "transport_stream", self.stream)
+            sock = getattr(transport, "socket", None)
+            if sock is not None:
+                try:
+                    trio.lowlevel.notify_closing(sock)
+                except (RuntimeError, ValueError):
+                    pass
+                sock.close()
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                try:
+                    await self.stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+
+Transport = SocketTransport | StreamTransport
+
+
+async def open_tcp_socket(host: str, port: int) -> socket.socket:
+    """Connect a non-blocking TCP socket to an IP literal; raises OSError on failure."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.connect((host, port))
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, errno.errorcode.get(err, "connect failed"))
+        else:
+            await trio.lowlevel.checkpoint()
+    except BaseException:
+        try:
+            trio.lowlevel.notify_closing(sock)
+        except (RuntimeError, ValueError):
+            pass
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,384 @@
+# Pure request matching on a compiled RouteConfig: virtual host by Host, then the first route that matches.
+#
+# Rules (Envoy's, as an Istio gateway configures it):
+# - Host lookup ignores the port (ignore_port_in_host_matching) and case: exact domain → the longest
+#   `*suffix` wildcard (a wildcard matches at least one character: `*.foo.com` never matches `foo.com`) → `*`.
+#   Once a virtual host is chosen, only its routes are tried; there is no fallback to another host.
+# - Routes are tried in order; the first whose every condition holds wins. A miss is None (404 NR).
+# - Path: exact / prefix (plain string prefix, `/api` matches `/apiv2`) / regex, a full match as RE2 in Envoy;
+#   ignore_case applies to exact and prefix. The path has no query string.
+# - Headers: repeated headers are joined with ","; a missing header never matches, except that an inverted
+#   (withoutHeaders) non-presence matcher treats it as "" (treat_missing_header_as_empty). `:method`,
+#   `:authority` (the raw Host, port included), `:scheme` and `:path` (path and query) are pseudo-headers.
+# - Query parameters: the first value of a key, percent-decoded; `?k` and `?k=` both have the value "".
+# - Everything derived from the table (regexes, lookup dicts, per-route plans) is built once in Router();
+#   per request only what a route needs is computed: the header map only for routes with header conditions
+#   (and only of the names they use), the query only for routes with query conditions, each at most once.
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+from edge.table import (
+    MATCH_EXACT,
+    MATCH_PREFIX,
+    MATCH_PRESENT,
+    MATCH_REGEX,
+    HeaderMatcher,
+    QueryMatcher,
+    Route,
+    RouteConfig,
+    StringMatcher,
+    VirtualHost,
+)
+
+# Path tests of a route plan.
+_PATH_ANY = 0
+_PATH_EXACT = 1
+_PATH_PREFIX = 2
+_PATH_EXACT_NOCASE = 3
+_PATH_PREFIX_NOCASE = 4
+_PATH_REGEX = 5
+
+# Where a header condition reads its value.
+_SRC_HEADER = 0
+_SRC_METHOD = 1
+_SRC_AUTHORITY = 2
+_SRC_SCHEME = 3
+_SRC_PATH = 4
+_PSEUDO_SOURCES = {":method": _SRC_METHOD, ":authority": _SRC_AUTHORITY, ":scheme": _SRC_SCHEME, ":path": _SRC_PATH}
+
+
+class _Test:
+    """One string test, precompiled: kind, value (lowercased when ignore_case), regex."""
+
+    __slots__ = ("kind", "value", "ignore_case", "regex")
+
+    def __init__(self, m: StringMatcher):
+        self.kind = m.kind
+        self.ignore_case = m.ignore_case
+        self.value = m.value.lower() if m.ignore_case else m.value
+        self.regex = re.compile(m.value) if m.kind == MATCH_REGEX else None
+
+    def __call__(self, value: str) -> bool:
+        kind = self.kind
+        if self.ignore_case:
+            value = value.lower()
+        if kind == MATCH_EXACT:
+            return value == self.value
+        if kind == MATCH_PREFIX:
+            return value.startswith(self.value)
+        if kind == MATCH_REGEX:
+            return self.regex.fullmatch(value) is not None
+        return True  # MATCH_PRESENT: the caller checked presence
+
+
+class _HeaderTest:
+    __slots__ = ("name", "key", "source", "present", "invert", "test")
+
+    def __init__(self, h: HeaderMatcher):
+        self.name = h.name
+        self.key = h.name.encode("latin-1")
+        self.source = _PSEUDO_SOURCES.get(h.name, _SRC_HEADER)
+        self.present = h.matcher.kind == MATCH_PRESENT
+        self.invert = h.invert
+        self.test = _Test(h.matcher)
+
+
+class _QueryTest:
+    __slots__ = ("name", "present", "test")
+
+    def __init__(self, q: QueryMatcher):
+        self.name = q.name
+        self.present = q.matcher.kind == MATCH_PRESENT
+        self.test = _Test(q.matcher)
+
+
+class _Plan:
+    """A route with its path test inlined and its other conditions precompiled."""
+
+    __slots__ = ("route", "path_kind", "path_value", "path_regex", "headers", "query")
+
+    def __init__(self, route: Route):
+        self.route = route
+        p = route.match.path
+        self.path_regex = None
+        self.path_value = ""
+        if p is None or p.kind == MATCH_PRESENT or (p.kind == MATCH_PREFIX and p.value == ""):
+            self.path_kind = _PATH_ANY
+        elif p.kind == MATCH_REGEX:
+            self.path_kind = _PATH_REGEX
+            self.path_regex = re.compile(p.value)
+        elif p.ignore_case:
+            self.path_kind = _PATH_EXACT_NOCASE if p.kind == MATCH_EXACT else _PATH_PREFIX_NOCASE
+            self.path_value = p.value.lower()
+        else:
+            self.path_kind = _PATH_EXACT if p.kind == MATCH_EXACT else _PATH_PREFIX
+            self.path_value = p.value
+        self.headers = tuple(_HeaderTest(h) for h in route.match.headers)
+        self.query = tuple(_QueryTest(q) for q in route.match.query)
+
+
+class _HostPlans:
+    __slots__ = ("plans", "header_names")
+
+    def __init__(self, vhost: VirtualHost):
+        self.plans = tuple(_Plan(r) for r in vhost.routes)
+        # Only these request headers are ever looked at for this vhost.
+        self.header_names = frozenset(t.key for p in self.plans for t in p.headers if t.source == _SRC_HEADER)
+
+
+class Explanation:
+    """What `edge route` prints: the vhost decision and every route tried, with why it did not match."""
+
+    def __init__(self) -> None:
+        self.host = ""
+        self.virtual_host: VirtualHost | None = None
+        self.host_reason = ""
+        self.route: Route | None = None
+        self.tried: list[tuple[Route, str]] = []  # (route, why it did not match) for routes before the winner
+
+    def __repr__(self) -> str:
+        return f"Explanation(host={self.host!r}, vhost={self.virtual_host.name if self.virtual_host else None}, route={self.route.name if self.route else None})"
+
+
+class Router:
+    """Built once per table generation for one RouteConfig."""
+
+    __slots__ = ("config", "_exact", "_suffix", "_dot_suffixes", "_wildcard", "_hosts")
+
+    def __init__(self, route_config: RouteConfig):
+        self.config = route_config
+        vhosts = route_config.virtual_hosts
+        self._exact = {k: vhosts[i] for k, i in route_config.exact_hosts.items()}
+        self._suffix = {k: vhosts[i] for k, i in route_config.suffix_hosts.items()}
+        # Istio writes wildcards as "*.x": then only the suffixes that start at a dot need probing.
+        self._dot_suffixes = all(k.startswith(".") for k in self._suffix)
+        self._wildcard = vhosts[route_config.wildcard_host] if 0 <= route_config.wildcard_host < len(vhosts) else None
+        self._hosts = {id(vh): _HostPlans(vh) for vh in vhosts}
+
+    # -- virtual host ------------------------------------------------------------------------------------
+
+    def find_virtual_host(self, host: str) -> VirtualHost | None:
+        h = _host_key(host)
+        vh = self._exact.get(h)
+        if vh is not None:
+            return vh
+        suffix = self._suffix
+        if suffix:
+            if self._dot_suffixes:
+                i = h.find(".", 1)  # the wildcard must match at least one character
+                while i > 0:
+                    vh = suffix.get(h[i:])
+                    if vh is not None:
+                        return vh
+                    i = h.find(".", i + 1)
+            else:
+                for i in range(1, len(h)):
+                    vh = suffix.get(h[i:])
+                    if vh is not None:
+                        return vh
+        return self._wildcard
+
+    # -- routes ------------------------------------------------------------------------------------------
+
+    def match(self, vhost: VirtualHost, request) -> Route | None:
+        hp = self._hosts.get(id(vhost))
+        if hp is None:
+            hp = self._hosts[id(vhost)] = _HostPlans(vhost)
+        path = request.path
+        lowered = None
+        headers = None
+        query = None
+        for plan in hp.plans:
+            kind = plan.path_kind
+            if kind == _PATH_PREFIX:
+                if not path.startswith(plan.path_value):
+                    continue
+            elif kind == _PATH_EXACT:
+                if path != plan.path_value:
+                    continue
+            elif kind == _PATH_REGEX:
+                if plan.path_regex.fullmatch(path) is None:
+                    continue
+            elif kind != _PATH_ANY:
+                if lowered is None:
+                    lowered = path.lower()
+                if kind == _PATH_EXACT_NOCASE:
+                    if lowered != plan.path_value:
+                        continue
+                elif not lowered.startswith(plan.path_value):
+                    continue
+            if plan.headers:
+                if headers is None and hp.header_names:
+                    headers = _header_map(request.headers, hp.header_names)
+                if not _headers_match(plan.headers, headers, request):
+                    continue
+            if plan.query:
+                if query is None:
+                    query = _parse_query(request.query)
+                if not _query_match(plan.query, query):
+                    continue
+            return plan.route
+        return None
+
+    # -- explanation (slow path, for `edge route`) -------------------------------------------------------
+
+    def explain(self, host: str, request) -> Explanation:
+        ex = Explanation()
+        h = _host_key(host)
+        ex.host = h
+        vh = self._exact.get(h)
+        if vh is not None:
+            ex.host_reason = f"exact domain {h}"
+        else:
+            for i in range(1, len(h)):
+                vh = self._suffix.get(h[i:])
+                if vh is not None:
+                    ex.host_reason = f"wildcard domain *{h[i:]} (the longest matching suffix)"
+                    break
+            if vh is None and self._wildcard is not None:
+                vh = self._wildcard
+                ex.host_reason = "the catch-all domain *"
+        if vh is None:
+            served = sorted({d for v in self.config.virtual_hosts for d in v.domains})
+            ex.host_reason = f"no virtual host for {h}; hosts served here: {', '.join(served) or '(none)'}"
+            return ex
+        ex.virtual_host = vh
+        headers = _header_map(request.headers, None)
+        query = _parse_query(request.query)
+        for route in vh.routes:
+            why = _why_not(route, request, headers, query)
+            if why is None:
+                ex.route = route
+                return ex
+            ex.tried.append((route, why))
+        return ex
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Request pieces
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _host_key(host: str) -> str:
+    """Lowercase, without the port: `Example.COM:8080` → `example.com`, `[::1]:80` → `[::1]`."""
+    if ":" in host:
+        if host.startswith("["):
+            end = host.find("]")
+            if end > 0:
+                host = host[: end + 1]
+        else:
+            head, _, port = host.rpartition(":")
+            if port.isdigit() or port == "":
+                host = head
+    return host.lower()
+
+
+def _header_map(raw_headers, wanted: frozenset | None) -> dict[str, str]:
+    """name → value (repeated headers joined with ","), of the wanted names only when given."""
+    out: dict[str, str] = {}
+    for name, value in raw_headers:
+        if wanted is not None and name not in wanted:
+            continue
+        key = name.decode("latin-1") if isinstance(name, bytes) else name.lower()
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        prior = out.get(key)
+        out[key] = text if prior is None else prior + "," + text
+    return out
+
+
+def _parse_query(query: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if not query:
+        return out
+    for part in query.split("&"):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        if "%" in key:
+            key = unquote(key)
+        if key not in out:
+            out[key] = unquote(value) if "%" in value else value
+    return out
+
+
+def _pseudo_value(source: int, request) -> str:
+    if source == _SRC_METHOD:
+        return request.method
+    if source == _SRC_AUTHORITY:
+        return request.authority
+    if source == _SRC_SCHEME:
+        return request.scheme
+    return request.path + ("?" + request.query if request.query else "")
+
+
+def _headers_match(tests, headers: dict[str, str] | None, request) -> bool:
+    for t in tests:
+        if t.source == _SRC_HEADER:
+            value = headers.get(t.name) if headers else None
+        else:
+            value = _pseudo_value(t.source, request)
+        if t.present:
+            if (value is not None) == t.invert:
+                return False
+            continue
+        if value is None:
+            if not t.invert:
+                return False
+            value = ""  # treat_missing_header_as_empty
+        if t.test(value) == t.invert:
+            return False
+    return True
+
+
+def _query_match(tests, query: dict[str, str]) -> bool:
+    for t in tests:
+        value = query.get(t.name)
+        if value is None:
+            return False
+        if not t.present and not t.test(value):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Explanations
+# ---------------------------------------------------------------------------------------------------------
+
+_KIND_WORDS = {MATCH_EXACT: "exact", MATCH_PREFIX: "prefix", MATCH_REGEX: "regex", MATCH_PRESENT: "present"}
+
+
+def describe_matcher(m: StringMatcher) -> str:
+    if m.kind == MATCH_PRESENT:
+        return "present"
+    return f"{_KIND_WORDS[m.kind]} {m.value!r}" + (" (ignoring case)" if m.ignore_case else "")
+
+
+def _why_not(route: Route, request, headers: dict[str, str], query: dict[str, str]) -> str | None:
+    plan = _Plan(route)
+    path = request.path
+    p = route.match.path
+    if p is not None and plan.path_kind != _PATH_ANY:
+        ok = {
+            _PATH_EXACT: lambda: path == plan.path_value,
+            _PATH_PREFIX: lambda: path.startswith(plan.path_value),
+            _PATH_EXACT_NOCASE: lambda: path.lower() == plan.path_value,
+            _PATH_PREFIX_NOCASE: lambda: path.lower().startswith(plan.path_value),
+            _PATH_REGEX: lambda: plan.path_regex.fullmatch(path) is not None,
+        }[plan.path_kind]()
+        if not ok:
+            return f"path {path!r} does not match {describe_matcher(p)}"
+    for t, h in zip(plan.headers, route.match.headers):
+        if not _headers_match((t,), headers, request):
+            value = headers.get(t.name) if t.source == _SRC_HEADER else _pseudo_value(t.source, request)
+            shown = "missing" if value is None else repr(value)
+            if t.invert:
+                return f"header {t.name} is {shown}, which must not match {describe_matcher(h.matcher)} (withoutHeaders)"
+            return f"header {t.name} is {shown}, which does not match {describe_matcher(h.matcher)}"
+    for t, q in zip(plan.query, route.match.query):
+        if not _query_match((t,), query):
+            value = query.get(t.name)
+            shown = "missing" if value is None else repr(value)
+            return f"query parameter {t.name} is {shown}, which does not match {describe_matcher(q.matcher)}"
+    return None

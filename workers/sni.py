@@ -1,0 +1,350 @@
+# Sans-IO reader for a TLS ClientHello, for TLS passthrough routing by SNI.
+#
+# The worker feeds the client's first bytes to ClientHelloReader (or parse_client_hello()) until it has the hello,
+# routes on the result and then forwards ALL bytes it read (hello included) to the upstream untouched.
+# Nothing here decrypts or answers; it only reads the plaintext first flight.
+#
+# Byte layout read (integers big-endian; RFC 8446 §4.1.2 and §5.1, RFC 6066 §3, RFC 7301 §3.1)
+#
+#   TLS record, repeated until the ClientHello is complete
+#     [0]       content_type            22 = handshake (anything else fails at once)
+#     [1:3]     legacy_record_version   major byte 3 (0x0300..0x03ff; clients send 0x0301 or 0x0303)
+#     [3:5]     length                  1 .. 16384 (2**14), then that many payload bytes
+#
+#   Handshake message = the concatenated payloads of those records
+#     [0]       msg_type                1 = client_hello
+#     [1:4]     length                  uint24, length of the body below
+#
+#   ClientHello body
+#     legacy_version        uint16, major byte 3
+#     random                32 bytes
+#     legacy_session_id     uint8 length 0..32, bytes
+#     cipher_suites         uint16 length, even and >= 2, bytes
+#     compression_methods   uint8 length >= 1, bytes
+#     extensions            absent (pre-extension TLS 1.2 hellos end here), or a uint16 length that ends
+#                           exactly at the body end, then entries: uint16 type, uint16 length, data
+#
+#   Extensions read (all others skipped; each type may appear at most once)
+#     0   server_name         uint16 list length (>= 1), entries: uint8 name_type (only 0 = host_name
+#                             exists), uint16 length (>= 1), name bytes; at most one host_name
+#     16  ALPN                uint16 list length (>= 2), entries: uint8 length (>= 1), name bytes
+#     43  supported_versions  uint8 list length (even, >= 2), uint16 versions (GREASE values kept)
+#
+# Rules
+# - parse_client_hello() returns None for "need more bytes" and raises only SNIParseError (a ValueError)
+#   on malformed input. Every check runs on the bytes already present, so HTTP, an SSLv2-compatible
+#   hello (first byte has the high bit set) or other garbage fails on its first byte, not after a timeout.
+# - The hello may be fragmented across several records, every one of them a handshake record. The
+#   record that holds its last byte must end with it (a client sends no other handshake message in its
+#   first flight; RFC 8446 §5.1 requires the boundary), so ClientHello.length falls on a record
+#   boundary. Bytes after that record (early data, pipelining) are never looked at.
+# - MAX_CLIENT_HELLO_BYTES bounds the record bytes (headers included) a hello may span. A record or
+#   handshake length that could only be satisfied past the cap fails when its header arrives, so a
+#   caller never buffers more than the cap plus one read waiting for a hello.
+# - parse_client_hello() re-walks its input on every call; ClientHelloReader keeps its place between
+#   reads, so a hello split into thousands of one-byte records costs linear, not quadratic, time.
+# - server_name holds ASCII 0x21..0x7e only and is lowercased; IDNA A-labels ("xn--…") and a trailing
+#   dot are kept as sent (matching is the router's business). ALPN names are opaque bytes on the wire
+#   and are decoded as latin-1 so every value round-trips.
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "MAX_CLIENT_HELLO_BYTES",
+    "ClientHello",
+    "ClientHelloReader",
+    "SNIParseError",
+    "parse_client_hello",
+]
+
+MAX_CLIENT_HELLO_BYTES = 64 * 1024
+MAX_RECORD_PAYLOAD_BYTES = 2**14
+
+RECORD_HEADER_BYTES = 5
+HANDSHAKE_HEADER_BYTES = 4
+CONTENT_TYPE_HANDSHAKE = 22
+HANDSHAKE_TYPE_CLIENT_HELLO = 1
+RANDOM_BYTES = 32
+MAX_SESSION_ID_BYTES = 32
+# legacy_version + random + the three length prefixes with their minimum contents.
+MIN_CLIENT_HELLO_BODY_BYTES = 2 + RANDOM_BYTES + 1 + 2 + 2 + 1 + 1
+
+EXTENSION_SERVER_NAME = 0
+EXTENSION_ALPN = 16
+EXTENSION_SUPPORTED_VERSIONS = 43
+NAME_TYPE_HOST_NAME = 0
+
+
+class SNIParseError(ValueError):
+    """The bytes are not a well-formed TLS ClientHello; the message is a short reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    server_name: str | None
+    alpn_protocols: tuple[str, ...]
+    legacy_version: int
+    supported_versions: tuple[int, ...]
+    # Bytes of the input that the hello's records occupy; the caller still forwards all of them.
+    length: int
+
+
+def parse_client_hello(data: bytes | bytearray | memoryview) -> ClientHello | None:
+    """The ClientHello at the start of `data`, or None while more bytes are needed.
+
+    Each call walks `data` from its first byte. A caller that receives the hello in many small reads
+    should use ClientHelloReader, which resumes where it stopped (a hostile client can split 64 KiB into
+    ~11,000 one-byte records, and re-walking them on every read is quadratic).
+    """
+    if not isinstance(data, bytes):
+        # An immutable private copy: no buffer export on the caller's bytearray outlives the call.
+        data = bytes(data[:MAX_CLIENT_HELLO_BYTES])
+    outcome = _RecordScanner().scan(data)
+    return None if isinstance(outcome, int) else outcome
+
+
+class ClientHelloReader:
+    """Accumulates a connection's first bytes until the ClientHello is complete.
+
+    Complete records are read once and the next parse waits until enough bytes arrived to change the
+    answer, so any arrival pattern costs time linear in the bytes. `buffered` is every byte fed so
+    far: what the caller forwards once it has routed.
+    """
+
+    __slots__ = ("_buffer", "_bytes_needed", "_error", "_result", "_scanner")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._bytes_needed = 1
+        self._error: str | None = None
+        self._result: ClientHello | None = None
+        self._scanner = _RecordScanner()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> ClientHello | None:
+        """The ClientHello once complete, else None; raises SNIParseError on malformed input,
+        and again on every later feed."""
+        if self._result is not None:
+            raise RuntimeError("ClientHelloReader already has its ClientHello; forward the rest")
+        if self._error is not None:
+            raise SNIParseError(self._error)
+        self._buffer += data
+        if len(self._buffer) < self._bytes_needed:
+            return None
+        # The slice is a private copy of the unread bytes: a record or two, not the whole buffer.
+        try:
+            outcome = self._scanner.scan(self._buffer[self._scanner.consumed : MAX_CLIENT_HELLO_BYTES])
+        except SNIParseError as error:
+            self._error = str(error)
+            raise
+        if isinstance(outcome, int):
+            self._bytes_needed = outcome
+            return None
+        self._result = outcome
+        return outcome
+
+    @property
+    def result(self) -> ClientHello | None:
+        return self._result
+
+    @property
+    def buffered(self) -> bytes:
+        return bytes(self._buffer)
+
+
+class _RecordScanner:
+    """Walks the records of one hello; state changes only when a whole record has been read."""
+
+    __slots__ = ("consumed", "message", "message_bytes")
+
+    def __init__(self) -> None:
+        self.consumed = 0  # input bytes of the complete records read so far
+        self.message = bytearray()  # their payloads: the handshake message so far
+        self.message_bytes: int | None = None  # handshake header + body, once the header is known
+
+    def scan(self, unread: bytes | bytearray) -> ClientHello | int:
+        """The ClientHello, or the input length at which scanning again could change the answer.
+
+        `unread` is the input from offset `consumed` on; offsets returned and kept are absolute.
+        """
+        view = memoryview(unread)
+        base = self.consumed
+        available = base + len(view)
+        while True:
+            record_start = self.consumed
+            if record_start + RECORD_HEADER_BYTES >= MAX_CLIENT_HELLO_BYTES:
+                raise SNIParseError(f"ClientHello exceeds {MAX_CLIENT_HELLO_BYTES} bytes")
+            header = view[record_start - base : record_start - base + RECORD_HEADER_BYTES]
+            if len(header) >= 1 and header[0] != CONTENT_TYPE_HANDSHAKE:
+                raise SNIParseError(f"not a TLS handshake record (content type {header[0]:#04x})")
+            if len(header) >= 2 and header[1] != 3:
+                raise SNIParseError(f"unsupported record version major byte {header[1]:#04x}")
+            if len(header) < RECORD_HEADER_BYTES:
+                return record_start + RECORD_HEADER_BYTES if len(header) >= 2 else available + 1
+            record_length = (header[3] << 8) | header[4]
+            if record_length == 0:
+                raise SNIParseError("empty handshake record")
+            if record_length > MAX_RECORD_PAYLOAD_BYTES:
+                raise SNIParseError(f"record length {record_length} exceeds 2**14")
+            payload_start = record_start + RECORD_HEADER_BYTES
+            record_end = payload_start + record_length
+            if record_end > MAX_CLIENT_HELLO_BYTES:
+                raise SNIParseError(f"ClientHello exceeds {MAX_CLIENT_HELLO_BYTES} bytes")
+            payload = view[payload_start - base : record_end - base]
+            message_bytes = self.message_bytes
+            if message_bytes is None:
+                head = self.message + payload[: HANDSHAKE_HEADER_BYTES - len(self.message)]
+                message_bytes = _check_handshake_head(head)
+            if message_bytes is not None and len(self.message) + record_length > message_bytes:
+                raise SNIParseError("handshake record continues past the ClientHello")
+            if len(payload) < record_length:
+                return record_end if message_bytes is not None else available + 1
+            self.message += payload
+            self.message_bytes = message_bytes
+            self.consumed = record_end
+            if len(self.message) == message_bytes:
+                return _parse_body(memoryview(self.message)[HANDSHAKE_HEADER_BYTES:], length=record_end)
+
+
+def _check_handshake_head(head: bytearray) -> int | None:
+    """Handshake header + body length, or None while the 4-byte header is incomplete."""
+    if head and head[0] != HANDSHAKE_TYPE_CLIENT_HELLO:
+        raise SNIParseError(f"handshake message type {head[0]} is not client_hello")
+    if len(head) < HANDSHAKE_HEADER_BYTES:
+        return None
+    body_length = int.from_bytes(head[1:4], "big")
+    if body_length < MIN_CLIENT_HELLO_BODY_BYTES:
+        raise SNIParseError(f"ClientHello body of {body_length} bytes is too short")
+    message_bytes = HANDSHAKE_HEADER_BYTES + body_length
+    if message_bytes + RECORD_HEADER_BYTES > MAX_CLIENT_HELLO_BYTES:
+        raise SNIParseError(f"ClientHello exceeds {MAX_CLIENT_HELLO_BYTES} bytes")
+    return message_bytes
+
+
+class _Cursor:
+    """Bounds-checked reads over a memoryview; every overrun is an SNIParseError naming the field."""
+
+    __slots__ = ("_view", "_offset")
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._offset = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self._view) - self._offset
+
+    def take(self, size: int, field: str) -> memoryview:
+        end = self._offset + size
+        if end > len(self._view):
+            raise SNIParseError(f"{field} runs past its enclosing length")
+        chunk = self._view[self._offset : end]
+        self._offset = end
+        return chunk
+
+    def uint(self, size: int, field: str) -> int:
+        return int.from_bytes(self.take(size, field), "big")
+
+    def vector(self, length_size: int, field: str) -> memoryview:
+        return self.take(self.uint(length_size, f"{field} length"), field)
+
+
+def _parse_body(body: memoryview, *, length: int) -> ClientHello:
+    cursor = _Cursor(body)
+    legacy_version = cursor.uint(2, "legacy_version")
+    if legacy_version >> 8 != 3:
+        raise SNIParseError(f"legacy_version {legacy_version:#06x} is not TLS")
+    cursor.take(RANDOM_BYTES, "random")
+    if len(cursor.vector(1, "legacy_session_id")) > MAX_SESSION_ID_BYTES:
+        raise SNIParseError("legacy_session_id longer than 32 bytes")
+    cipher_suites = cursor.vector(2, "cipher_suites")
+    if len(cipher_suites) < 2 or len(cipher_suites) % 2:
+        raise SNIParseError("cipher_suites length must be even and at least 2")
+    if not cursor.vector(1, "compression_methods"):
+        raise SNIParseError("compression_methods is empty")
+    found: dict[int, object] = {}
+    if cursor.remaining:
+        extensions = cursor.vector(2, "extensions")
+        if cursor.remaining:
+            raise SNIParseError("extensions end before the ClientHello does")
+        found = _parse_extensions(extensions)
+    return ClientHello(
+        server_name=found.get(EXTENSION_SERVER_NAME),  # type: ignore[arg-type]
+        alpn_protocols=found.get(EXTENSION_ALPN, ()),  # type: ignore[arg-type]
+        legacy_version=legacy_version,
+        supported_versions=found.get(EXTENSION_SUPPORTED_VERSIONS, ()),  # type: ignore[arg-type]
+        length=length,
+    )
+
+
+def _parse_extensions(extensions: memoryview) -> dict[int, object]:
+    cursor = _Cursor(extensions)
+    seen: set[int] = set()
+    found: dict[int, object] = {}
+    while cursor.remaining:
+        extension_type = cursor.uint(2, "extension type")
+        data = cursor.vector(2, f"extension {extension_type}")
+        if extension_type in seen:
+            raise SNIParseError(f"extension {extension_type} appears twice")
+        seen.add(extension_type)
+        reader = _EXTENSION_READERS.get(extension_type)
+        if reader is not None:
+            found[extension_type] = reader(data)
+    return found
+
+
+def _whole_list(data: memoryview, length_size: int, field: str) -> _Cursor:
+    """A cursor over a length-prefixed list that must fill the extension data exactly."""
+    cursor = _Cursor(data)
+    items = cursor.vector(length_size, field)
+    if cursor.remaining:
+        raise SNIParseError(f"{field} length disagrees with its extension length")
+    if not items:
+        raise SNIParseError(f"{field} is empty")
+    return _Cursor(items)
+
+
+def _read_server_name(data: memoryview) -> str:
+    names = _whole_list(data, 2, "server_name list")
+    host_name: str | None = None
+    while names.remaining:
+        name_type = names.uint(1, "server_name type")
+        name = names.vector(2, "server_name")
+        if name_type != NAME_TYPE_HOST_NAME:
+            raise SNIParseError(f"server_name type {name_type} is not host_name")
+        if host_name is not None:
+            raise SNIParseError("more than one host_name in server_name")
+        if not name:
+            raise SNIParseError("empty host_name")
+        raw = bytes(name)
+        if min(raw) < 0x21 or max(raw) > 0x7E:
+            raise SNIParseError("host_name has bytes outside printable ASCII")
+        host_name = raw.decode("ascii").lower()
+    assert host_name is not None  # the list is non-empty and every entry either sets it or raises
+    return host_name
+
+
+def _read_alpn(data: memoryview) -> tuple[str, ...]:
+    names = _whole_list(data, 2, "ALPN protocol list")
+    protocols = []
+    while names.remaining:
+        protocol = names.vector(1, "ALPN protocol")
+        if not protocol:
+            raise SNIParseError("empty ALPN protocol name")
+        protocols.append(bytes(protocol).decode("latin-1"))
+    return tuple(protocols)
+
+
+def _read_supported_versions(data: memoryview) -> tuple[int, ...]:
+    versions = _whole_list(data, 1, "supported_versions")
+    if versions.remaining % 2:
+        raise SNIParseError("supported_versions length is odd")
+    return tuple(versions.uint(2, "supported version") for _ in range(versions.remaining // 2))
+
+
+_EXTENSION_READERS = {
+    EXTENSION_SERVER_NAME: _read_server_name,
+    EXTENSION_ALPN: _read_alpn,
+    EXTENSION_SUPPORTED_VERSIONS: _read_supported_versions,
+}

@@ -1,0 +1,168 @@
+# A worker's view of the routing table: one cheap generation check per request, a rebuild when it moved.
+#
+# Rules:
+# - `current()` reads the generation word of the shared segment (a few hundred ns); only when it changed does
+#   it copy, verify and decode the new table and build a `Compiled` snapshot. The snapshot is swapped in with
+#   one reference assignment: a request keeps the snapshot it started with until it ends.
+# - Everything derived from the table that a request would otherwise recompute lives in the snapshot:
+#   routers (compiled regexes, host dicts), per-route header operations as bytes, balancers.
+# - Balancer state (active requests, outlier ejections) carries over to the next snapshot for clusters
+#   whose endpoints are unchanged, keyed by cluster name and endpoint address.
+# - A table that fails to decode is logged and skipped; the worker keeps serving the snapshot it has.
+from __future__ import annotations
+
+import re
+import sys
+from typing import Callable
+
+from edge.table import (
+    ACTION_FORWARD,
+    Cluster,
+    FilterChain,
+    Listener,
+    Route,
+    RoutingTable,
+    WeightedCluster,
+    decode_table,
+)
+from workers.balance import Balancer
+from workers.headers import CompiledHeaderOps, compile_rules
+from workers.router import Router
+
+
+def listener_key(listener: Listener) -> str:
+    return f"{listener.bind}:{listener.port}"
+
+
+class RouteRuntime:
+    """What the proxy needs about one route, precomputed per table."""
+
+    __slots__ = ("route", "request_ops", "response_ops", "destinations", "cumulative", "total_weight", "regex_rewrite", "timeout_ms")
+
+    def __init__(self, route: Route):
+        self.route = route
+        self.request_ops, self.response_ops = compile_rules(route.headers)
+        self.destinations = tuple(DestinationRuntime(wc) for wc in route.clusters)
+        cumulative = []
+        total = 0
+        for wc in route.clusters:
+            total += max(0, wc.weight)
+            cumulative.append(total)
+        self.cumulative = tuple(cumulative)
+        self.total_weight = total
+        rw = route.rewrite
+        self.regex_rewrite = re.compile(rw.regex) if rw is not None and rw.regex is not None else None
+        self.timeout_ms = int(route.timeout_s * 1000)
+
+
+class DestinationRuntime:
+    __slots__ = ("wc", "request_ops", "response_ops", "host_rewrite", "cluster_runtime")
+
+    def __init__(self, wc: WeightedCluster):
+        self.wc = wc
+        self.cluster_runtime: ClusterRuntime | None = None  # bound by Compiled
+        self.request_ops, self.response_ops = compile_rules(wc.headers)
+        self.host_rewrite = wc.headers.authority.encode() if wc.headers is not None and wc.headers.authority else b""
+
+
+class ClusterRuntime:
+    __slots__ = ("cluster", "balancer", "tls_context", "pool_key")
+
+    def __init__(self, cluster: Cluster, previous: "ClusterRuntime | None"):
+        self.cluster = cluster
+        prior = previous.balancer if previous is not None and previous.cluster.lb_policy == cluster.lb_policy else None
+        self.balancer = Balancer(cluster.endpoints, cluster.lb_policy, cluster.outlier, previous=prior)
+        self.tls_context = None
+        self.pool_key = (cluster.tls,)
+
+
+class ChainRuntime:
+    __slots__ = ("chain", "router")
+
+    def __init__(self, chain: FilterChain):
+        self.chain = chain
+        self.router = Router(chain.route_config) if chain.route_config is not None else None
+
+
+class ListenerRuntime:
+    __slots__ = ("listener", "key", "router", "chains")
+
+    def __init__(self, listener: Listener):
+        self.listener = listener
+        self.key = listener_key(listener)
+        self.router = Router(listener.route_config) if listener.route_config is not None else None
+        self.chains = tuple(ChainRuntime(c) for c in listener.filter_chains)
+
+
+class Compiled:
+    __slots__ = ("generation", "table", "options", "listeners", "clusters", "routes", "server_header")
+
+    def __init__(self, generation: int, table: RoutingTable, previous: "Compiled | None"):
+        self.generation = generation
+        self.table = table
+        self.options = table.options
+        self.server_header = table.options.server_header.encode()
+        self.listeners = {listener_key(l): ListenerRuntime(l) for l in table.listeners}
+        old_clusters = previous.clusters if previous is not None else {}
+        self.clusters = {name: ClusterRuntime(c, old_clusters.get(name)) for name, c in table.clusters.items()}
+        self.routes: dict[int, RouteRuntime] = {}
+        for lr in self.listeners.values():
+            configs = [lr.listener.route_config] + [c.route_config for c in lr.listener.filter_chains]
+            for rc in configs:
+                if rc is None:
+                    continue
+                for vh in rc.virtual_hosts:
+                    for route in vh.routes:
+                        if id(route) not in self.routes:
+                            self.routes[id(route)] = self._route_runtime(route)
+
+    def _route_runtime(self, route: Route) -> RouteRuntime:
+        rt = RouteRuntime(route)
+        for dest in rt.destinations:
+            dest.cluster_runtime = self.clusters.get(dest.wc.cluster) if dest.wc.cluster else None
+        return rt
+
+    def route_runtime(self, route: Route) -> RouteRuntime:
+        rt = self.routes.get(id(route))
+        if rt is None:  # a route object the router built itself; compile on first use
+            rt = self.routes[id(route)] = self._route_runtime(route)
+        return rt
+
+
+class TableView:
+    """Follows the table segment; `current()` is the per-request check."""
+
+    def __init__(self, reader, on_change: Callable[[Compiled], None] | None = None, log: Callable[[str], None] | None = None):
+        self.reader = reader
+        self.compiled: Compiled | None = None
+        self.generation = -1
+        self.on_change = on_change
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    def current(self) -> Compiled | None:
+        if self.reader.current_generation() != self.generation:
+            self.refresh()
+        return self.compiled
+
+    def refresh(self) -> None:
+        try:
+            generation, payload = self.reader.read()
+        except Exception as exc:  # the boundary with shared memory: keep serving what we have
+            self.log(f"edge worker: cannot read the table: {exc}")
+            return
+        if generation == self.generation:
+            return
+        try:
+            table = decode_table(payload)
+            compiled = Compiled(generation, table, self.compiled)
+        except Exception as exc:  # a table we cannot use must not take the worker down
+            self.log(f"edge worker: table generation {generation} rejected: {exc}")
+            self.generation = generation
+            return
+        self.compiled = compiled
+        self.generation = generation
+        if self.on_change is not None:
+            self.on_change(compiled)
+
+
+__all__ = ["TableView", "Compiled", "RouteRuntime", "ClusterRuntime", "ListenerRuntime", "listener_key", "ACTION_FORWARD", "CompiledHeaderOps"]

@@ -1,0 +1,325 @@
+# L4 proxying: Gateway TCP servers, TLS passthrough chains and TLS-terminated TCP chains (Envoy tcp_proxy).
+#
+# Rules:
+# - One destination per connection: a weighted pick among the route's clusters (weights relative, as the
+#   compiler left them), then an endpoint from that cluster's balancer. One connect attempt (Envoy's
+#   max_connect_attempts default), bounded by the cluster's connectTimeout; failure, no cluster or no healthy
+#   endpoint → the client connection is closed. A connect failure counts against the endpoint (outlier
+#   detection, status 0); a success resets its error streak and keeps it "active" until the connection ends.
+# - Bytes already read from the client (the ClientHello of a passthrough connection) go upstream first.
+# - Splice: two pumps, one per direction. Between raw sockets each pump owns a reusable SPLICE_BUFFER_BYTES
+#   buffer and does try-first recv_into/send, waiting only when a call would block, with a checkpoint every
+#   FAIRNESS_OPS transfers that did not wait. EOF on one side half-closes the other (shutdown(SHUT_WR)) and
+#   the other direction goes on until its own EOF. A reset or error on either side ends both.
+# - TLS-terminated clients (and TLS-originating upstreams) are spliced through their transports with the
+#   same half-close rule; on a TLS side the half-close is close_notify followed by FIN.
+# - Idle timeout: DestinationRule tcp.idleTimeout (default 1 h, 0 = off) with no byte in either direction →
+#   both sides closed; checked every idle/4. maxConnectionDuration bounds the whole connection.
+from __future__ import annotations
+
+import math
+import random
+import socket
+from typing import TYPE_CHECKING, Sequence
+
+import trio
+
+from edge.table import L4Route, PROTO_TCP, WeightedCluster
+from workers.netio import SocketTransport, Transport, TransportClosed, open_tcp_socket
+
+if TYPE_CHECKING:
+    from workers.main import Worker
+    from workers.tableview import ClusterRuntime, Compiled
+
+SPLICE_BUFFER_BYTES = 256 * 1024
+FAIRNESS_OPS = 16
+IDLE_CHECKS_PER_TIMEOUT = 4
+STATUS_CONNECT_FAILURE = 0
+STATUS_CONNECTED = 200
+
+
+def pick_weighted(clusters: Sequence[WeightedCluster], total_weight: int, rng: random.Random) -> WeightedCluster | None:
+    """The destination of one connection: weight/total of the time; a lone destination always."""
+    if not clusters:
+        return None
+    if len(clusters) == 1:
+        return clusters[0]
+    total = total_weight if total_weight > 0 else sum(max(0, c.weight) for c in clusters)
+    if total <= 0:
+        return None
+    r = rng.randrange(total)
+    for wc in clusters:
+        r -= max(0, wc.weight)
+        if r < 0:
+            return wc
+    return clusters[-1]
+
+
+class Splice:
+    """Counters of one proxied connection (also what the idle watchdog looks at)."""
+
+    __slots__ = ("bytes_up", "bytes_down", "reset", "idle_timeout")
+
+    def __init__(self) -> None:
+        self.bytes_up = 0  # client → upstream
+        self.bytes_down = 0  # upstream → client
+        self.reset = False
+        self.idle_timeout = False
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Upstream connection
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _Upstream:
+    __slots__ = ("sock", "transport", "cluster_rt", "index")
+
+    def __init__(self, sock: socket.socket, transport: Transport | None, cluster_rt: "ClusterRuntime", index: int):
+        self.sock = sock
+        self.transport = transport  # TLS origination (DestinationRule tls); None: plain TCP, the fast splice
+        self.cluster_rt = cluster_rt
+        self.index = index
+
+    def finish(self) -> None:
+        self.cluster_rt.balancer.on_cancel(self.index)
+        if self.transport is not None:
+            self.transport.close()
+        _close(self.sock)
+
+
+async def _open_upstream(worker: "Worker", compiled: "Compiled", route: L4Route) -> _Upstream | None:
+    wc = pick_weighted(route.clusters, route.total_weight, worker.rng)
+    cluster_rt = compiled.clusters.get(wc.cluster) if wc is not None and wc.cluster else None
+    if cluster_rt is None:
+        return None  # unknown host/subset: Envoy closes the connection
+    cluster = cluster_rt.cluster
+    balancer = cluster_rt.balancer
+    index = balancer.choose(trio.current_time())
+    if index is None:
+        return None  # no healthy upstream
+    endpoint = balancer.states[index].endpoint
+    balancer.on_start(index)
+    timeout = cluster.pool.connect_timeout_s if cluster.pool.connect_timeout_s > 0 else math.inf
+    sock: socket.socket | None = None
+    transport: Transport | None = None
+    try:
+        with trio.fail_after(timeout):
+            sock = await open_tcp_socket(endpoint.address, endpoint.port)
+            if cluster.tls is not None:
+                transport = await worker.tls.connect_l4(sock, cluster.tls)
+                if transport is None:
+                    raise OSError("upstream TLS handshake failed")
+    except (OSError, trio.TooSlowError):
+        if transport is not None:
+            transport.close()
+        if sock is not None:
+            _close(sock)
+        balancer.on_finish(index, STATUS_CONNECT_FAILURE, trio.current_time())
+        return None
+    # The connect verdict (resets the endpoint's failure streak); the endpoint stays active until the end.
+    balancer.on_finish(index, STATUS_CONNECTED, trio.current_time())
+    balancer.on_start(index)
+    if cluster.pool.tcp_keepalive is not None and sock is not None:
+        _set_keepalive(sock, cluster.pool.tcp_keepalive)
+    return _Upstream(sock, transport, cluster_rt, index)
+
+
+def _set_keepalive(sock: socket.socket, keepalive: tuple[int, float, float]) -> None:
+    probes, idle_s, interval_s = keepalive
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if probes:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, int(probes))
+        if idle_s:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle_s)))
+        if interval_s:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(interval_s)))
+    except (OSError, AttributeError):
+        pass
+
+
+def _close(sock: socket.socket) -> None:
+    if sock.fileno() >= 0:
+        try:
+            trio.lowlevel.notify_closing(sock)
+        except (RuntimeError, ValueError):
+            pass
+        sock.close()
+
+
+def _limits(upstream: _Upstream) -> tuple[float, float]:
+    pool = upstream.cluster_rt.cluster.pool
+    return pool.tcp_idle_timeout_s, pool.max_connection_duration_s
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------------------
+
+
+async def serve_tcp_connection(worker: "Worker", sock: socket.socket, key: str) -> None:
+    """PROTO_TCP listeners: the listener's single tcp route."""
+    compiled = worker.view.current()
+    lr = compiled.listeners.get(key) if compiled is not None else None
+    if lr is None or lr.listener.tcp is None:
+        return
+    await proxy_socket(worker, compiled, sock, lr.listener.tcp)
+
+
+async def proxy_socket(worker: "Worker", compiled: "Compiled", client: socket.socket, route: L4Route, initial: bytes = b"") -> Splice | None:
+    """A raw client socket (TCP, TLS passthrough) to the route's destination; None when none was reached."""
+    upstream = await _open_upstream(worker, compiled, route)
+    if upstream is None:
+        return None
+    idle_s, max_s = _limits(upstream)
+    try:
+        if upstream.transport is None:
+            return await splice_sockets(client, upstream.sock, idle_s, max_s, initial)
+        return await splice_transports(SocketTransport(client), upstream.transport, idle_s, max_s, initial)
+    finally:
+        upstream.finish()
+
+
+async def proxy_transport(worker: "Worker", compiled: "Compiled", client: Transport, route: L4Route) -> Splice | None:
+    """A TLS-terminated client (Gateway protocol TLS, mode SIMPLE) to the route's destination."""
+    upstream = await _open_upstream(worker, compiled, route)
+    if upstream is None:
+        return None
+    idle_s, max_s = _limits(upstream)
+    target = upstream.transport if upstream.transport is not None else SocketTransport(upstream.sock)
+    try:
+        return await splice_transports(client, target, idle_s, max_s)
+    finally:
+        upstream.finish()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Splicing
+# ---------------------------------------------------------------------------------------------------------
+
+
+async def splice_sockets(client: socket.socket, upstream: socket.socket, idle_timeout_s: float = 0.0, max_duration_s: float = 0.0, initial: bytes = b"") -> Splice:
+    """Copy bytes both ways between two connected non-blocking sockets until both directions saw EOF, one
+    side failed, or a timeout fired. Closing the sockets is the caller's business."""
+    splice = Splice()
+    with trio.move_on_after(max_duration_s if max_duration_s > 0 else math.inf):
+        async with trio.open_nursery() as nursery:
+            if idle_timeout_s > 0:
+                nursery.start_soon(_watch_idle, splice, idle_timeout_s, nursery.cancel_scope)
+            try:
+                if initial:
+                    await _send_all(upstream, memoryview(initial))
+                    splice.bytes_up += len(initial)
+                async with trio.open_nursery() as pumps:
+                    pumps.start_soon(_pump_sockets, client, upstream, splice, True, nursery.cancel_scope)
+                    pumps.start_soon(_pump_sockets, upstream, client, splice, False, nursery.cancel_scope)
+            except OSError:
+                splice.reset = True
+            nursery.cancel_scope.cancel()
+    return splice
+
+
+async def _send_all(sock: socket.socket, view: memoryview) -> None:
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        view = view[sent:]
+
+
+async def _pump_sockets(src: socket.socket, dst: socket.socket, splice: Splice, upstream_bound: bool, scope: trio.CancelScope) -> None:
+    buffer = bytearray(SPLICE_BUFFER_BYTES)
+    view = memoryview(buffer)
+    fast = 0
+    try:
+        while True:
+            try:
+                n = src.recv_into(buffer)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(src)
+                fast = 0
+                continue
+            if n == 0:
+                try:
+                    dst.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                return
+            if upstream_bound:
+                splice.bytes_up += n
+            else:
+                splice.bytes_down += n
+            start = 0
+            while start < n:
+                try:
+                    start += dst.send(view[start:n])
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(dst)
+                    fast = 0
+            fast += 1
+            if fast >= FAIRNESS_OPS:
+                fast = 0
+                await trio.lowlevel.checkpoint()
+    except OSError:  # reset, broken pipe: the connection is over in both directions
+        splice.reset = True
+        scope.cancel()
+
+
+async def splice_transports(client: Transport, upstream: Transport, idle_timeout_s: float = 0.0, max_duration_s: float = 0.0, initial: bytes = b"") -> Splice:
+    """splice_sockets for transports (TLS on either side; a TLS side half-closes with close_notify)."""
+    splice = Splice()
+    with trio.move_on_after(max_duration_s if max_duration_s > 0 else math.inf):
+        async with trio.open_nursery() as nursery:
+            if idle_timeout_s > 0:
+                nursery.start_soon(_watch_idle, splice, idle_timeout_s, nursery.cancel_scope)
+            try:
+                if initial:
+                    await upstream.send_all(initial)
+                    splice.bytes_up += len(initial)
+                async with trio.open_nursery() as pumps:
+                    pumps.start_soon(_pump_transports, client, upstream, splice, True, nursery.cancel_scope)
+                    pumps.start_soon(_pump_transports, upstream, client, splice, False, nursery.cancel_scope)
+            except (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                splice.reset = True
+            nursery.cancel_scope.cancel()
+    return splice
+
+
+async def _pump_transports(src: Transport, dst: Transport, splice: Splice, upstream_bound: bool, scope: trio.CancelScope) -> None:
+    try:
+        while True:
+            data = await src.recv(SPLICE_BUFFER_BYTES)
+            if not data:
+                await dst.send_eof()
+                return
+            if upstream_bound:
+                splice.bytes_up += len(data)
+            else:
+                splice.bytes_down += len(data)
+            await dst.send_all(data)
+    except (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+        splice.reset = True
+        scope.cancel()
+
+
+async def _watch_idle(splice: Splice, idle_timeout_s: float, scope: trio.CancelScope) -> None:
+    step = idle_timeout_s / IDLE_CHECKS_PER_TIMEOUT
+    seen = 0
+    quiet_since = trio.current_time()
+    while True:
+        await trio.sleep(step)
+        progress = splice.bytes_up + splice.bytes_down
+        now = trio.current_time()
+        if progress != seen:
+            seen = progress
+            quiet_since = now
+        elif now - quiet_since >= idle_timeout_s:
+            splice.idle_timeout = True
+            scope.cancel()
+            return
+
+
+__all__ = ["serve_tcp_connection", "proxy_socket", "proxy_transport", "splice_sockets", "splice_transports", "pick_weighted", "Splice", "PROTO_TCP"]

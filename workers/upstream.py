@@ -1,0 +1,177 @@
+# Per-worker pools of keep-alive HTTP/1.1 connections to upstream endpoints.
+#
+# Rules:
+# - One pool per (address, port, TLS settings key). Idle connections are reused LIFO: the most recently used
+#   connection is the one most likely still open and warm.
+# - A connection goes back to the pool only when its exchange ended cleanly (h11 client state DONE/DONE,
+#   keep-alive on both sides) and its request budget (maxRequestsPerConnection) is not spent. Anything else —
+#   an error, a cancelled request, a body not read to the end — closes it: a connection in an unknown
+#   state is never reused.
+# - Before reuse, an idle connection is probed without blocking: readable means the server closed it or sent
+#   bytes nobody asked for, so it is discarded.
+# - Idle connections older than the pool's idle timeout are closed by `serve_idle_reaper`; at most
+#   MAX_IDLE_PER_ENDPOINT idle connections are kept per endpoint.
+# - Connect has its own timeout (DestinationRule connectTimeout, default 10 s); a failure raises
+#   ConnectFailure, which the proxy maps to a retry or a 503 (UF).
+from __future__ import annotations
+
+import ssl
+import time
+
+import h11
+import trio
+
+from workers.netio import SocketTransport, StreamTransport, Transport, open_tcp_socket
+
+MAX_IDLE_PER_ENDPOINT = 256
+REAPER_INTERVAL_S = 1.0
+
+
+class ConnectFailure(Exception):
+    """The upstream connection could not be established (refused, timed out, TLS failed)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UpstreamConnection:
+    __slots__ = ("transport", "h11", "key", "requests", "idle_since", "created", "reused")
+
+    def __init__(self, transport: Transport, key: tuple):
+        self.transport = transport
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.key = key
+        self.requests = 0
+        self.idle_since = 0.0
+        self.created = time.monotonic()
+        self.reused = False
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class Pool:
+    __slots__ = ("idle", "active", "idle_timeout_s", "connects", "reuses")
+
+    def __init__(self) -> None:
+        self.idle: list[UpstreamConnection] = []
+        self.active = 0
+        self.idle_timeout_s = 3600.0
+        self.connects = 0
+        self.reuses = 0
+
+
+class UpstreamPools:
+    """All upstream pools of one worker."""
+
+    def __init__(self) -> None:
+        self.pools: dict[tuple, Pool] = {}
+
+    def pool(self, key: tuple) -> Pool:
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = Pool()
+        return pool
+
+    def take_idle(self, key: tuple) -> UpstreamConnection | None:
+        pool = self.pools.get(key)
+        if pool is None:
+            return None
+        idle = pool.idle
+        while idle:
+            conn = idle.pop()
+            if conn.transport.closed:
+                continue
+            try:
+                probe = conn.transport.recv_nowait(1)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                probe = b""
+            if probe is None:  # would block: nothing from the server, the connection is usable
+                conn.reused = True
+                conn.h11.start_next_cycle()
+                pool.active += 1
+                pool.reuses += 1
+                return conn
+            conn.close()
+        return None
+
+    async def connect(self, key: tuple, address: str, port: int, connect_timeout_s: float, tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> UpstreamConnection:
+        pool = self.pool(key)
+        try:
+            with trio.fail_after(connect_timeout_s if connect_timeout_s > 0 else 3600):
+                sock = await open_tcp_socket(address, port)
+                transport: Transport
+                if tls is None:
+                    transport = SocketTransport(sock)
+                else:
+                    stream = trio.SSLStream(trio.SocketStream(trio.socket.from_stdlib_socket(sock)), tls, server_hostname=server_hostname, https_compatible=True)
+                    try:
+                        await stream.do_handshake()
+                    except BaseException:
+                        await trio.aclose_forcefully(stream)
+                        raise
+                    transport = StreamTransport(stream)
+        except trio.TooSlowError:
+            raise ConnectFailure("connection timeout") from None
+        except (OSError, trio.BrokenResourceError) as exc:
+            reason = "connection failure"
+            if isinstance(exc, trio.BrokenResourceError) and isinstance(exc.__cause__, ssl.SSLError):
+                reason = f"TLS error: {exc.__cause__.reason or exc.__cause__}"
+            elif isinstance(exc, OSError) and exc.strerror:
+                reason = f"connection failure, transport failure reason: {exc.strerror}"
+            raise ConnectFailure(reason) from None
+        pool.connects += 1
+        pool.active += 1
+        return UpstreamConnection(transport, key)
+
+    def release(self, conn: UpstreamConnection, reusable: bool, max_requests: int = 0) -> None:
+        pool = self.pools.get(conn.key)
+        if pool is not None and pool.active > 0:
+            pool.active -= 1
+        conn.requests += 1
+        if (
+            reusable
+            and pool is not None
+            and not conn.transport.closed
+            and conn.h11.our_state is h11.DONE
+            and conn.h11.their_state is h11.DONE
+            and (max_requests <= 0 or conn.requests < max_requests)
+            and len(pool.idle) < MAX_IDLE_PER_ENDPOINT
+        ):
+            conn.idle_since = time.monotonic()
+            pool.idle.append(conn)
+        else:
+            conn.close()
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        self.release(conn, reusable=False)
+
+    def close_idle(self, older_than: float | None = None) -> int:
+        """Close idle connections idle since before `older_than` (all when None); returns how many."""
+        closed = 0
+        now = time.monotonic()
+        for pool in self.pools.values():
+            keep = []
+            for conn in pool.idle:
+                if older_than is None or now - conn.idle_since >= pool.idle_timeout_s:
+                    conn.close()
+                    closed += 1
+                else:
+                    keep.append(conn)
+            pool.idle[:] = keep
+        return closed
+
+    async def serve_idle_reaper(self) -> None:
+        while True:
+            await trio.sleep(REAPER_INTERVAL_S)
+            self.close_idle(older_than=0.0)
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "pools": len(self.pools),
+            "idle": sum(len(p.idle) for p in self.pools.values()),
+            "active": sum(p.active for p in self.pools.values()),
+            "connects": sum(p.connects for p in self.pools.values()),
+            "reuses": sum(p.reuses for p in self.pools.values()),
+        }
