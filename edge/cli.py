@@ -259,7 +259,7 @@ class _RouteExplainer:
             return EXIT_FAILED
         vh = ex.virtual_host
         if vh.name.startswith("blackhole:"):
-            self.say(f"404 Not Found (NR route_not_found): no VirtualService is bound to the servers of this port, so every request gets 404", indent)
+            self.say("404 Not Found (NR route_not_found): no VirtualService is bound to the servers of this port, so every request gets 404", indent)
             self._hints(port, ex.host)
             return EXIT_FAILED
         self.say(f"virtual host {vh.name} (domains {', '.join(vh.domains)}) by {ex.host_reason}", indent)

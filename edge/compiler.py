@@ -793,6 +793,17 @@ class _VirtualService:
     gateways: tuple[str, ...]
     http: list[tuple[istio.Resource, str, istio.HTTPRoute]]  # (owner, path, route) after delegate merging
     rules: list[_Rule] | None = None
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        self.key = self.res.key
+
+
+@dataclass
+class _VHostBuild:
+    routes: list[table.Route] = field(default_factory=list)
+    require_tls: bool = False
+    seen: set[tuple[str, str]] = field(default_factory=set)  # (VirtualService, gateway) already appended
 
 
 @dataclass
@@ -837,6 +848,7 @@ class _Compiler:
         self.bound: dict[str, list[_VirtualService]] = {}
         self.route_cache: dict[tuple, tuple[table.Route, ...]] = {}
         self.built_routes: dict[tuple, table.Route | None] = {}
+        self.catch_alls: set[int] = set()  # id() of built routes that are catch-alls (SortVHostRoutes)
         self.selected: list[istio.Resource] = []
         self.invalid_servers: set[tuple[str, int]] = set()
 
@@ -1944,7 +1956,7 @@ class _Compiler:
 
     def _routes_for(self, vs: _VirtualService, gw_key: str, port: int, is_tls: bool) -> tuple[table.Route, ...]:
         """BuildHTTPRoutesForVirtualService: blocks filtered by port and gateways, stop at the first catch-all."""
-        key = (vs.res.key, gw_key, port, is_tls)
+        key = (vs.key, gw_key, port, is_tls)
         cached = self.route_cache.get(key)
         if cached is not None:
             return cached
@@ -1983,6 +1995,8 @@ class _Compiler:
             return self.built_routes[key]
         route = self._build_route(vs, rule, m, port, is_tls)
         self.built_routes[key] = route
+        if route is not None and (m is None or m.catch_all):
+            self.catch_alls.add(id(route))  # IsCatchAllRoute, known from the match block
         return route
 
     def _port_sensitive(self, rule: _Rule) -> bool:
@@ -2002,7 +2016,7 @@ class _Compiler:
         sourceNamespace (a standalone gateway has no namespace) must be empty."""
         if m.gateways:
             return gw_key in m.gateways
-        if not selector_matches(m.source_labels, self.labels):
+        if m.source_labels and not selector_matches(m.source_labels, self.labels):
             self.report.add(WARNING, rule.owner, m.path + ".sourceLabels", "sourceLabels do not match this gateway's labels (--gateway-labels): the match block is left out")
             return False
         if m.source_namespace:
@@ -2018,7 +2032,7 @@ class _Compiler:
             match = msgspec.structs.replace(match, path=table.StringMatcher(kind=table.MATCH_PREFIX, value="/"))
         common = dict(
             name=name,
-            virtual_service=vs.res.key,
+            virtual_service=vs.key,
             rule_index=rule.index,
             match=match,
             headers=rule.headers,
@@ -2300,34 +2314,37 @@ class _Compiler:
 
     def _route_config(self, name: str, servers: list[_Server], port: int) -> table.RouteConfig:
         """buildGatewayHTTPRouteConfig."""
-        vhosts: dict[str, dict[str, Any]] = {}  # domain → {"routes": [...], "require_tls": bool, "seen": set}
+        vhosts: dict[str, _VHostBuild] = {}
         for srv in servers:
             redirect = bool(srv.server.tls is not None and srv.server.tls.https_redirect)
             is_tls = srv.server.tls is not None
+            visible: dict[str, list[str]] = {}  # VS namespace → server hosts it may bind
             for vs in self.bound.get(srv.gw_key, ()):
-                domains = intersect_hosts(names_for_namespace(srv.hosts, vs.res.namespace), vs.spec.hosts)
+                hosts = visible.get(vs.res.namespace)
+                if hosts is None:
+                    hosts = visible[vs.res.namespace] = names_for_namespace(srv.hosts, vs.res.namespace)
+                domains = intersect_hosts(hosts, vs.spec.hosts)
                 if not domains:
                     continue
                 routes = self._routes_for(vs, srv.gw_key, port, is_tls)
                 if not routes:
                     continue  # Istio: "no routes matched"; the VS contributes nothing, not even a vhost
+                contributor = (vs.key, srv.gw_key)
                 for domain in domains:
                     domain = domain.lower()
                     vh = vhosts.get(domain)
                     if vh is None:
-                        vh = vhosts[domain] = {"routes": [], "require_tls": False, "seen": set()}
-                    contributor = (vs.res.key, srv.gw_key)
-                    if contributor not in vh["seen"]:
-                        vh["seen"].add(contributor)
-                        vh["routes"].extend(routes)
+                        vh = vhosts[domain] = _VHostBuild()
+                    if contributor not in vh.seen:
+                        vh.seen.add(contributor)
+                        vh.routes.extend(routes)
                     if redirect:
-                        vh["require_tls"] = True
+                        vh.require_tls = True
             if redirect:
                 # Every server host is redirected, also hosts no VirtualService covers.
                 for h in srv.hosts:
                     domain = h.partition("/")[2].lower() if "/" in h else h.lower()
-                    vh = vhosts.setdefault(domain, {"routes": [], "require_tls": False, "seen": set()})
-                    vh["require_tls"] = True
+                    vhosts.setdefault(domain, _VHostBuild()).require_tls = True
         if not vhosts:
             blackhole = table.VirtualHost(name=f"blackhole:{port}", domains=("*",))
             return table.RouteConfig(name=name, virtual_hosts=(blackhole,), wildcard_host=0)
@@ -2335,14 +2352,14 @@ class _Compiler:
         groups: dict[tuple, list[str]] = {}
         for domain in sorted(vhosts):
             vh = vhosts[domain]
-            key = (tuple(id(r) for r in vh["routes"]), vh["require_tls"])
+            key = (tuple(map(id, vh.routes)), vh.require_tls)
             groups.setdefault(key, []).append(domain)
         built = []
         for domains in groups.values():
             vh = vhosts[domains[0]]
-            routes = vh["routes"]
-            ordered = [r for r in routes if not _is_catch_all(r)] + [r for r in routes if _is_catch_all(r)]
-            built.append(table.VirtualHost(name=f"{domains[0]}:{port}", domains=tuple(domains), routes=tuple(ordered), require_tls=vh["require_tls"]))
+            catch_alls = [r for r in vh.routes if id(r) in self.catch_alls]
+            ordered = [r for r in vh.routes if id(r) not in self.catch_alls] + catch_alls if catch_alls else vh.routes
+            built.append(table.VirtualHost(name=f"{domains[0]}:{port}", domains=tuple(domains), routes=tuple(ordered), require_tls=vh.require_tls))
         built.sort(key=lambda v: v.name)
         exact, suffix, wildcard = {}, {}, -1
         for index, vh in enumerate(built):
@@ -2699,17 +2716,6 @@ def _redirect(r: istio.HTTPRedirect, port: int, is_tls: bool) -> table.Redirect:
         path=r.uri if not r.prefix_rewrite else "",
         prefix_rewrite=r.prefix_rewrite or None,
     )
-
-
-def _is_catch_all(r: table.Route) -> bool:
-    """IsCatchAllRoute: prefix "/" (or none) or regex ".*", and no header or query condition."""
-    m = r.match
-    if m.headers or m.query:
-        return False
-    p = m.path
-    if p is None:
-        return True
-    return (p.kind == table.MATCH_PREFIX and p.value == "/") or (p.kind == table.MATCH_REGEX and p.value == ".*")
 
 
 def _port_level_hash(d: istio.Destination, tp: istio.TrafficPolicy | None):

@@ -66,7 +66,9 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
             request_headers_timeout_s=self.request_headers_timeout_s,
             idle_timeout_s=self.idle_timeout_s,
             max_connections_per_worker=self.max_connections_per_worker,
+            workers=self.workers,
         )
+
 
     def compile_options(self):
         from edge.compiler import CompileOptions

@@ -312,6 +312,8 @@ class Options(Frozen):
     reject_underscore_headers: bool = True
     generate_request_id: bool = True
     cluster_domain: str = "cluster.local"
+    workers: int = 1  # worker processes sharing per-gateway limits (circuit breakers are divided by it)
+
 
 
 class RoutingTable(Frozen):

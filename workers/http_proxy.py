@@ -20,6 +20,7 @@
 # - Bytes h11 rejected never reach a backend: the upstream request is built from h11's parsed events only.
 from __future__ import annotations
 
+import http
 import math
 import socket
 import time
@@ -32,7 +33,9 @@ from edge.table import ACTION_DIRECT, ACTION_REDIRECT, Route
 from workers import headers as hdr
 from workers.netio import SocketTransport, Transport, TransportClosed
 from workers.paths import normalize_path, split_target
-from workers.upstream import ConnectFailure, UpstreamConnection
+from workers.route_policies import FAULT_ABORT_BODY, PREFLIGHT_FORWARD, cors_preflight, cors_response_headers, decide_fault, grpc_abort_headers, hash_for_request
+from workers.upstream import ConnectFailure, Overflow, UpstreamConnection
+
 
 if TYPE_CHECKING:
     from workers.main import Worker
@@ -49,16 +52,9 @@ BODY_CONNECT_FAILURE = b"upstream connect error or disconnect/reset before heade
 BODY_RESET = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
 BODY_OVERFLOW = b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
 BODY_TIMEOUT = b"upstream request timeout"
-BODY_FAULT_ABORT = b"fault filter abort"
 BODY_PROTOCOL_ERROR = b"upstream connect error or disconnect/reset before headers. reset reason: protocol error"
 
-STATUS_REASONS = {
-    100: b"Continue", 200: b"OK", 201: b"Created", 204: b"No Content", 301: b"Moved Permanently", 302: b"Found",
-    303: b"See Other", 304: b"Not Modified", 307: b"Temporary Redirect", 308: b"Permanent Redirect",
-    400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 408: b"Request Timeout", 413: b"Payload Too Large",
-    414: b"URI Too Long", 426: b"Upgrade Required", 431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
-}
+STATUS_REASONS = {int(s): s.phrase.encode() for s in http.HTTPStatus}
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
@@ -342,17 +338,39 @@ async def _handle_request_logged(down: Downstream, request: h11.Request, log: Re
     rt = compiled.route_runtime(route)
     log.route_name = route.name or "-"
 
+    # CORS, then fault, then the route's action: the order of Istio's HTTP filter chain.
+    extra: list = []
+    if rt.cors is not None:
+        origin = hdr.header_value(request.headers, b"origin")
+        preflight = cors_preflight(rt.cors, request.method, origin, hdr.header_value(request.headers, b"access-control-request-method"))
+        if preflight is not None and preflight != PREFLIGHT_FORWARD:
+            await _local_reply(down, request, log, 200, b"", extra=preflight, flags="-", details="cors_response")
+            return True
+        if preflight is None:
+            extra = cors_response_headers(rt.cors, origin)
     if route.action == ACTION_REDIRECT:
-        await _local_reply(down, request, log, route.redirect.code, b"", extra=[(b"location", _redirect_location(route, req, down))], response_ops=rt.response_ops, flags="-", details="redirect")
+        location = _redirect_location(route, req, down, listener_rt.listener.port)
+        await _local_reply(down, request, log, route.redirect.code, b"", extra=[(b"location", location), *extra], response_ops=rt.response_ops, flags="-", details="redirect")
         return True
     if route.action == ACTION_DIRECT:
         direct = route.direct
-        await _local_reply(down, request, log, direct.status, direct.body, response_ops=rt.response_ops, flags="-", details="direct_response", content_type=None)
+        await _local_reply(down, request, log, direct.status, direct.body, extra=extra, response_ops=rt.response_ops, flags="-", details="direct_response", content_type=None)
         return True
-    return await _forward(down, request, req, compiled, rt, log)
+    if route.fault is not None:
+        delay_s, abort_status, grpc_status = decide_fault(route.fault, worker.rng)
+        if delay_s:
+            log.flags = "DI"
+            await trio.sleep(delay_s)
+        if abort_status:
+            await _local_reply(down, request, log, abort_status, FAULT_ABORT_BODY, extra=extra, response_ops=rt.response_ops, flags="FI", details="fault_filter_abort")
+            return not down.must_close
+        if grpc_status:
+            await _local_reply(down, request, log, 200, b"", extra=grpc_abort_headers(grpc_status) + extra, response_ops=rt.response_ops, flags="FI", details="fault_filter_abort")
+            return not down.must_close
+    return await _forward(down, request, req, compiled, rt, log, extra)
 
 
-def _redirect_location(route: Route, req: RequestInfo, down: Downstream) -> bytes:
+def _redirect_location(route: Route, req: RequestInfo, down: Downstream, listener_port: int) -> bytes:
     r = route.redirect
     scheme = r.scheme or down.scheme
     host = r.authority or req.host
@@ -360,7 +378,8 @@ def _redirect_location(route: Route, req: RequestInfo, down: Downstream) -> byte
     if r.port:
         port = r.port
     elif r.port_from_request:
-        port = req.port or down.local[1] if down.local else 0
+        port = req.port or listener_port
+
     elif not r.authority and not r.scheme and req.port:
         port = req.port  # same scheme and host: keep the port the client used
     if (scheme == "http" and port == 80) or (scheme == "https" and port == 443):
@@ -490,6 +509,7 @@ class Outcome:
     """Why a try ended without a response going downstream."""
 
     CONNECT_FAILURE = "connect_failure"
+    OVERFLOW = "overflow"
     RESET = "reset"
     TIMEOUT = "timeout"
     PER_TRY_TIMEOUT = "per_try_timeout"
@@ -510,11 +530,13 @@ class TryResult:
 
     @property
     def outlier_status(self) -> int:
-        """What outlier detection counts: the status, or 0 for a failure with no response."""
+        """What outlier detection counts: the status, 0 for a failure with no response, -1 for no verdict."""
         if self.kind == Outcome.STATUS:
             return self.status
         if self.kind == Outcome.PROTOCOL_ERROR:
             return 502
+        if self.kind == Outcome.OVERFLOW:
+            return -1
         return 0
 
 
@@ -544,6 +566,29 @@ class BodyState:
     @property
     def can_replay(self) -> bool:
         return not self.consumed or (self.complete and self.replayable)
+
+
+class Exchange:
+    """One forwarded request: what every try needs, decided once."""
+
+    __slots__ = ("down", "request", "req", "rt", "dest", "cluster_rt", "body", "log", "policy", "host", "target", "original_path", "deadline", "hash_value", "extra_response_headers")
+
+    def __init__(self, down: Downstream, request: h11.Request, req: RequestInfo, rt: "RouteRuntime", dest, log: RequestLog, policy) -> None:
+        self.down = down
+        self.request = request
+        self.req = req
+        self.rt = rt
+        self.dest = dest
+        self.cluster_rt = dest.cluster_runtime
+        self.body = BodyState(request)
+        self.log = log
+        self.policy = policy
+        self.host = _upstream_host(req, rt.route, dest)
+        self.target, self.original_path = _upstream_target(rt.route, rt, req)
+        timeout_s = rt.route.timeout_s
+        self.deadline = trio.current_time() + timeout_s if timeout_s > 0 else math.inf
+        self.hash_value: int | None = None
+        self.extra_response_headers: list = []
 
 
 def _pick_destination(rt: "RouteRuntime", rng) -> int:
@@ -622,87 +667,116 @@ def _upstream_target(route: Route, rt: "RouteRuntime", req: RequestInfo) -> tupl
     return path, original
 
 
-async def _forward(down: Downstream, request: h11.Request, req: RequestInfo, compiled: "Compiled", rt: "RouteRuntime", log: RequestLog) -> bool:
+async def _forward(down: Downstream, request: h11.Request, req: RequestInfo, compiled: "Compiled", rt: "RouteRuntime", log: RequestLog, extra_response_headers: list) -> bool:
     worker = down.worker
     route = rt.route
     if not rt.destinations:
         await _local_reply(down, request, log, 503, b"", flags="NC", details="cluster_not_found")
         return not down.must_close
     dest = rt.destinations[_pick_destination(rt, worker.rng)]
-    cluster_rt = dest.cluster_runtime
     log.upstream_cluster = dest.wc.cluster or "-"
-    if cluster_rt is None:
+    if dest.cluster_runtime is None:
         await _local_reply(down, request, log, 503, b"", flags="NC", details="cluster_not_found")
         return not down.must_close
-    cluster = cluster_rt.cluster
-    balancer = cluster_rt.balancer
     policy = route.retry if route.retry is not None else compiled.table.default_retry
+    ex = Exchange(down, request, req, rt, dest, log, policy)
+    ex.extra_response_headers = extra_response_headers
+    hash_policy = dest.wc.hash_policy or dest.cluster_runtime.cluster.hash_policy
+    if hash_policy is not None:
+        ex.hash_value, set_cookie = hash_for_request(hash_policy, request.headers, req.query, down.peer_ip)
+        if set_cookie is not None:
+            ex.extra_response_headers.append((b"set-cookie", set_cookie))
+    circuit = ex.cluster_rt.circuit
+    if circuit.requests >= circuit.max_requests:
+        circuit.overflows += 1
+        await _local_reply(down, request, log, 503, BODY_OVERFLOW, extra=[(b"x-envoy-overloaded", b"true")], flags="UO", details="overflow", close=ex.body.present)
+        return not down.must_close
+    circuit.requests += 1
+    try:
+        keep_alive = await _forward_with_retries(ex)
+    finally:
+        circuit.requests -= 1
+    if rt.mirrors and ex.body.complete and ex.body.replayable:
+        _start_mirrors(ex)
+    return keep_alive
+
+
+async def _forward_with_retries(ex: Exchange) -> bool:
+    down = ex.down
+    worker = down.worker
+    log = ex.log
+    balancer = ex.cluster_rt.balancer
+    circuit = ex.cluster_rt.circuit
+    policy = ex.policy
     max_tries = 1 + (policy.attempts if policy is not None else 0)
-    body = BodyState(request)
-    host = _upstream_host(req, route, dest)
-    target, original_path = _upstream_target(route, rt, req)
-    deadline = trio.current_time() + route.timeout_s if route.timeout_s > 0 else math.inf
     per_try = policy.per_try_timeout_s if policy is not None else 0.0
+    # Envoy drops the previous-hosts predicate when the route hashes: the same key must find the same host.
+    avoid_tried = ex.hash_value is None and (policy is None or policy.ignore_previous_hosts)
     tried: list[int] = []
     result: TryResult | None = None
     attempt = 0
-    while True:
-        attempt += 1
-        log.attempts = attempt
-        index = balancer.choose(trio.current_time(), None, tried if (policy is None or policy.ignore_previous_hosts) else ())
-        if index is None:
-            await _local_reply(down, request, log, 503, BODY_NO_HEALTHY_UPSTREAM, flags="UH", details="no_healthy_upstream", close=not body.can_replay)
-            return not down.must_close
-        tried.append(index)
-        endpoint = balancer.states[index].endpoint
-        log.upstream_host = f"{endpoint.address}:{endpoint.port}"
-        headers = hdr.upstream_request_headers(
-            request.headers,
-            host=host,
-            peer_ip=down.peer_ip,
-            scheme=down.scheme.encode(),
-            attempt=attempt,
-            timeout_ms=rt.timeout_ms,
-            original_path=original_path,
-            chunked=body.chunked,
-            generate_request_id=compiled.options.generate_request_id,
-            route_ops=rt.request_ops,
-            destination_ops=dest.request_ops,
-        )
-        try_deadline = min(deadline, trio.current_time() + per_try) if per_try > 0 else deadline
-        balancer.on_start(index)
-        verdict = -1  # -1: the client left; no verdict on the endpoint
-        try:
-            result = await _try_once(down, request, rt, dest, headers, target, body, (endpoint.address, endpoint.port) + cluster_rt.pool_key, endpoint, cluster, try_deadline, deadline, policy, log)
-            verdict = result.outlier_status
-        except ClientGone:
-            log.flags = "DC"
-            log.details = "downstream_remote_disconnect"
-            down.must_close = True
-            return False
-        finally:
-            if verdict >= 0:
-                balancer.on_finish(index, verdict, trio.current_time())
-            else:
-                balancer.on_cancel(index)
-        if result.sent:
-            return not down.must_close
-        if attempt < max_tries and _retriable(result, policy, body) and trio.current_time() < deadline:
-            if result.upstream is not None:
-                worker.pools.discard(result.upstream)
-                result.upstream = None
-            await trio.sleep(_backoff(policy, attempt, worker.rng))
-            continue
-        break
+    retrying = False
+    try:
+        while True:
+            attempt += 1
+            log.attempts = attempt
+            index = balancer.choose(trio.current_time(), ex.hash_value, tried if avoid_tried else ())
+            if index is None:
+                await _local_reply(down, ex.request, log, 503, BODY_NO_HEALTHY_UPSTREAM, flags="UH", details="no_healthy_upstream", close=not ex.body.can_replay)
+                return not down.must_close
+            tried.append(index)
+            endpoint = balancer.states[index].endpoint
+            log.upstream_host = f"{endpoint.address}:{endpoint.port}"
+            try_deadline = min(ex.deadline, trio.current_time() + per_try) if per_try > 0 else ex.deadline
+            balancer.on_start(index)
+            verdict = -1  # stays -1 when the client left: no verdict on the endpoint
+            try:
+                result = await _try_once(ex, attempt, endpoint, try_deadline)
+                verdict = result.outlier_status
+            except ClientGone:
+                log.flags = "DC"
+                log.details = "downstream_remote_disconnect"
+                down.must_close = True
+                return False
+            finally:
+                if verdict >= 0:
+                    balancer.on_finish(index, verdict, trio.current_time())
+                else:
+                    balancer.on_cancel(index)
+            if result.sent:
+                return not down.must_close
+            if attempt < max_tries and _retriable(result, policy, ex.body) and trio.current_time() < ex.deadline:
+                if circuit.retries >= circuit.max_retries:
+                    circuit.overflows += 1
+                    break  # retry budget exhausted (maxRetries): answer with what we have
+                if result.upstream is not None:
+                    worker.pools.discard(result.upstream)
+                    result.upstream = None
+                if not retrying:
+                    retrying = True
+                    circuit.retries += 1
+                await trio.sleep(_backoff(policy, attempt, worker.rng))
+                continue
+            break
+    finally:
+        if retrying:
+            circuit.retries -= 1
+    return await _answer_failure(ex, result, attempt > 1)
 
-    # Out of tries: a held response passes through; a failure gets Envoy's local reply.
+
+async def _answer_failure(ex: Exchange, result: TryResult, retried: bool) -> bool:
+    """Out of tries: a held response passes through; a failure gets Envoy's local reply."""
+    down = ex.down
+    request = ex.request
+    log = ex.log
     if result.upstream is not None and result.response is not None:
-        return await _relay_response(down, rt, dest, result.upstream, result.response, body, log)
-    close = not body.can_replay or not body.complete
-    retried = attempt > 1
+        return await _relay_response(ex, result.upstream, result.response)
+    close = not ex.body.can_replay or not ex.body.complete
     kind = result.kind
     if kind in (Outcome.TIMEOUT, Outcome.PER_TRY_TIMEOUT):
         await _local_reply(down, request, log, 504, BODY_TIMEOUT, flags="UT", details="upstream_response_timeout", close=close)
+    elif kind == Outcome.OVERFLOW:
+        await _local_reply(down, request, log, 503, BODY_OVERFLOW, extra=[(b"x-envoy-overloaded", b"true")], flags="UO", details="upstream_reset_before_response_started{overflow}", close=close)
     elif kind == Outcome.PROTOCOL_ERROR:
         await _local_reply(down, request, log, 502, BODY_PROTOCOL_ERROR, flags="UPE", details="upstream_reset_before_response_started{protocol_error}", close=close)
     elif kind == Outcome.CONNECT_FAILURE:
@@ -712,97 +786,101 @@ async def _forward(down: Downstream, request: h11.Request, req: RequestInfo, com
     return not down.must_close
 
 
-async def _connect(down: Downstream, request: h11.Request, pool_key: tuple, endpoint, cluster, try_deadline: float, deadline: float) -> UpstreamConnection | TryResult:
-    worker = down.worker
-    server_name = _sni_for(cluster, request)
-    if cluster.tls is not None and not cluster.tls.sni:
-        pool_key = pool_key + (server_name,)  # auto SNI: a connection verified for one Host carries only that Host
-    upstream = worker.pools.take_idle(pool_key)
-    if upstream is not None:
-        return upstream
+async def _acquire(ex: Exchange, endpoint, try_deadline: float) -> UpstreamConnection | TryResult:
+    worker = ex.down.worker
+    cluster_rt = ex.cluster_rt
+    cluster = cluster_rt.cluster
+    key = (endpoint.address, endpoint.port) + cluster_rt.pool_key
     try:
         with trio.move_on_at(try_deadline):
-            return await worker.pools.connect(pool_key, endpoint.address, endpoint.port, cluster.pool.connect_timeout_s, worker.upstream_tls(cluster), server_name)
+            return await worker.pools.acquire(key, cluster_rt.circuit, endpoint.address, endpoint.port, cluster.pool, worker.upstream_tls(cluster), _sni_for(cluster, ex.request))
     except ConnectFailure as exc:
         return TryResult(Outcome.CONNECT_FAILURE, reason=exc.reason)
-    return TryResult(Outcome.TIMEOUT if try_deadline >= deadline else Outcome.PER_TRY_TIMEOUT)
+    except Overflow:
+        return TryResult(Outcome.OVERFLOW)
+    return TryResult(Outcome.TIMEOUT if try_deadline >= ex.deadline else Outcome.PER_TRY_TIMEOUT)
 
 
-async def _try_once(
-    down: Downstream,
-    request: h11.Request,
-    rt: "RouteRuntime",
-    dest,
-    headers: list,
-    target: bytes,
-    body: BodyState,
-    pool_key: tuple,
-    endpoint,
-    cluster,
-    try_deadline: float,
-    deadline: float,
-    policy,
-    log: RequestLog,
-) -> TryResult:
-    connected = await _connect(down, request, pool_key, endpoint, cluster, try_deadline, deadline)
-    if isinstance(connected, TryResult):
-        return connected
-    upstream = connected
-    pools = down.worker.pools
+async def _try_once(ex: Exchange, attempt: int, endpoint, try_deadline: float) -> TryResult:
+    acquired = await _acquire(ex, endpoint, try_deadline)
+    if isinstance(acquired, TryResult):
+        return acquired
+    upstream = acquired
+    down = ex.down
+    compiled_options = down.worker.options
+    headers = hdr.upstream_request_headers(
+        ex.request.headers,
+        host=ex.host,
+        peer_ip=down.peer_ip,
+        scheme=down.scheme.encode(),
+        attempt=attempt,
+        timeout_ms=ex.rt.timeout_ms,
+        original_path=ex.original_path,
+        chunked=ex.body.chunked,
+        generate_request_id=compiled_options.generate_request_id,
+        route_ops=ex.rt.request_ops,
+        destination_ops=ex.dest.request_ops,
+    )
     try:
-        head = upstream.h11.send(h11.Request(method=request.method, target=target, headers=headers))
+        head = upstream.h11.send(h11.Request(method=ex.request.method, target=ex.target, headers=headers))
     except h11.LocalProtocolError as exc:
-        pools.discard(upstream)
+        down.worker.pools.discard(upstream)
         return TryResult(Outcome.PROTOCOL_ERROR, reason=str(exc))
-    sent_at = trio.current_time()
-    if body.complete:
-        return await _exchange_buffered(down, rt, dest, upstream, head, body, try_deadline, deadline, policy, log, sent_at)
-    return await _exchange_streaming(down, rt, dest, upstream, head, body, try_deadline, deadline, policy, log, sent_at)
+    if ex.body.complete:
+        return await _exchange_buffered(ex, upstream, head, try_deadline)
+    return await _exchange_streaming(ex, upstream, head, try_deadline)
 
 
-def _failure(exc: BaseException, upstream: UpstreamConnection) -> TryResult:
-    if isinstance(exc, _UpstreamEOF) or isinstance(exc, (TransportClosed, trio.ClosedResourceError)):
+def _failure(exc: BaseException) -> TryResult:
+    if isinstance(exc, (_UpstreamEOF, TransportClosed, trio.ClosedResourceError)):
         return TryResult(Outcome.RESET, reason="connection termination")
     return TryResult(Outcome.PROTOCOL_ERROR, reason=str(exc))
+
+
+def _timed_out(ex: Exchange, try_deadline: float) -> TryResult:
+    return TryResult(Outcome.TIMEOUT if try_deadline >= ex.deadline else Outcome.PER_TRY_TIMEOUT)
 
 
 _EXCHANGE_ERRORS = (h11.RemoteProtocolError, h11.LocalProtocolError, TransportClosed, trio.ClosedResourceError)
 
 
-async def _exchange_buffered(down, rt, dest, upstream, head, body, try_deadline, deadline, policy, log, sent_at) -> TryResult:
+async def _exchange_buffered(ex: Exchange, upstream: UpstreamConnection, head: bytes, try_deadline: float) -> TryResult:
     """No body, or a body already read whole (a retry): one send, then the response."""
     uconn = upstream.h11
-    pools = down.worker.pools
+    pools = ex.down.worker.pools
     data = head
-    for chunk in body.buffer:
+    for chunk in ex.body.buffer:
         data += uconn.send(h11.Data(data=chunk))
     data += uconn.send(h11.EndOfMessage())
+    sent_at = trio.current_time()
     response = None
     try:
         with trio.move_on_at(try_deadline):
             await upstream.transport.send_all(data)
-            response = await _read_response_head(down, upstream, watch_client=True)
+            response = await _read_response_head(ex.down, upstream, watch_client=True)
     except _EXCHANGE_ERRORS as exc:
         pools.discard(upstream)
-        return _failure(exc, upstream)
+        return _failure(exc)
     except BaseException:
         pools.discard(upstream)
         raise
     if response is None:
         pools.discard(upstream)
-        return TryResult(Outcome.TIMEOUT if try_deadline >= deadline else Outcome.PER_TRY_TIMEOUT)
-    log.service_time_ms = int((trio.current_time() - sent_at) * 1000)
-    if _status_retriable(response.status_code, policy):
+        return _timed_out(ex, try_deadline)
+    ex.log.service_time_ms = int((trio.current_time() - sent_at) * 1000)
+    if _status_retriable(response.status_code, ex.policy):
         return TryResult(Outcome.STATUS, status=response.status_code, upstream=upstream, response=response)
     result = TryResult(Outcome.STATUS, status=response.status_code)
     result.sent = True
-    await _relay_response(down, rt, dest, upstream, response, body, log)
+    await _relay_response(ex, upstream, response)
     return result
 
 
-async def _exchange_streaming(down, rt, dest, upstream, head, body, try_deadline, deadline, policy, log, sent_at) -> TryResult:
+async def _exchange_streaming(ex: Exchange, upstream: UpstreamConnection, head: bytes, try_deadline: float) -> TryResult:
     """A body still arriving from the client: upload and download run at once (full duplex), so an upstream
     that answers while it reads (an echo) never deadlocks against us."""
+    down = ex.down
+    body = ex.body
     pools = down.worker.pools
     result: TryResult | None = None
     client_gone = False
@@ -810,7 +888,8 @@ async def _exchange_streaming(down, rt, dest, upstream, head, body, try_deadline
         await upstream.transport.send_all(head)
     except _EXCHANGE_ERRORS as exc:
         pools.discard(upstream)
-        return _failure(exc, upstream)
+        return _failure(exc)
+    sent_at = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_upload_body, down, upstream, body, nursery.cancel_scope)
         response = None
@@ -818,18 +897,18 @@ async def _exchange_streaming(down, rt, dest, upstream, head, body, try_deadline
             with trio.move_on_at(try_deadline):
                 response = await _read_response_head(down, upstream, watch_client=False)
         except _EXCHANGE_ERRORS as exc:
-            result = _failure(exc, upstream)
+            result = _failure(exc)
         if result is None and response is None:
-            result = TryResult(Outcome.TIMEOUT if try_deadline >= deadline else Outcome.PER_TRY_TIMEOUT)
+            result = _timed_out(ex, try_deadline)
         if result is None:
-            log.service_time_ms = int((trio.current_time() - sent_at) * 1000)
-            if _status_retriable(response.status_code, policy) and body.complete and body.replayable:
+            ex.log.service_time_ms = int((trio.current_time() - sent_at) * 1000)
+            if _status_retriable(response.status_code, ex.policy) and body.complete and body.replayable:
                 result = TryResult(Outcome.STATUS, status=response.status_code, upstream=upstream, response=response)
             else:
                 result = TryResult(Outcome.STATUS, status=response.status_code)
                 result.sent = True
                 try:
-                    await _relay_response(down, rt, dest, upstream, response, body, log)
+                    await _relay_response(ex, upstream, response)
                 except ClientGone:
                     client_gone = True
                 if not body.complete:
@@ -875,7 +954,6 @@ async def _read_response_head(down: Downstream, upstream: UpstreamConnection, wa
                 raise h11.RemoteProtocolError("upstream response with both Content-Length and Transfer-Encoding")
             return event
         if t is h11.InformationalResponse:
-
             continue
         if t is h11.ConnectionClosed:
             raise _UpstreamEOF("upstream closed before sending a response")
@@ -974,9 +1052,11 @@ async def _upload_body(down: Downstream, upstream: UpstreamConnection, body: Bod
         exchange.cancel()
 
 
-async def _relay_response(down: Downstream, rt, dest, upstream: UpstreamConnection, response: h11.Response, body: BodyState, log: RequestLog) -> bool:
+async def _relay_response(ex: Exchange, upstream: UpstreamConnection, response: h11.Response) -> bool:
     """The upstream's response, downstream: the head with the first body bytes in one send, the rest
     streamed. Returns keep-alive. Raises ClientGone when either side broke mid-body."""
+    down = ex.down
+    log = ex.log
     worker = down.worker
     conn = down.conn
     uconn = upstream.h11
@@ -987,8 +1067,9 @@ async def _relay_response(down: Downstream, rt, dest, upstream: UpstreamConnecti
         response.headers,
         server=worker.server_header,
         service_time_ms=log.service_time_ms if log.service_time_ms >= 0 else None,
-        route_ops=rt.response_ops if rt is not None else None,
-        destination_ops=dest.response_ops if dest is not None else None,
+        route_ops=ex.rt.response_ops,
+        destination_ops=ex.dest.response_ops,
+        extra=ex.extra_response_headers,
     )
     if worker.draining or down.must_close:
         out_headers.append((b"connection", b"close"))
@@ -1032,8 +1113,7 @@ async def _relay_response(down: Downstream, rt, dest, upstream: UpstreamConnecti
     except BaseException:
         worker.pools.discard(upstream)
         raise
-    cluster_rt = dest.cluster_runtime if dest is not None else None
-    worker.pools.release(upstream, clean and body.complete, cluster_rt.cluster.pool.max_requests_per_connection if cluster_rt is not None else 0)
+    worker.pools.release(upstream, clean and ex.body.complete, ex.cluster_rt.cluster.pool.max_requests_per_connection)
     return not down.must_close
 
 
@@ -1048,3 +1128,80 @@ def _sni_for(cluster, request: h11.Request) -> str | None:
             host = value.decode("latin-1")
             return host if host.endswith("]") else host.rsplit(":", 1)[0]
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Mirroring: fire and forget
+# ---------------------------------------------------------------------------------------------------------
+
+MIRROR_TIMEOUT_S = 10.0
+MAX_MIRRORS_IN_FLIGHT = 256
+
+
+def _shadow_host(host: bytes) -> bytes:
+    name, sep, port = host.rpartition(b":")
+    if sep and port.isdigit() and not host.endswith(b"]"):
+        return name + b"-shadow:" + port
+    return host + b"-shadow"
+
+
+def _start_mirrors(ex: Exchange) -> None:
+    worker = ex.down.worker
+    rng = worker.rng
+    for mirror, cluster_rt in ex.rt.mirrors:
+        if cluster_rt is None or worker.mirrors_in_flight >= MAX_MIRRORS_IN_FLIGHT:
+            continue
+        if mirror.ppm < 1_000_000 and rng.randrange(1_000_000) >= mirror.ppm:
+            continue
+        host = _shadow_host(ex.host) if worker.options.shadow_host_suffix else ex.host
+        headers = hdr.upstream_request_headers(
+            ex.request.headers,
+            host=host,
+            peer_ip=ex.down.peer_ip,
+            scheme=ex.down.scheme.encode(),
+            chunked=False,
+            generate_request_id=worker.options.generate_request_id,
+            route_ops=ex.rt.request_ops,
+        )
+        headers = [h for h in headers if h[0] not in (b"content-length", b"transfer-encoding")]
+        body = b"".join(ex.body.buffer)
+        if ex.body.present:
+            headers.append((b"content-length", str(len(body)).encode()))
+        worker.mirrors_in_flight += 1
+        worker.root_nursery.start_soon(_send_mirror, worker, cluster_rt, ex.request.method, ex.target, headers, body)
+
+
+async def _send_mirror(worker, cluster_rt, method: bytes, target: bytes, headers: list, body: bytes) -> None:
+    """One mirrored request; its response is read and dropped, and nothing about it reaches the client."""
+    upstream = None
+    try:
+        with trio.move_on_after(MIRROR_TIMEOUT_S):
+            index = cluster_rt.balancer.choose(trio.current_time())
+            if index is None:
+                return
+            endpoint = cluster_rt.balancer.states[index].endpoint
+            cluster = cluster_rt.cluster
+            key = (endpoint.address, endpoint.port) + cluster_rt.pool_key
+            upstream = await worker.pools.acquire(key, cluster_rt.circuit, endpoint.address, endpoint.port, cluster.pool, worker.upstream_tls(cluster), None)
+            uconn = upstream.h11
+            data = uconn.send(h11.Request(method=method, target=target, headers=headers))
+            if body:
+                data += uconn.send(h11.Data(data=body))
+            data += uconn.send(h11.EndOfMessage())
+            await upstream.transport.send_all(data)
+            while True:
+                event = uconn.next_event()
+                if event is h11.NEED_DATA:
+                    uconn.receive_data(await upstream.transport.recv())
+                elif type(event) is h11.EndOfMessage:
+                    worker.pools.release(upstream, True, cluster.pool.max_requests_per_connection)
+                    upstream = None
+                    return
+                elif type(event) is h11.ConnectionClosed:
+                    return
+    except (ConnectFailure, Overflow, h11.RemoteProtocolError, h11.LocalProtocolError, TransportClosed, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        worker.mirrors_in_flight -= 1
+        if upstream is not None:
+            worker.pools.discard(upstream)

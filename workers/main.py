@@ -46,6 +46,8 @@ class Worker:
         self.pools = UpstreamPools()
         self.rng = random.Random()
         self.draining = False
+        self.mirrors_in_flight = 0
+
         self.idle_scopes: set[trio.CancelScope] = set()
         self.active_connections = 0
         self._slot_free = trio.Event()

@@ -20,6 +20,7 @@ from edge.table import (
     Cluster,
     FilterChain,
     Listener,
+    Mirror,
     Route,
     RoutingTable,
     WeightedCluster,
@@ -27,7 +28,11 @@ from edge.table import (
 )
 from workers.balance import Balancer
 from workers.headers import CompiledHeaderOps, compile_rules
+from workers.route_policies import CompiledCors
 from workers.router import Router
+
+from workers.upstream import Circuit
+
 
 
 def listener_key(listener: Listener) -> str:
@@ -37,7 +42,7 @@ def listener_key(listener: Listener) -> str:
 class RouteRuntime:
     """What the proxy needs about one route, precomputed per table."""
 
-    __slots__ = ("route", "request_ops", "response_ops", "destinations", "cumulative", "total_weight", "regex_rewrite", "timeout_ms")
+    __slots__ = ("route", "request_ops", "response_ops", "destinations", "cumulative", "total_weight", "regex_rewrite", "timeout_ms", "cors", "mirrors")
 
     def __init__(self, route: Route):
         self.route = route
@@ -53,6 +58,8 @@ class RouteRuntime:
         rw = route.rewrite
         self.regex_rewrite = re.compile(rw.regex) if rw is not None and rw.regex is not None else None
         self.timeout_ms = int(route.timeout_s * 1000)
+        self.cors = CompiledCors(route.cors) if route.cors is not None else None
+        self.mirrors: tuple[tuple[Mirror, "ClusterRuntime | None"], ...] = ()  # bound by Compiled
 
 
 class DestinationRuntime:
@@ -66,14 +73,16 @@ class DestinationRuntime:
 
 
 class ClusterRuntime:
-    __slots__ = ("cluster", "balancer", "tls_context", "pool_key")
+    __slots__ = ("cluster", "balancer", "circuit", "pool_key")
 
-    def __init__(self, cluster: Cluster, previous: "ClusterRuntime | None"):
+    def __init__(self, cluster: Cluster, previous: "ClusterRuntime | None", workers: int):
         self.cluster = cluster
         prior = previous.balancer if previous is not None and previous.cluster.lb_policy == cluster.lb_policy else None
         self.balancer = Balancer(cluster.endpoints, cluster.lb_policy, cluster.outlier, previous=prior)
-        self.tls_context = None
-        self.pool_key = (cluster.tls,)
+        # Open connections keep pointing at their circuit, so it outlives table generations.
+        self.circuit = previous.circuit if previous is not None else Circuit()
+        self.circuit.configure(cluster.pool, workers)
+        self.pool_key = (cluster.name, cluster.tls)
 
 
 class ChainRuntime:
@@ -104,7 +113,7 @@ class Compiled:
         self.server_header = table.options.server_header.encode()
         self.listeners = {listener_key(l): ListenerRuntime(l) for l in table.listeners}
         old_clusters = previous.clusters if previous is not None else {}
-        self.clusters = {name: ClusterRuntime(c, old_clusters.get(name)) for name, c in table.clusters.items()}
+        self.clusters = {name: ClusterRuntime(c, old_clusters.get(name), table.options.workers) for name, c in table.clusters.items()}
         self.routes: dict[int, RouteRuntime] = {}
         for lr in self.listeners.values():
             configs = [lr.listener.route_config] + [c.route_config for c in lr.listener.filter_chains]
@@ -120,6 +129,7 @@ class Compiled:
         rt = RouteRuntime(route)
         for dest in rt.destinations:
             dest.cluster_runtime = self.clusters.get(dest.wc.cluster) if dest.wc.cluster else None
+        rt.mirrors = tuple((m, self.clusters.get(m.cluster)) for m in route.mirrors)
         return rt
 
     def route_runtime(self, route: Route) -> RouteRuntime:

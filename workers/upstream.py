@@ -13,14 +13,21 @@
 #   MAX_IDLE_PER_ENDPOINT idle connections are kept per endpoint.
 # - Connect has its own timeout (DestinationRule connectTimeout, default 10 s); a failure raises
 #   ConnectFailure, which the proxy maps to a retry or a 503 (UF).
+# - Circuit breaking (DestinationRule connectionPool) is counted per cluster in a `Circuit`: open connections
+#   (active and idle) up to maxConnections; beyond that a request waits for a connection (released to idle or
+#   closed) while fewer than http1MaxPendingRequests wait, else it overflows (503 UO, x-envoy-overloaded).
+#   Limits are per gateway: each of the N workers enforces ceil(limit / N) (see README, "Circuit breaking").
 from __future__ import annotations
 
+import math
+import socket
 import ssl
 import time
 
 import h11
 import trio
 
+from edge.table import UNLIMITED, ConnectionPool
 from workers.netio import SocketTransport, StreamTransport, Transport, open_tcp_socket
 
 MAX_IDLE_PER_ENDPOINT = 256
@@ -35,10 +42,47 @@ class ConnectFailure(Exception):
         self.reason = reason
 
 
-class UpstreamConnection:
-    __slots__ = ("transport", "h11", "key", "requests", "idle_since", "created", "reused")
+class Overflow(Exception):
+    """A circuit breaker is open: too many connections, pending or active requests for the cluster."""
 
-    def __init__(self, transport: Transport, key: tuple):
+
+def _per_worker(limit: int, workers: int) -> int:
+    if limit >= UNLIMITED or limit <= 0:
+        return UNLIMITED
+    return max(1, math.ceil(limit / max(1, workers)))
+
+
+class Circuit:
+    """Circuit-breaker counters of one cluster in one worker; kept across table generations."""
+
+    __slots__ = ("max_connections", "max_pending", "max_requests", "max_retries", "connections", "pending", "requests", "retries", "lot", "overflows")
+
+    def __init__(self) -> None:
+        self.max_connections = self.max_pending = self.max_requests = self.max_retries = UNLIMITED
+        self.connections = 0  # open upstream connections, active or idle
+        self.pending = 0  # requests waiting for a connection
+        self.requests = 0  # requests in flight
+        self.retries = 0  # retries in flight
+        self.lot = trio.lowlevel.ParkingLot()
+        self.overflows = 0
+
+    def configure(self, pool: ConnectionPool, workers: int) -> None:
+        self.max_connections = _per_worker(pool.max_connections, workers)
+        self.max_pending = _per_worker(pool.http1_max_pending_requests, workers)
+        self.max_requests = _per_worker(pool.http2_max_requests, workers)
+        self.max_retries = _per_worker(pool.max_retries, workers)
+
+    def connection_closed(self) -> None:
+        if self.connections > 0:
+            self.connections -= 1
+        if self.lot:
+            self.lot.unpark()
+
+
+class UpstreamConnection:
+    __slots__ = ("transport", "h11", "key", "requests", "idle_since", "created", "reused", "circuit")
+
+    def __init__(self, transport: Transport, key: tuple, circuit: Circuit | None = None):
         self.transport = transport
         self.h11 = h11.Connection(h11.CLIENT)
         self.key = key
@@ -46,9 +90,13 @@ class UpstreamConnection:
         self.idle_since = 0.0
         self.created = time.monotonic()
         self.reused = False
+        self.circuit = circuit
 
     def close(self) -> None:
-        self.transport.close()
+        if not self.transport.closed:
+            self.transport.close()
+            if self.circuit is not None:
+                self.circuit.connection_closed()
 
 
 class Pool:
@@ -96,11 +144,39 @@ class UpstreamPools:
             conn.close()
         return None
 
-    async def connect(self, key: tuple, address: str, port: int, connect_timeout_s: float, tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> UpstreamConnection:
+    async def acquire(self, key: tuple, circuit: Circuit, address: str, port: int, pool_settings: ConnectionPool, tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> UpstreamConnection:
+        """An idle connection, or a new one within the circuit's limits; waits as a pending request when the
+        cluster is at maxConnections. Raises Overflow or ConnectFailure. The caller bounds the wait."""
+        while True:
+            conn = self.take_idle(key)
+            if conn is not None:
+                return conn
+            if circuit.connections < circuit.max_connections:
+                circuit.connections += 1
+                try:
+                    conn = await self.connect(key, address, port, pool_settings.connect_timeout_s, tls, server_hostname, pool_settings.tcp_keepalive)
+                except BaseException:
+                    circuit.connection_closed()
+                    raise
+                conn.circuit = circuit
+                self.pools[key].idle_timeout_s = pool_settings.idle_timeout_s
+                return conn
+            if circuit.pending >= circuit.max_pending:
+                circuit.overflows += 1
+                raise Overflow()
+            circuit.pending += 1
+            try:
+                await circuit.lot.park()
+            finally:
+                circuit.pending -= 1
+
+    async def connect(self, key: tuple, address: str, port: int, connect_timeout_s: float, tls: ssl.SSLContext | None = None, server_hostname: str | None = None, keepalive: tuple | None = None) -> UpstreamConnection:
         pool = self.pool(key)
         try:
             with trio.fail_after(connect_timeout_s if connect_timeout_s > 0 else 3600):
                 sock = await open_tcp_socket(address, port)
+                if keepalive is not None:
+                    _set_keepalive(sock, keepalive)
                 transport: Transport
                 if tls is None:
                     transport = SocketTransport(sock)
@@ -141,20 +217,22 @@ class UpstreamPools:
         ):
             conn.idle_since = time.monotonic()
             pool.idle.append(conn)
+            if conn.circuit is not None and conn.circuit.lot:
+                conn.circuit.lot.unpark()  # a pending request can take it
         else:
             conn.close()
 
     def discard(self, conn: UpstreamConnection) -> None:
         self.release(conn, reusable=False)
 
-    def close_idle(self, older_than: float | None = None) -> int:
-        """Close idle connections idle since before `older_than` (all when None); returns how many."""
+    def close_idle(self, expired_only: bool = False) -> int:
+        """Close idle connections (only those past their pool's idle timeout when `expired_only`)."""
         closed = 0
         now = time.monotonic()
         for pool in self.pools.values():
             keep = []
             for conn in pool.idle:
-                if older_than is None or now - conn.idle_since >= pool.idle_timeout_s:
+                if not expired_only or now - conn.idle_since >= pool.idle_timeout_s:
                     conn.close()
                     closed += 1
                 else:
@@ -165,7 +243,8 @@ class UpstreamPools:
     async def serve_idle_reaper(self) -> None:
         while True:
             await trio.sleep(REAPER_INTERVAL_S)
-            self.close_idle(older_than=0.0)
+            self.close_idle(expired_only=True)
+
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -175,3 +254,15 @@ class UpstreamPools:
             "connects": sum(p.connects for p in self.pools.values()),
             "reuses": sum(p.reuses for p in self.pools.values()),
         }
+
+
+def _set_keepalive(sock: socket.socket, keepalive: tuple) -> None:
+    """DestinationRule tcp.tcpKeepalive: (probes, time_s, interval_s); 0 leaves the OS default."""
+    probes, idle_s, interval_s = keepalive
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if probes:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, int(probes))
+    if idle_s:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle_s)))
+    if interval_s:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(interval_s)))
