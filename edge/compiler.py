@@ -804,6 +804,7 @@ class _VHostBuild:
     routes: list[table.Route] = field(default_factory=list)
     require_tls: bool = False
     seen: set[tuple[str, str]] = field(default_factory=set)  # (VirtualService, gateway) already appended
+    route_ids: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -1353,12 +1354,15 @@ class _Compiler:
     def _duplicate_tls_hosts(self, w: _Where, srv: _Server, plan: _ListenerPlan) -> bool:
         """model.CheckDuplicates: a host already served with TLS on this (bind, port) would be an identical
         SNI filter-chain match."""
-        mine = set(_sni_names(srv.hosts)) if srv.kind != KIND_HTTP else set(srv.hosts)
+        def names(s: _Server) -> set[str]:
+            # TLS servers: SNI names ("*" when any SNI); httpsRedirect HTTP servers: the hosts as written.
+            return set(s.hosts) if s.kind == KIND_HTTP else (set(_sni_names(s.hosts)) or {"*"})
+
+        mine = names(srv)
         for other in plan.servers:
             if other.server.tls is None:
                 continue
-            theirs = set(_sni_names(other.hosts)) if other.kind != KIND_HTTP else set(other.hosts)
-            both = sorted(mine & theirs) or (["*"] if srv.kind != KIND_HTTP and not mine and not theirs else [])
+            both = sorted(mine & names(other))
             if both:
                 w.error(f"duplicate TLS host names {both} on port {srv.port}: already served by {other.describe()}; this server is skipped")
                 return True
@@ -2337,7 +2341,10 @@ class _Compiler:
                         vh = vhosts[domain] = _VHostBuild()
                     if contributor not in vh.seen:
                         vh.seen.add(contributor)
-                        vh.routes.extend(routes)
+                        # The same VS bound through several gateways gives the same Route objects again:
+                        # Istio appends them twice; the copies could never match, so they are left out.
+                        vh.routes.extend(r for r in routes if id(r) not in vh.route_ids)
+                        vh.route_ids.update(map(id, routes))
                     if redirect:
                         vh.require_tls = True
             if redirect:

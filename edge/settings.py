@@ -24,6 +24,8 @@ ACCESS_LOG_OFF = "off"
 ACCESS_LOG_STDOUT = "-"
 ACCESS_LOG_FORMATS = ("text", "json")
 HTTP10_MODES = ("accept", "reject")
+HTTP_CODECS = ("h11", "httptools")
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -53,6 +55,7 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     request_headers_timeout_s: float = 10.0  # slow-client protection: a started request head must finish
     idle_timeout_s: float = 3600.0  # client connections with no request in flight (Envoy's default)
     max_connections_per_worker: int = 10_000
+    http_codec: str = "h11"  # "h11" (the reference) or "httptools" (the accelerated codec, edge[fast])
 
     def table_options(self):
         """The per-table switches workers read (edge.table.Options)."""
@@ -212,6 +215,16 @@ def build_settings(flags: Mapping[str, object], environ: Mapping[str, str] | Non
             raise SettingsError(f"{where}: {value!r} is not a number") from None
         if kw["max_connections_per_worker"] < 1:
             raise SettingsError(f"{where}: must be at least 1")
+    value, where = pick("http_codec", "--http-codec")
+    if value is not None:
+        if value not in HTTP_CODECS:
+            raise SettingsError(f"{where}: {value!r} is not one of {', '.join(HTTP_CODECS)}")
+        if value == "httptools":
+            try:
+                import httptools  # noqa: F401
+            except ImportError:
+                raise SettingsError(f"{where}: httptools is not installed (pip install 'edge[fast]')") from None
+        kw["http_codec"] = str(value)
     value, where = pick("http10", "--http10")
 
     if value is not None:

@@ -317,8 +317,8 @@ class StatsSegment:
             start = entries_base + index * ENTRY_WORDS
             entry = u64[start : start + ENTRY_WORDS].tolist()
             kind = entry[E_KIND]
-            if kind not in (KIND_HTTP, KIND_TCP):
-                continue
+            if kind not in (KIND_HTTP, KIND_TCP) or (index >= used and not any(entry[2:])):
+                continue  # unused, or an overflow entry that never counted anything
             key = self._key(slot, index, entry[E_KEY], kind, key_base, g.key_area_bytes)
             if key is None:
                 continue

@@ -35,7 +35,13 @@
 # - Logs: one human-readable line per event on stderr, "edge: …". tests/e2e/harness.py reads three of them, so
 #   keep their shape: "reload #N (reasons)", "reload #N: outcome" ("generation G published …",
 #   "configuration unchanged; …", "failed; …"), and "generation G is served by every worker".
-# - --status-port 0 turns the status port off.
+# - --status-port 0 turns the status port off; so do --metrics-port 0 and --admin-port 0 for theirs. The metrics
+#   port binds 0.0.0.0 (Prometheus scrapes it from the pod network), the admin port --admin-bind (127.0.0.1).
+# - Statistics: the supervisor creates the stats segment (edge/stats_shm.py) with one slot per worker slot and
+#   passes its name to every worker; the metrics and admin ports (edge/admin.py, edge/metrics.py) read it on
+#   each request, and a sampler keeps one summary a second for the admin page's live view.
+# - SIGUSR1 (logrotate's postrotate) is forwarded to every worker, which reopens its access log.
+# - POST /reload waits for the outcome of the reload that covers its request (ReloadRequests tickets).
 # - SupervisorState holds everything the status, metrics and admin ports show; they read it, never change it.
 from __future__ import annotations
 
@@ -54,12 +60,16 @@ import msgspec
 import trio
 
 from edge import control
+from edge.admin import admin_routes, metrics_routes
 from edge.compiler import load_and_compile
+from edge.dns import DnsResolver, Resolver
 from edge.errors import ERROR, WARNING, ConfigError, Diagnostic
+from edge.metrics import LiveHistory, SupervisorView, Totals, live_sample, sum_slots
 from edge.settings import RunSettings
 from edge.shm import ShmError, TableWriter, remove_stale_segments
 from edge.sockets import ListenerError, ListenerSockets
-from edge.status import serve_status
+from edge.stats_shm import SlotSnapshot, StatsSegment
+from edge.status import bind_status_socket, serve_http, serve_status
 from edge.table import RoutingTable, encode_table
 from edge.watch import serve_config_watch
 
@@ -70,6 +80,9 @@ RESTART_BACKOFF_MAX_S = 5.0
 STABLE_RUN_S = 5.0  # a worker that lived this long before dying restarts the backoff from the minimum
 DRAIN_KILL_GRACE_S = 1.0
 KILL_REAP_TIMEOUT_S = 5.0
+LIVE_SAMPLE_INTERVAL_S = 1.0  # the admin page's resolution
+METRICS_BIND = "0.0.0.0"  # Prometheus scrapes the metrics port from the pod network, like Istio's 15090
+RELOAD_OUTCOMES_KEPT = 32
 WORKER_ARGV: tuple[str, ...] = (sys.executable, "-m", "workers.main")
 # Environment the workers must not see: systemd would take their messages for ours.
 SUPERVISOR_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
@@ -227,6 +240,7 @@ class SupervisorState:
     reload_failures_total: int = 0
     last_reload_error: ReloadError | None = None  # the latest failure; kept after later successes
     last_reload_ok: bool = True
+    last_reload_success_at: float = 0.0  # wall clock of the last publish (the first one included)
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -261,6 +275,7 @@ class Compiled:
     payload: bytes
     files: tuple[str, ...]
     warnings: tuple[str, ...]
+    source: RoutingTable | None = None  # the table as compiled, when `table` has DNS names resolved (edge/dns.py)
 
 
 def diagnostic_lines(diagnostics: Sequence[Diagnostic], severity: str) -> tuple[str, ...]:
@@ -306,22 +321,45 @@ class WorkerHandle:
 
 
 class ReloadRequests:
-    """Reload requests that arrive while a reload runs coalesce into one more reload."""
+    """Reload requests that arrive while a reload runs coalesce into one more reload.
+
+    Each request gets a ticket; finish(outcome) after a reload answers every ticket that reload took, so
+    POST /reload can wait for the outcome of the reload that covers its request (wait_outcome)."""
 
     def __init__(self) -> None:
         self._reasons: list[str] = []
         self._event = trio.Event()
+        self._requested = 0  # tickets handed out
+        self._taken = 0  # tickets covered by the reload that runs now (or ran last)
+        self._outcomes: list[tuple[int, str]] = []  # (last ticket covered, outcome), oldest first
+        self._finished = trio.Event()
 
-    def request(self, reason: str) -> None:
+    def request(self, reason: str) -> int:
         if reason not in self._reasons:
             self._reasons.append(reason)
+        self._requested += 1
         self._event.set()
+        return self._requested
 
     async def wait(self) -> list[str]:
         await self._event.wait()
         self._event = trio.Event()
         reasons, self._reasons = self._reasons, []
+        self._taken = self._requested
         return reasons
+
+    def finish(self, outcome: str) -> None:
+        self._outcomes.append((self._taken, outcome))
+        del self._outcomes[:-RELOAD_OUTCOMES_KEPT]
+        self._finished.set()
+        self._finished = trio.Event()
+
+    async def wait_outcome(self, ticket: int) -> str:
+        while True:
+            for covered, outcome in self._outcomes:
+                if covered >= ticket:
+                    return outcome
+            await self._finished.wait()
 
 
 class Supervisor:
@@ -331,8 +369,10 @@ class Supervisor:
         *,
         worker_argv: Sequence[str] | None = None,
         environ: Mapping[str, str] = os.environ,
+        dns_resolve: Resolver | None = None,
     ):
         self.settings = settings
+        self.dns = DnsResolver(dns_resolve, log=log)  # ServiceEntry DNS names → addresses (edge/dns.py)
         self.worker_argv = tuple(WORKER_ARGV if worker_argv is None else worker_argv)
         self.config_paths = tuple(settings.config)
         workers = settings.workers
@@ -340,6 +380,8 @@ class Supervisor:
         self.state.slots = [SlotRecord(slot) for slot in range(workers)]
         self.registry = ListenerSockets(workers, dict(settings.port_map))
         self.writer: TableWriter | None = None
+        self.stats: StatsSegment | None = None
+        self.live = LiveHistory()
         self.payload = b""
         self.notifier = SystemdNotifier.from_environ(environ)
         self.watchdog_s = watchdog_interval_s(environ, os.getpid())
@@ -379,6 +421,18 @@ class Supervisor:
             except ListenerError as exc:
                 log(f"status port: {exc}")
                 return False
+        for name, port, bind, routes in (
+            ("metrics", self.settings.metrics_port, METRICS_BIND, metrics_routes(self)),
+            ("admin", self.settings.admin_port, self.settings.admin_bind, admin_routes(self)),
+        ):
+            if not port:
+                continue
+            try:
+                sock = bind_status_socket(port, bind)
+            except ListenerError as exc:
+                log(f"{name} port: {exc}")
+                return False
+            await nursery.start(serve_http, sock, routes)
         await nursery.start(self._serve_watch)
         started = trio.current_time()
         try:
@@ -391,6 +445,7 @@ class Supervisor:
             return False
         for line in compiled.warnings:
             print(line, file=sys.stderr, flush=True)
+        compiled = await self._resolve_dns(compiled)
         try:
             self.registry.sync(listener_addresses(compiled.table))
         except ListenerError as exc:
@@ -403,6 +458,10 @@ class Supervisor:
             log(f"cannot publish the table in shared memory: {exc}")
             return False
         self._adopt(compiled, generation)
+        try:
+            self.stats = StatsSegment.create(self.state.workers)
+        except OSError as exc:
+            log(f"cannot create the stats segment in shared memory: {exc}; metrics will show no traffic")
         log(
             f"generation {generation}: {len(compiled.table.listeners)} listener(s), "
             f"{len(compiled.table.clusters)} cluster(s) from {len(compiled.files)} file(s) "
@@ -415,16 +474,20 @@ class Supervisor:
         await nursery.start(self._serve_workers)
         nursery.start_soon(self._serve_heartbeats)
         nursery.start_soon(self._serve_reloads)
+        nursery.start_soon(self.dns.serve_refresh, self._publish_dns_change)
+        nursery.start_soon(self._serve_live_samples)
         if self.watchdog_s is not None:
             nursery.start_soon(self._serve_watchdog)
         return True
 
     def _adopt(self, compiled: Compiled, generation: int) -> None:
+        self.dns.follow(compiled.source if compiled.source is not None else compiled.table)
         self.payload = compiled.payload
         self.state.generation = generation
         self.state.table = compiled.table
         self.state.source_files = compiled.files
         self.state.warnings = compiled.warnings
+        self.state.last_reload_success_at = time.time()
 
     def _close_everything(self) -> None:
         for handle in self.handles.values():
@@ -432,17 +495,21 @@ class Supervisor:
         self.registry.close_all()
         if self.writer is not None:
             self.writer.close()
+        if self.stats is not None:
+            self.stats.close()
         self.notifier.close()
 
     # --------------------------------------------------------------------------------------------- signals
 
     async def _serve_signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as signals:
             task_status.started()
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
                     self.request_reload(name)
+                elif signum == signal.SIGUSR1:
+                    self._forward_signal(signum)
                 elif not self._shutdown_started:
                     self._shutdown_started = True
                     assert self._nursery is not None
@@ -457,8 +524,24 @@ class Supervisor:
 
     # ---------------------------------------------------------------------------------------------- reload
 
-    def request_reload(self, reason: str) -> None:
-        self.reloads.request(reason)
+    def request_reload(self, reason: str) -> int:
+        return self.reloads.request(reason)
+
+    async def reload_and_wait(self, reason: str) -> str:
+        """Request a reload and wait for the outcome line of the reload that covers it (POST /reload)."""
+        return await self.reloads.wait_outcome(self.request_reload(reason))
+
+    def _forward_signal(self, signum: int) -> None:
+        """SIGUSR1 (logrotate): every worker reopens its access log."""
+        sent = 0
+        for handle in list(self.handles.values()):
+            if handle.alive:
+                try:
+                    handle.process.send_signal(signum)
+                    sent += 1
+                except ProcessLookupError:
+                    pass
+        log(f"{signal.Signals(signum).name}: access logs reopened by {sent} worker(s)")
 
     async def _serve_watch(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         def on_change(paths: set[str]) -> None:
@@ -472,8 +555,9 @@ class Supervisor:
         while True:
             reasons = await self.reloads.wait()
             if self.state.draining:
+                self.reloads.finish("abandoned: draining")
                 continue
-            await self.reload(reasons)
+            self.reloads.finish(await self.reload(reasons))
 
     async def reload(self, reasons: Sequence[str]) -> str:
         """One reload; returns its outcome line (also logged)."""
@@ -489,6 +573,7 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001 - a compiler bug must not take down what serves traffic
             traceback.print_exc(file=sys.stderr)
             return self._reload_failed(number, [f"internal error while compiling: {exc!r}"])
+        compiled = await self._resolve_dns(compiled)
         if self.state.draining:
             return self._reload_done(number, "abandoned: draining")
         if compiled.payload == self.payload:
@@ -546,6 +631,38 @@ class Supervisor:
         line = f"serving generation {self.state.generation} with {self.state.workers} worker(s)"
         return line if self.state.last_reload_ok else line + "; the last reload failed (see the log)"
 
+    # ----------------------------------------------------------------------------------------------- DNS
+
+    async def _resolve_dns(self, compiled: Compiled) -> Compiled:
+        """The compiled table with the names of its DNS ServiceEntries replaced by addresses; names never
+        looked up before are resolved now, with a bounded wait (edge/dns.py)."""
+        table = await self.dns.resolve_new(compiled.table)
+        if table is compiled.table:
+            return compiled
+        return Compiled(table, encode_table(table), compiled.files, compiled.warnings, source=compiled.table)
+
+    def _publish_dns_change(self) -> None:
+        """The refresher saw new addresses: publish them as a new generation (the listeners are unchanged)."""
+        if self.writer is None or self.state.draining or self.dns.source is None:
+            return
+        source = self.dns.source
+        table = self.dns.resolved()
+        payload = encode_table(table)
+        if payload == self.payload:
+            return
+        try:
+            generation = self.writer.publish(payload)
+        except (OSError, ShmError) as exc:
+            log(f"cannot publish the DNS update: {exc}")
+            return
+        self._adopt(Compiled(table, payload, self.state.source_files, self.state.warnings, source=source), generation)
+        for handle in list(self.handles.values()):
+            if handle.record.state != DRAINING:
+                self._send(handle, control.Message(op=control.TABLE, generation=generation))
+        log(f"generation {generation} published: DNS addresses changed")
+        self.ready_pending = True
+        self._check_ready()
+
     # ------------------------------------------------------------------------------------------- readiness
 
     def _pulse(self) -> None:
@@ -593,7 +710,8 @@ class Supervisor:
             record.backoff_s = restart_delay(record.backoff_s, lifetime)
             record.last_exit = exit_text
             who = f"worker {slot} (pid {pid})" if pid is not None else f"worker {slot}"
-            log(f"{who} {exit_text} after {format_seconds(lifetime)}; restarting in {record.backoff_s:g} s")
+            loop = " (crash loop: backing off)" if record.backoff_s > RESTART_BACKOFF_MIN_S else ""
+            log(f"{who} {exit_text} after {format_seconds(lifetime)}; restarting in {record.backoff_s:g} s{loop}")
             await trio.sleep(record.backoff_s)
 
     def _worker_command(self, slot: int, control_fd: int) -> list[str]:
@@ -603,6 +721,10 @@ class Supervisor:
         if settings.credentials_dir:
             argv += ["--credentials-dir", settings.credentials_dir]
         argv += ["--access-log", settings.access_log, "--access-log-format", settings.access_log_format]
+        argv += ["--http-codec", settings.http_codec]
+
+        if self.stats is not None:
+            argv += ["--stats-shm", self.stats.name]
         return argv
 
     async def _spawn(self, slot: int) -> WorkerHandle:
@@ -714,6 +836,62 @@ class Supervisor:
                 self._check_ready()
             elif message.op == control.DRAINED:
                 record.state = DRAINING
+
+    # -------------------------------------------------------------------------------------------- stats
+
+    def stats_slots(self) -> list[SlotSnapshot]:
+        return self.stats.read_all() if self.stats is not None else []
+
+    def live_slots(self) -> list[int]:
+        return [slot.slot for slot in self.state.slots if slot.worker is not None]
+
+    def stats_totals(self) -> Totals:
+        return sum_slots(self.stats_slots(), self.live_slots())
+
+    def worker_reports(self) -> dict[int, dict]:
+        """slot → the status document its live worker last published (edge/stats_shm.py status area)."""
+        live = set(self.live_slots())
+        reports = {}
+        for snap in self.stats_slots():
+            if snap.slot in live and snap.status:
+                try:
+                    reports[snap.slot] = msgspec.json.decode(snap.status)
+                except msgspec.DecodeError:
+                    continue
+        return reports
+
+    def supervisor_view(self) -> SupervisorView:
+        state = self.state
+        error = state.last_reload_error
+        return SupervisorView(
+            generation=state.generation,
+            reloads_total=state.reloads_total,
+            reload_failures_total=state.reload_failures_total,
+            last_reload_ok=state.last_reload_ok,
+            last_reload_success_at=state.last_reload_success_at,
+            last_reload_failure_at=error.at if error is not None else 0.0,
+            ready=state.readiness()[0],
+            draining=state.draining,
+            started_at=state.started_at,
+            workers=state.workers,
+            worker_states=tuple(
+                (
+                    slot.slot,
+                    slot.worker.state if slot.worker is not None else "down",
+                    slot.restarts,
+                    slot.backoff_s,
+                    slot.worker.pid if slot.worker is not None else 0,
+                )
+                for slot in state.slots
+            ),
+            crash_loop_backoff_s=RESTART_BACKOFF_MIN_S,
+            cluster_domain=state.table.options.cluster_domain if state.table is not None else "cluster.local",
+        )
+
+    async def _serve_live_samples(self) -> None:
+        while True:
+            self.live.add(live_sample(self.stats_totals(), time.time()))
+            await trio.sleep(LIVE_SAMPLE_INTERVAL_S)
 
     # ---------------------------------------------------------------------------------------- heartbeats
 

@@ -21,7 +21,7 @@ TABLE_LAYOUT_VERSION = 1
 # StringMatcher kinds (a table, not an enum, so that msgpack stays small and workers index by int).
 MATCH_EXACT = 0
 MATCH_PREFIX = 1
-MATCH_REGEX = 2
+MATCH_REGEX = 2  # value is a Python `re` pattern (the compiler checked the RE2 and translated it); full match
 MATCH_PRESENT = 3  # header/query present with any value ({} or regex "*")
 
 # Route actions.
@@ -33,6 +33,9 @@ ACTION_DIRECT = 2
 PROTO_HTTP = "HTTP"  # plain HTTP/1.1 (Istio HTTP, HTTP2, GRPC, GRPC-WEB servers)
 PROTO_HTTPS = "HTTPS"  # TLS terminated, then HTTP; filter chains chosen by SNI
 PROTO_TLS = "TLS"  # passthrough by SNI (filter chains without TLS contexts) or terminated TCP
+# A port where terminating HTTPS servers and passthrough servers meet (Istio allows it: both are TLS, told
+# apart by SNI) is PROTO_TLS too; dispatch per chain: tls None → passthrough, tls + tcp → terminated TCP,
+# tls + route_config → terminated HTTP. PROTO_HTTPS means every chain is terminated HTTP.
 PROTO_TCP = "TCP"  # opaque TCP
 
 UNLIMITED = 2**32 - 1  # Istio's default circuit-breaker thresholds
@@ -61,7 +64,8 @@ class QueryMatcher(Frozen):
 
 
 class RouteMatch(Frozen):
-    # None = any path. ignore_case of the path matcher carries ignoreUriCase.
+    # None = any path. ignore_case of the path matcher carries ignoreUriCase. A route whose action replaces
+    # the matched prefix (Rewrite.prefix, Redirect.prefix_rewrite) always has a path matcher ("/" if none).
     path: StringMatcher | None = None
     headers: tuple[HeaderMatcher, ...] = ()
     query: tuple[QueryMatcher, ...] = ()
@@ -115,9 +119,9 @@ class DirectResponse(Frozen):
 
 
 class Rewrite(Frozen):
-    prefix: str | None = None  # `uri` with a prefix match: replaces the matched prefix
-    full_path: str | None = None  # `uri` with an exact/regex match or no match: replaces the whole path
-    regex: str | None = None  # uriRegexRewrite.match (RE2 syntax, compiled by workers)
+    prefix: str | None = None  # `uri` with a prefix match, or no uri match (Envoy's prefix "/"): replaces the matched prefix
+    full_path: str | None = None  # `uri` with an exact/regex match: replaces the whole path
+    regex: str | None = None  # uriRegexRewrite.match as a Python `re` pattern (translated from RE2), compiled by workers
     regex_substitution: str = ""  # with \1 converted to Python's \g<1>
     authority: str = ""
 

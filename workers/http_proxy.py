@@ -1,9 +1,10 @@
-# The HTTP/1.1 reverse proxy of one downstream connection: h11 on both sides, bodies streamed both ways.
+# The HTTP/1.1 reverse proxy of one downstream connection, on the codec the worker was started with
+# (workers/http1.py: h11, or httptools), bodies streamed both ways.
 #
 # Rules (order of what happens to a request):
 #   1. Read the request head under the header timeout (408 when it runs out mid-head; a silent close
-#      when the keep-alive connection was idle). h11 rejects malformed input → its status hint (400, 431;
-#      414 when the request line alone is too long). Header names with "_" → 400 (Envoy's edge default).
+#      when the keep-alive connection was idle). The codec rejects malformed input with its status hint
+#      (400, 431; 414 when the request line alone is too long). Header names with "_" → 400 (Envoy's edge default).
 #      HTTP/1.0 → 426 when the table says Istio's default (PILOT_HTTP10 unset) applies.
 #   2. Normalise the path (RFC 3986 dot segments, as Envoy's normalize_path), take the host from the
 #      absolute-form target or Host, look up listener → filter chain → virtual host → route (a miss is 404 NR).
@@ -17,7 +18,7 @@
 #      client connection (never a truncated body presented as complete).
 # - Local replies carry Envoy's bodies and response flags (NR, UH, UF, URX, UT, UO, UPE, FI, NC, DC).
 # - The client going away cancels the upstream exchange at once; that upstream connection is discarded.
-# - Bytes h11 rejected never reach a backend: the upstream request is built from h11's parsed events only.
+# - Bytes the codec rejected never reach a backend: the upstream request is built from parsed events only.
 from __future__ import annotations
 
 import http
@@ -26,11 +27,11 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-import h11
 import trio
 
 from edge.table import ACTION_DIRECT, ACTION_REDIRECT, Route
 from workers import headers as hdr
+from workers.http1 import CLOSED, END_OF_MESSAGE, NEED_DATA, Data, InformationalResponse, ProtocolError, Request, Response
 from workers.netio import SocketTransport, Transport, TransportClosed
 from workers.paths import normalize_path, split_target
 from workers.route_policies import FAULT_ABORT_BODY, PREFLIGHT_FORWARD, cors_preflight, cors_response_headers, decide_fault, grpc_abort_headers, hash_for_request
@@ -108,10 +109,19 @@ class RequestLog:
         self.duration_ms = 0
 
 
-class Downstream:
-    """One client connection: its transport, h11 state and where it came from."""
+# What a connection is doing, for the worker's sweeper (workers/main.py): IDLE connections are closed by the
+# idle timeout and by drain; UPSTREAM_WAIT connections have their client socket checked for a disconnect
+# (a peek), which cancels the exchange. One cancel scope per connection serves both, so the request path
+# sets an attribute instead of entering a scope or starting a watcher task.
+STATE_BUSY = 0
+STATE_IDLE = 1
+STATE_UPSTREAM_WAIT = 2
 
-    __slots__ = ("worker", "transport", "conn", "peer_ip", "peer", "local", "scheme", "listener_key", "chain_index", "sni", "must_close", "head_bytes")
+
+class Downstream:
+    """One client connection: its transport, codec state and where it came from."""
+
+    __slots__ = ("worker", "transport", "conn", "peer_ip", "peer", "local", "scheme", "listener_key", "chain_index", "sni", "must_close", "scope", "state", "since", "client_gone")
 
     def __init__(self, worker: "Worker", transport: Transport, peer: tuple, local: tuple, scheme: str, listener_key: str, chain_index: int = -1, sni: str = ""):
         self.worker = worker
@@ -124,8 +134,14 @@ class Downstream:
         self.chain_index = chain_index
         self.sni = sni
         self.must_close = False
-        self.head_bytes = 0
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=worker.max_header_bytes)
+        self.conn = worker.server_codec(worker.max_header_bytes)
+        self.scope: trio.CancelScope | None = None
+        self.state = STATE_BUSY
+        self.since = 0.0
+        self.client_gone = False
+
+    def raw_socket(self) -> socket.socket | None:
+        return _raw_socket(self.transport)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -137,29 +153,29 @@ async def serve_http_connection(down: Downstream) -> None:
     worker = down.worker
     conn = down.conn
     transport = down.transport
+    worker.connections.add(down)
     try:
-        while True:
-            event = await _read_request_head(down)
-            if event is None:
-                return
-            keep_alive = await _handle_request(down, event)
-            if not keep_alive or down.must_close or worker.draining:
-                return
-            if conn.their_state is h11.SEND_BODY and not await _drain_request_body(down, RETRY_BUFFER_BYTES):
-                return  # a body we did not forward, or the EndOfMessage of a body-less request, is left
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                return
-            try:
-                conn.start_next_cycle()
-            except h11.LocalProtocolError:
-                return
+        with trio.CancelScope() as down.scope:
+            while True:
+                event = await _read_request_head(down)
+                if event is None:
+                    return
+                keep_alive = await _handle_request(down, event)
+                if not keep_alive or down.must_close or worker.draining:
+                    return
+                if conn.request_body_pending and not await _drain_request_body(down, RETRY_BUFFER_BYTES):
+                    return  # a body we did not forward, or the end of a body-less request, is left
+                if conn.will_close or not conn.start_next_cycle():
+                    return
     except (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone):
         return
     finally:
+        worker.connections.discard(down)
+        worker.upstream_waiting.discard(down)
         await transport.aclose()
 
 
-async def _read_request_head(down: Downstream) -> h11.Request | None:
+async def _read_request_head(down: Downstream) -> Request | None:
     """The next request head; None when the connection should just close (idle, EOF, or answered error)."""
     conn = down.conn
     worker = down.worker
@@ -168,11 +184,11 @@ async def _read_request_head(down: Downstream) -> h11.Request | None:
     while True:
         try:
             event = conn.next_event()
-        except h11.RemoteProtocolError as exc:
+        except ProtocolError as exc:
             await _reject_malformed(down, exc)
             return None
-        if event is h11.NEED_DATA:
-            buffered = bool(conn.trailing_data[0])
+        if event is NEED_DATA:
+            buffered = conn.has_buffered_data
             if buffered and header_deadline == math.inf:
                 header_deadline = trio.current_time() + opts.request_headers_timeout_s
             data = await _recv_for_head(down, buffered, header_deadline)
@@ -182,19 +198,17 @@ async def _read_request_head(down: Downstream) -> h11.Request | None:
                     log.details = "request_header_timeout"
                     await _send_raw_reply(down, log, 408, b"")
                 return None
-            down.head_bytes += len(data)
             conn.receive_data(data)
             continue
-        if type(event) is h11.Request:
+        if type(event) is Request:
             return event
         # ConnectionClosed, PAUSED or anything unexpected: end quietly.
         return None
 
 
 async def _recv_for_head(down: Downstream, buffered: bool, header_deadline: float) -> bytes | None:
-    """Bytes for the request head, or None on timeout. An idle connection waits under the idle timeout and
-    is woken by drain."""
-    worker = down.worker
+    """Bytes for the request head, or None on timeout. Between requests the connection is IDLE: the sweeper
+    closes it at the idle timeout or when the worker drains (by cancelling the connection's scope)."""
     transport = down.transport
     if buffered:
         with trio.move_on_at(header_deadline):
@@ -203,30 +217,21 @@ async def _recv_for_head(down: Downstream, buffered: bool, header_deadline: floa
     data = transport.recv_nowait()
     if data is not None:
         return data
-    timeout = worker.options.idle_timeout_s
-    with trio.move_on_after(timeout if timeout > 0 else math.inf) as scope:
-        worker.idle_scopes.add(scope)
-        try:
-            if worker.draining:
-                return b""
-            return await transport.recv()
-        finally:
-            worker.idle_scopes.discard(scope)
-    return b""  # idle timeout or drain: behave as EOF, the loop closes the connection
+    if down.worker.draining:
+        return b""
+    down.state = STATE_IDLE
+    down.since = trio.current_time()
+    try:
+        return await transport.recv()
+    finally:
+        down.state = STATE_BUSY
 
 
-async def _reject_malformed(down: Downstream, exc: h11.RemoteProtocolError) -> None:
-    status = exc.error_status_hint or 400
-    max_head = down.worker.max_header_bytes
-    if status == 431:
-        data, _ = down.conn.trailing_data
-        if b"\n" not in bytes(data[: max_head + 2]):
-            status = 414  # the request line alone is over the limit
+async def _reject_malformed(down: Downstream, exc: ProtocolError) -> None:
     log = RequestLog(time.time())
-    log.flags = "-"
     log.details = "codec_error"
-    # h11 is in an error state; answer with a fresh serializer.
-    await _send_raw_reply(down, log, status, b"", close=True)
+    # The codec is in an error state; the answer is written directly.
+    await _send_raw_reply(down, log, exc.status_hint, b"")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -234,7 +239,7 @@ async def _reject_malformed(down: Downstream, exc: h11.RemoteProtocolError) -> N
 # ---------------------------------------------------------------------------------------------------------
 
 
-async def _handle_request(down: Downstream, request: h11.Request) -> bool:
+async def _handle_request(down: Downstream, request: Request) -> bool:
     worker = down.worker
     log = RequestLog(time.time())
     log.downstream_remote = f"{down.peer[0]}:{down.peer[1]}" if down.peer else "-"
@@ -244,11 +249,14 @@ async def _handle_request(down: Downstream, request: h11.Request) -> bool:
     try:
         return await _handle_request_logged(down, request, log)
     finally:
+        if down.client_gone:
+            log.flags = "DC"
+            log.details = "downstream_remote_disconnect"
         log.duration_ms = int((time.time() - log.start) * 1000)
         worker.finish_request(log)
 
 
-async def _handle_request_logged(down: Downstream, request: h11.Request, log: RequestLog) -> bool:
+async def _handle_request_logged(down: Downstream, request: Request, log: RequestLog) -> bool:
     worker = down.worker
     compiled = worker.view.current()
     req = RequestInfo()
@@ -282,7 +290,7 @@ async def _handle_request_logged(down: Downstream, request: h11.Request, log: Re
         await _local_reply(down, request, log, 503, BODY_NO_HEALTHY_UPSTREAM, flags="UH", details="no_table")
         return False
     opts = compiled.options
-    # h11 bounds only a head that arrives in pieces; one that arrives whole is measured here.
+    # Codecs bound a head that arrives in pieces; one that arrives whole is measured here.
     if head_size > worker.max_header_bytes:
         status = 414 if len(request.target) > worker.max_header_bytes else 431
         await _local_reply(down, request, log, status, b"", close=True, flags="-", details="http1.headers_too_large")
@@ -408,7 +416,7 @@ def _http_date() -> bytes:
 
 async def _local_reply(
     down: Downstream,
-    request: h11.Request | None,
+    request: Request | None,
     log: RequestLog,
     status: int,
     body: bytes,
@@ -438,28 +446,21 @@ async def _local_reply(
     if response_ops is not None:
         headers = response_ops.apply(headers)
     if down.worker.draining or close:
-        headers.append((b"connection", b"close"))
         down.must_close = True
     # A request body we did not read: small ones are drained so the connection stays usable.
-    if request is not None and conn.their_state is h11.SEND_BODY and not down.must_close:
+    if request is not None and conn.request_body_pending and not down.must_close:
         if not await _drain_request_body(down, limit=RETRY_BUFFER_BYTES):
-            headers.append((b"connection", b"close"))
             down.must_close = True
-    try:
-        is_head = request is not None and request.method == b"HEAD"
-        data = conn.send(h11.Response(status_code=status, headers=headers, reason=STATUS_REASONS.get(status, b"")))
-        if body and not is_head:
-            data += conn.send(h11.Data(data=body))
-        data += conn.send(h11.EndOfMessage())
-    except h11.LocalProtocolError:
-        down.must_close = True
-        return
+    data = conn.send_response(status, STATUS_REASONS.get(status, b""), headers, close=down.must_close)
+    if body:
+        data += conn.send_data(body)
+    data += conn.send_end()
     log.bytes_sent += len(body)
     await down.transport.send_all(data)
 
 
 async def _send_raw_reply(down: Downstream, log: RequestLog, status: int, body: bytes, close: bool = True) -> None:
-    """A reply when h11's server state is unusable (after a protocol error)."""
+    """A reply when the codec's state is unusable (after a protocol error)."""
     log.status = status
     reason = STATUS_REASONS.get(status, b"")
     head = b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\ndate: %s\r\n" % (status, reason, len(body), _http_date())
@@ -482,19 +483,18 @@ async def _drain_request_body(down: Downstream, limit: int) -> bool:
     while True:
         try:
             event = conn.next_event()
-        except h11.RemoteProtocolError:
+        except ProtocolError:
             return False
-        if event is h11.NEED_DATA:
+        if event is NEED_DATA:
             data = await down.transport.recv()
             conn.receive_data(data)
             continue
-        t = type(event)
-        if t is h11.Data:
+        if event is END_OF_MESSAGE:
+            return True
+        if type(event) is Data:
             seen += len(event.data)
             if seen > limit:
                 return False
-        elif t is h11.EndOfMessage:
-            return True
         else:
             return False
 
@@ -520,7 +520,7 @@ class Outcome:
 class TryResult:
     __slots__ = ("kind", "status", "reason", "upstream", "response", "sent")
 
-    def __init__(self, kind: str, status: int = 0, reason: str = "", upstream: UpstreamConnection | None = None, response: h11.Response | None = None):
+    def __init__(self, kind: str, status: int = 0, reason: str = "", upstream: UpstreamConnection | None = None, response: Response | None = None):
         self.kind = kind
         self.status = status
         self.reason = reason
@@ -545,7 +545,7 @@ class BodyState:
 
     __slots__ = ("present", "chunked", "complete", "buffer", "replayable", "consumed", "bytes", "client_failed", "upstream_failed")
 
-    def __init__(self, request: h11.Request):
+    def __init__(self, request: Request):
         present = False
         chunked = False
         for name, value in request.headers:
@@ -573,7 +573,7 @@ class Exchange:
 
     __slots__ = ("down", "request", "req", "rt", "dest", "cluster_rt", "body", "log", "policy", "host", "target", "original_path", "deadline", "hash_value", "extra_response_headers")
 
-    def __init__(self, down: Downstream, request: h11.Request, req: RequestInfo, rt: "RouteRuntime", dest, log: RequestLog, policy) -> None:
+    def __init__(self, down: Downstream, request: Request, req: RequestInfo, rt: "RouteRuntime", dest, log: RequestLog, policy) -> None:
         self.down = down
         self.request = request
         self.req = req
@@ -667,7 +667,7 @@ def _upstream_target(route: Route, rt: "RouteRuntime", req: RequestInfo) -> tupl
     return path, original
 
 
-async def _forward(down: Downstream, request: h11.Request, req: RequestInfo, compiled: "Compiled", rt: "RouteRuntime", log: RequestLog, extra_response_headers: list) -> bool:
+async def _forward(down: Downstream, request: Request, req: RequestInfo, compiled: "Compiled", rt: "RouteRuntime", log: RequestLog, extra_response_headers: list) -> bool:
     worker = down.worker
     route = rt.route
     if not rt.destinations:
@@ -696,6 +696,7 @@ async def _forward(down: Downstream, request: h11.Request, req: RequestInfo, com
         keep_alive = await _forward_with_retries(ex)
     finally:
         circuit.requests -= 1
+        log.bytes_received = ex.body.bytes  # %BYTES_RECEIVED% and istio_request_bytes (issue 6)
     if rt.mirrors and ex.body.complete and ex.body.replayable:
         _start_mirrors(ex)
     return keep_alive
@@ -791,9 +792,16 @@ async def _acquire(ex: Exchange, endpoint, try_deadline: float) -> UpstreamConne
     cluster_rt = ex.cluster_rt
     cluster = cluster_rt.cluster
     key = (endpoint.address, endpoint.port) + cluster_rt.pool_key
+    server_name = _sni_for(cluster, ex.host)
+    if cluster.tls is not None and not cluster.tls.sni:
+        key += (server_name,)  # auto SNI: a connection verified for one Host carries only that Host (Envoy too)
+    idle = worker.pools.take_idle(key)
+    if idle is not None:
+        return idle
     try:
+
         with trio.move_on_at(try_deadline):
-            return await worker.pools.acquire(key, cluster_rt.circuit, endpoint.address, endpoint.port, cluster.pool, worker.upstream_tls(cluster), _sni_for(cluster, ex.request))
+            return await worker.pools.acquire(key, cluster_rt.circuit, endpoint.address, endpoint.port, cluster.pool, worker.upstream_tls(cluster), server_name)
     except ConnectFailure as exc:
         return TryResult(Outcome.CONNECT_FAILURE, reason=exc.reason)
     except Overflow:
@@ -822,8 +830,8 @@ async def _try_once(ex: Exchange, attempt: int, endpoint, try_deadline: float) -
         destination_ops=ex.dest.request_ops,
     )
     try:
-        head = upstream.h11.send(h11.Request(method=ex.request.method, target=ex.target, headers=headers))
-    except h11.LocalProtocolError as exc:
+        head = upstream.codec.send_request(ex.request.method, ex.target, headers)
+    except ProtocolError as exc:
         down.worker.pools.discard(upstream)
         return TryResult(Outcome.PROTOCOL_ERROR, reason=str(exc))
     if ex.body.complete:
@@ -832,7 +840,7 @@ async def _try_once(ex: Exchange, attempt: int, endpoint, try_deadline: float) -
 
 
 def _failure(exc: BaseException) -> TryResult:
-    if isinstance(exc, (_UpstreamEOF, TransportClosed, trio.ClosedResourceError)):
+    if isinstance(exc, (UpstreamClosed, TransportClosed, trio.ClosedResourceError)):
         return TryResult(Outcome.RESET, reason="connection termination")
     return TryResult(Outcome.PROTOCOL_ERROR, reason=str(exc))
 
@@ -841,23 +849,27 @@ def _timed_out(ex: Exchange, try_deadline: float) -> TryResult:
     return TryResult(Outcome.TIMEOUT if try_deadline >= ex.deadline else Outcome.PER_TRY_TIMEOUT)
 
 
-_EXCHANGE_ERRORS = (h11.RemoteProtocolError, h11.LocalProtocolError, TransportClosed, trio.ClosedResourceError)
+_EXCHANGE_ERRORS = (ProtocolError, TransportClosed, trio.ClosedResourceError)
 
 
 async def _exchange_buffered(ex: Exchange, upstream: UpstreamConnection, head: bytes, try_deadline: float) -> TryResult:
     """No body, or a body already read whole (a retry): one send, then the response."""
-    uconn = upstream.h11
+    codec = upstream.codec
     pools = ex.down.worker.pools
     data = head
     for chunk in ex.body.buffer:
-        data += uconn.send(h11.Data(data=chunk))
-    data += uconn.send(h11.EndOfMessage())
+        data += codec.send_data(chunk)
+    data += codec.send_end()
     sent_at = trio.current_time()
     response = None
     try:
-        with trio.move_on_at(try_deadline):
+        if try_deadline == math.inf:  # no route or per-try timeout: no cancel scope on the hot path
             await upstream.transport.send_all(data)
             response = await _read_response_head(ex.down, upstream, watch_client=True)
+        else:
+            with trio.move_on_at(try_deadline):
+                await upstream.transport.send_all(data)
+                response = await _read_response_head(ex.down, upstream, watch_client=True)
     except _EXCHANGE_ERRORS as exc:
         pools.discard(upstream)
         return _failure(exc)
@@ -929,71 +941,46 @@ async def _exchange_streaming(ex: Exchange, upstream: UpstreamConnection, head: 
     return result
 
 
-class _UpstreamEOF(h11.RemoteProtocolError):
-    pass
+class UpstreamClosed(ProtocolError):
+    """The upstream closed (or reset) the connection before a response head."""
 
 
-async def _read_response_head(down: Downstream, upstream: UpstreamConnection, watch_client: bool) -> h11.Response:
-    """The upstream's final response head (1xx skipped). Raises h11.RemoteProtocolError on garbage,
-    _UpstreamEOF when the connection closed before a head, ClientGone when the client left meanwhile."""
-    uconn = upstream.h11
+async def _read_response_head(down: Downstream, upstream: UpstreamConnection, watch_client: bool) -> Response:
+    """The upstream's final response head (1xx skipped). Raises ProtocolError on garbage, UpstreamClosed when
+    the connection closed before a head, ClientGone when the client left meanwhile."""
+    codec = upstream.codec
     transport = upstream.transport
     while True:
-        event = uconn.next_event()
-        if event is h11.NEED_DATA:
+        event = codec.next_event()
+        if event is NEED_DATA:
             data = transport.recv_nowait()
             if data is None:
-                data = await (_recv_watching_client(down, transport) if watch_client else transport.recv())
-            if not data and not uconn.trailing_data[0]:
-                raise _UpstreamEOF("upstream closed before sending a response")
-            uconn.receive_data(data)
+                if watch_client:
+                    # The sweeper peeks at the client meanwhile and cancels the connection if it left.
+                    waiting = down.worker.upstream_waiting
+                    down.state = STATE_UPSTREAM_WAIT
+                    waiting.add(down)
+                    try:
+                        data = await transport.recv()
+                    finally:
+                        down.state = STATE_BUSY
+                        waiting.discard(down)
+                else:
+                    data = await transport.recv()
+            if not data and not codec.has_buffered_data:
+                raise UpstreamClosed("upstream closed before sending a response", 503)
+            codec.receive_data(data)
             continue
         t = type(event)
-        if t is h11.Response:
+        if t is Response:
             if hdr.has_conflicting_framing(event.headers):
-                raise h11.RemoteProtocolError("upstream response with both Content-Length and Transfer-Encoding")
+                raise ProtocolError("upstream response with both Content-Length and Transfer-Encoding", 502)
             return event
-        if t is h11.InformationalResponse:
+        if t is InformationalResponse:
             continue
-        if t is h11.ConnectionClosed:
-            raise _UpstreamEOF("upstream closed before sending a response")
-        raise h11.RemoteProtocolError(f"unexpected upstream event {t.__name__}")
-
-
-async def _recv_watching_client(down: Downstream, upstream_transport: Transport) -> bytes:
-    """Upstream bytes, while the client socket is watched for a disconnect (which raises ClientGone)."""
-    client_sock = _raw_socket(down.transport)
-    if client_sock is None:
-        return await upstream_transport.recv()
-    gone = False
-    data = b""
-    error: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-
-        async def watch_client() -> None:
-            nonlocal gone
-            await trio.lowlevel.wait_readable(client_sock)
-            try:
-                peek = client_sock.recv(1, socket.MSG_PEEK)
-            except BlockingIOError:
-                return
-            except OSError:
-                peek = b""
-            if not peek:
-                gone = True
-                nursery.cancel_scope.cancel()
-
-        nursery.start_soon(watch_client)
-        try:
-            data = await upstream_transport.recv()
-        except (TransportClosed, trio.ClosedResourceError) as exc:
-            error = exc
-        nursery.cancel_scope.cancel()
-    if gone:
-        raise ClientGone()
-    if error is not None:
-        raise error
-    return data
+        if event is CLOSED:
+            raise UpstreamClosed("upstream closed before sending a response", 503)
+        raise ProtocolError(f"unexpected upstream event {event!r}", 502)
 
 
 def _raw_socket(transport: Transport) -> socket.socket | None:
@@ -1007,19 +994,18 @@ async def _upload_body(down: Downstream, upstream: UpstreamConnection, body: Bod
     """Client body → upstream with backpressure, keeping a copy for replay while it is small enough.
     Failures are recorded on `body` and cancel the exchange; nothing is raised into the nursery."""
     conn = down.conn
-    uconn = upstream.h11
+    codec = upstream.codec
     try:
         if conn.client_is_waiting_for_100_continue:
             # Envoy answers 100-continue itself and does not forward Expect.
-            await down.transport.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+            await down.transport.send_all(conn.send_informational(100))
         while True:
             event = conn.next_event()
-            if event is h11.NEED_DATA:
+            if event is NEED_DATA:
                 data = await down.transport.recv()
                 conn.receive_data(data)
                 continue
-            t = type(event)
-            if t is h11.Data:
+            if type(event) is Data:
                 chunk = event.data
                 body.consumed = True
                 body.bytes += len(chunk)
@@ -1030,36 +1016,38 @@ async def _upload_body(down: Downstream, upstream: UpstreamConnection, body: Bod
                         body.replayable = False
                         body.buffer.clear()
                 try:
-                    await upstream.transport.send_all(uconn.send(h11.Data(data=chunk)))
-                except (TransportClosed, trio.ClosedResourceError, h11.LocalProtocolError):
+                    await upstream.transport.send_all(codec.send_data(chunk))
+                except (TransportClosed, trio.ClosedResourceError):
                     body.upstream_failed = True
                     return  # the upstream stopped reading; its response (if any) decides
-            elif t is h11.EndOfMessage:
+            elif event is END_OF_MESSAGE:
                 body.complete = True
                 try:
-                    await upstream.transport.send_all(uconn.send(h11.EndOfMessage()))
-                except (TransportClosed, trio.ClosedResourceError, h11.LocalProtocolError):
+                    end = codec.send_end()
+                    if end:
+                        await upstream.transport.send_all(end)
+                except (TransportClosed, trio.ClosedResourceError):
                     body.upstream_failed = True
                 return
             else:
                 body.client_failed = True
                 exchange.cancel()
                 return
-    except (h11.RemoteProtocolError, TransportClosed, trio.ClosedResourceError):
+    except (ProtocolError, TransportClosed, trio.ClosedResourceError):
         # The client sent a broken body or went away: nothing more goes upstream.
         body.client_failed = True
         down.must_close = True
         exchange.cancel()
 
 
-async def _relay_response(ex: Exchange, upstream: UpstreamConnection, response: h11.Response) -> bool:
+async def _relay_response(ex: Exchange, upstream: UpstreamConnection, response: Response) -> bool:
     """The upstream's response, downstream: the head with the first body bytes in one send, the rest
     streamed. Returns keep-alive. Raises ClientGone when either side broke mid-body."""
     down = ex.down
     log = ex.log
     worker = down.worker
     conn = down.conn
-    uconn = upstream.h11
+    codec = upstream.codec
     log.status = response.status_code
     log.flags = "-"
     log.details = "via_upstream"
@@ -1071,35 +1059,33 @@ async def _relay_response(ex: Exchange, upstream: UpstreamConnection, response: 
         destination_ops=ex.dest.response_ops,
         extra=ex.extra_response_headers,
     )
-    if worker.draining or down.must_close:
-        out_headers.append((b"connection", b"close"))
+    if worker.draining:
         down.must_close = True
     clean = False
     try:
-        pending = conn.send(h11.Response(status_code=response.status_code, headers=out_headers, reason=response.reason))
+        pending = conn.send_response(response.status_code, response.reason, out_headers, close=down.must_close)
         while True:
-            event = uconn.next_event()
-            if event is h11.NEED_DATA:
+            event = codec.next_event()
+            if event is NEED_DATA:
                 if pending:
                     await down.transport.send_all(pending)
                     pending = b""
-                uconn.receive_data(await upstream.transport.recv())
+                codec.receive_data(await upstream.transport.recv())
                 continue
-            t = type(event)
-            if t is h11.Data:
+            if type(event) is Data:
                 log.bytes_sent += len(event.data)
-                pending += conn.send(h11.Data(data=event.data))
+                pending += conn.send_data(event.data)
                 if len(pending) >= BODY_CHUNK_BYTES:
                     await down.transport.send_all(pending)
                     pending = b""
-            elif t is h11.EndOfMessage:
-                pending += conn.send(h11.EndOfMessage())
+            elif event is END_OF_MESSAGE:
+                pending += conn.send_end()
                 await down.transport.send_all(pending)
                 clean = True
                 break
             else:
-                break
-    except (h11.RemoteProtocolError, h11.LocalProtocolError):
+                raise ProtocolError("upstream closed in the middle of the body", 502)
+    except ProtocolError:
         # The upstream broke mid-body (truncated or garbage): the client must not see it as complete.
         log.flags = "UPE"
         log.details = "upstream_reset_after_response_started"
@@ -1117,17 +1103,16 @@ async def _relay_response(ex: Exchange, upstream: UpstreamConnection, response: 
     return not down.must_close
 
 
-def _sni_for(cluster, request: h11.Request) -> str | None:
+def _sni_for(cluster, host: bytes) -> str | None:
+    """The SNI of TLS origination: DestinationRule tls.sni, else the Host sent upstream (Envoy's auto SNI,
+    after any authority rewrite)."""
     tls = cluster.tls
     if tls is None:
         return None
     if tls.sni:
         return tls.sni
-    for name, value in request.headers:
-        if name == b"host":
-            host = value.decode("latin-1")
-            return host if host.endswith("]") else host.rsplit(":", 1)[0]
-    return None
+    name = host.decode("latin-1")
+    return name if name.endswith("]") else name.rsplit(":", 1)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1168,10 +1153,11 @@ def _start_mirrors(ex: Exchange) -> None:
         if ex.body.present:
             headers.append((b"content-length", str(len(body)).encode()))
         worker.mirrors_in_flight += 1
-        worker.root_nursery.start_soon(_send_mirror, worker, cluster_rt, ex.request.method, ex.target, headers, body)
+        worker.root_nursery.start_soon(_send_mirror, worker, cluster_rt, ex.request.method, ex.target, host, headers, body)
 
 
-async def _send_mirror(worker, cluster_rt, method: bytes, target: bytes, headers: list, body: bytes) -> None:
+
+async def _send_mirror(worker, cluster_rt, method: bytes, target: bytes, host: bytes, headers: list, body: bytes) -> None:
     """One mirrored request; its response is read and dropped, and nothing about it reaches the client."""
     upstream = None
     try:
@@ -1182,24 +1168,28 @@ async def _send_mirror(worker, cluster_rt, method: bytes, target: bytes, headers
             endpoint = cluster_rt.balancer.states[index].endpoint
             cluster = cluster_rt.cluster
             key = (endpoint.address, endpoint.port) + cluster_rt.pool_key
-            upstream = await worker.pools.acquire(key, cluster_rt.circuit, endpoint.address, endpoint.port, cluster.pool, worker.upstream_tls(cluster), None)
-            uconn = upstream.h11
-            data = uconn.send(h11.Request(method=method, target=target, headers=headers))
+            server_name = _sni_for(cluster, host)
+            if cluster.tls is not None and not cluster.tls.sni:
+                key += (server_name,)
+            upstream = await worker.pools.acquire(key, cluster_rt.circuit, endpoint.address, endpoint.port, cluster.pool, worker.upstream_tls(cluster), server_name)
+
+            codec = upstream.codec
+            data = codec.send_request(method, target, headers)
             if body:
-                data += uconn.send(h11.Data(data=body))
-            data += uconn.send(h11.EndOfMessage())
+                data += codec.send_data(body)
+            data += codec.send_end()
             await upstream.transport.send_all(data)
             while True:
-                event = uconn.next_event()
-                if event is h11.NEED_DATA:
-                    uconn.receive_data(await upstream.transport.recv())
-                elif type(event) is h11.EndOfMessage:
+                event = codec.next_event()
+                if event is NEED_DATA:
+                    codec.receive_data(await upstream.transport.recv())
+                elif event is END_OF_MESSAGE:
                     worker.pools.release(upstream, True, cluster.pool.max_requests_per_connection)
                     upstream = None
                     return
-                elif type(event) is h11.ConnectionClosed:
+                elif event is CLOSED:
                     return
-    except (ConnectFailure, Overflow, h11.RemoteProtocolError, h11.LocalProtocolError, TransportClosed, trio.ClosedResourceError, OSError):
+    except (ConnectFailure, Overflow, ProtocolError, TransportClosed, trio.ClosedResourceError, OSError):
         pass
     finally:
         worker.mirrors_in_flight -= 1

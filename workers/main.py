@@ -24,18 +24,25 @@ import trio
 
 from edge import control
 from edge.shm import TableReader
+from edge.stats_shm import SlotWriter, StatsSegmentError
 from edge.table import Cluster, Options
+from workers.access_log import AccessLog, TcpLog
+from workers.http1 import codec_classes
+from workers.http_proxy import STATE_IDLE
 from workers.listeners import serve_accept_loop
+from workers.stats import WorkerStats
 from workers.tableview import Compiled, TableView
 from workers.tls import TLSConfigError, TLSContexts
 from workers.upstream import ConnectFailure, UpstreamPools
 
 DRAIN_POLL_S = 0.05
+SWEEP_INTERVAL_S = 0.1
+IDLE_SWEEP_INTERVAL_S = 1.0
 SIGTERM_DRAIN_S = 5.0
 
 
 class Worker:
-    def __init__(self, slot: int, reader: TableReader, control_sock: socket.socket, args: argparse.Namespace):
+    def __init__(self, slot: int, reader: TableReader, control_sock: socket.socket, args: argparse.Namespace, stats_writer: SlotWriter | None = None):
         self.slot = slot
         self.args = args
         self.control_sock = control_sock
@@ -43,12 +50,14 @@ class Worker:
         self.options = Options()
         self.server_header = self.options.server_header.encode()
         self.max_header_bytes = self.options.max_request_headers_bytes
-        self.pools = UpstreamPools()
+        self.server_codec, client_codec = codec_classes(args.http_codec)
+        self.pools = UpstreamPools(client_codec)
         self.rng = random.Random()
         self.draining = False
         self.mirrors_in_flight = 0
 
-        self.idle_scopes: set[trio.CancelScope] = set()
+        self.connections: set = set()  # http_proxy.Downstream of every HTTP connection
+        self.upstream_waiting: set = set()  # those waiting for an upstream response head
         self.active_connections = 0
         self._slot_free = trio.Event()
         self.accept_scopes: dict[str, trio.CancelScope] = {}
@@ -57,6 +66,13 @@ class Worker:
         self.tls = TLSContexts(args.credentials_dir, log=self.log)
         self.requests_total = 0
         self.finish_hooks: list = []
+        # Operations (issue 6): metrics in the stats segment and the access log, both on finish_hooks.
+        self.stats = WorkerStats(stats_writer)
+        self.access_log = AccessLog(getattr(args, "access_log", "off") or "off", getattr(args, "access_log_format", "text"), warn=self.log)
+        if self.stats.enabled:
+            self.finish_hooks.append(self.stats.record_request)
+        if self.access_log.enabled:
+            self.finish_hooks.append(self.access_log.write)
 
     # ------------------------------------------------------------------ logging and stats
 
@@ -67,6 +83,11 @@ class Worker:
         self.requests_total += 1
         for hook in self.finish_hooks:
             hook(log)
+
+    def finish_tcp(self, log: TcpLog) -> None:
+        """The end of a TCP/TLS-passthrough connection: its access-log line and its closed/bytes counters."""
+        self.stats.tcp_connection_closed(log.listener, log.upstream_cluster, log.bytes_sent, log.bytes_received)
+        self.access_log.write_tcp(log)
 
     # ------------------------------------------------------------------ table
 
@@ -172,15 +193,15 @@ class Worker:
         for scope in list(self.accept_scopes.values()):
             scope.cancel()
         self.accept_scopes.clear()
-        for scope in list(self.idle_scopes):
-            scope.cancel()
+        self._close_idle_connections(trio.current_time(), 0.0)
         with trio.move_on_after(max(0.0, deadline_s)):
             while self.active_connections > 0:
-                for scope in list(self.idle_scopes):
-                    scope.cancel()
+                self._close_idle_connections(trio.current_time(), 0.0)
                 await trio.sleep(DRAIN_POLL_S)
         self._send(control.Message(op=control.DRAINED, pid=os.getpid()))
         self.pools.close_idle()
+        self.stats.publish(self)
+        self.access_log.flush_now()
         self.root_nursery.cancel_scope.cancel()
 
     # ------------------------------------------------------------------ main
@@ -191,14 +212,44 @@ class Worker:
             async with trio.open_nursery() as connections:
                 self.connection_nursery = connections
                 root.start_soon(self.pools.serve_idle_reaper)
+                root.start_soon(self.serve_connection_sweeper)
                 root.start_soon(self._serve_signals)
+                root.start_soon(self.stats.serve_publisher, self)
+                root.start_soon(self.access_log.serve_flusher)
                 self.view.refresh()
                 await self.serve_control()
 
+    def _close_idle_connections(self, now: float, idle_timeout_s: float) -> None:
+        for down in list(self.connections):
+            if down.state == STATE_IDLE and now - down.since >= idle_timeout_s and down.scope is not None:
+                down.scope.cancel()
+
+    async def serve_connection_sweeper(self) -> None:
+        """Client-gone checks for requests waiting on an upstream (every SWEEP_INTERVAL_S), idle timeouts
+        (every IDLE_SWEEP_INTERVAL_S)."""
+        next_idle_sweep = trio.current_time() + IDLE_SWEEP_INTERVAL_S
+        while True:
+            await trio.sleep(SWEEP_INTERVAL_S)
+            for down in list(self.upstream_waiting):
+                if client_has_left(down.raw_socket()):
+                    down.client_gone = True
+                    if down.scope is not None:
+                        down.scope.cancel()
+            now = trio.current_time()
+            if now >= next_idle_sweep:
+                next_idle_sweep = now + IDLE_SWEEP_INTERVAL_S
+                timeout = self.options.idle_timeout_s
+                if timeout > 0:
+                    self._close_idle_connections(now, timeout)
+
     async def _serve_signals(self) -> None:
-        # The supervisor owns shutdown; SIGTERM sent to a worker alone drains it.
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async for _ in signals:
+        # The supervisor owns shutdown; SIGTERM sent to a worker alone drains it. SIGUSR1 (forwarded by the
+        # supervisor after logrotate) reopens the access log.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGUSR1) as signals:
+            async for signum in signals:
+                if signum == signal.SIGUSR1:
+                    self.access_log.reopen()
+                    continue
                 await self.drain(SIGTERM_DRAIN_S)
                 return
 
@@ -211,6 +262,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--credentials-dir", default=None)
     p.add_argument("--access-log", default="off")
     p.add_argument("--access-log-format", default="text", choices=["text", "json"])
+    p.add_argument("--http-codec", default="h11", choices=["h11", "httptools"])
+    p.add_argument("--stats-shm", default=None, help="stats segment (edge/stats_shm.py); this worker writes its slot")
     return p.parse_args(argv)
 
 
@@ -220,16 +273,39 @@ def main(argv: list[str] | None = None) -> int:
     # what they mean (drain, reload) and tells us over the control channel.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the signal task takes it: never die of a logrotate
 
     control_sock = socket.socket(fileno=args.control_fd)
     reader = TableReader.attach(args.table_shm)
-    worker = Worker(args.slot, reader, control_sock, args)
+    stats_writer = None
+    if args.stats_shm:
+        try:
+            stats_writer = SlotWriter.attach(args.stats_shm, args.slot)
+        except (OSError, StatsSegmentError) as exc:
+            print(f"edge worker {args.slot} (pid {os.getpid()}): no statistics: {exc}", file=sys.stderr, flush=True)
+    worker = Worker(args.slot, reader, control_sock, args, stats_writer)
     try:
         trio.run(worker.serve)
     finally:
+        worker.access_log.close()
+        if stats_writer is not None:
+            stats_writer.close()
         reader.close()
         control_sock.close()
     return 0
+
+
+def client_has_left(sock: socket.socket | None) -> bool:
+    """True when the client closed or reset its connection (a peek sees EOF or an error); pipelined bytes
+    waiting to be read mean it is still there."""
+    if sock is None:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 if __name__ == "__main__":

@@ -95,13 +95,14 @@ class _QueryTest:
 
 
 class _Plan:
-    """A route with its path test inlined and its other conditions precompiled."""
+    """The conditions of one RouteMatch, precompiled; the path test is inlined in Router.match. Plans are
+    interned by RouteMatch value, so virtual hosts with the same match structure share them (and keep them
+    in the CPU cache when a table has thousands of hosts)."""
 
-    __slots__ = ("route", "path_kind", "path_value", "path_regex", "headers", "query")
+    __slots__ = ("path_kind", "path_value", "path_regex", "headers", "query")
 
-    def __init__(self, route: Route):
-        self.route = route
-        p = route.match.path
+    def __init__(self, match: RouteMatch):
+        p = match.path
         self.path_regex = None
         self.path_value = ""
         if p is None or p.kind == MATCH_PRESENT or (p.kind == MATCH_PREFIX and p.value == ""):
@@ -115,17 +116,41 @@ class _Plan:
         else:
             self.path_kind = _PATH_EXACT if p.kind == MATCH_EXACT else _PATH_PREFIX
             self.path_value = p.value
-        self.headers = tuple(_HeaderTest(h) for h in route.match.headers)
-        self.query = tuple(_QueryTest(q) for q in route.match.query)
+        self.headers = tuple(_HeaderTest(h) for h in match.headers)
+        self.query = tuple(_QueryTest(q) for q in match.query)
 
 
 class _HostPlans:
-    __slots__ = ("plans", "header_names")
+    """A virtual host's routes and, index for index, the (shared) plans of their matches."""
 
-    def __init__(self, vhost: VirtualHost):
-        self.plans = tuple(_Plan(r) for r in vhost.routes)
-        # Only these request headers are ever looked at for this vhost.
-        self.header_names = frozenset(t.key for p in self.plans for t in p.headers if t.source == _SRC_HEADER)
+    __slots__ = ("vhost", "routes", "plans", "header_names")
+
+    def __init__(self, vhost: VirtualHost, interned: "_Interner"):
+        self.vhost = vhost
+        self.routes = vhost.routes
+        self.plans, self.header_names = interned.plans_for(vhost.routes)
+
+
+class _Interner:
+    def __init__(self) -> None:
+        self._plans: dict[RouteMatch, _Plan] = {}
+        self._sequences: dict[tuple[int, ...], tuple[tuple[_Plan, ...], frozenset]] = {}
+
+    def plan(self, match: RouteMatch) -> _Plan:
+        plan = self._plans.get(match)
+        if plan is None:
+            plan = self._plans[match] = _Plan(match)
+        return plan
+
+    def plans_for(self, routes: tuple[Route, ...]) -> tuple[tuple[_Plan, ...], frozenset]:
+        plans = tuple(self.plan(r.match) for r in routes)
+        key = tuple(map(id, plans))
+        shared = self._sequences.get(key)
+        if shared is None:
+            # Only these request headers are ever looked at for such a vhost.
+            names = frozenset(t.key for p in plans for t in p.headers if t.source == _SRC_HEADER)
+            shared = self._sequences[key] = (plans, names)
+        return shared
 
 
 class Explanation:
@@ -145,52 +170,67 @@ class Explanation:
 class Router:
     """Built once per table generation for one RouteConfig."""
 
-    __slots__ = ("config", "_exact", "_suffix", "_dot_suffixes", "_wildcard", "_hosts")
+    __slots__ = ("config", "_exact", "_suffix", "_dot_suffixes", "_wildcard", "_hosts", "_last", "_interner")
 
     def __init__(self, route_config: RouteConfig):
         self.config = route_config
         vhosts = route_config.virtual_hosts
-        self._exact = {k: vhosts[i] for k, i in route_config.exact_hosts.items()}
-        self._suffix = {k: vhosts[i] for k, i in route_config.suffix_hosts.items()}
+        self._interner = _Interner()
+        plans = [_HostPlans(vh, self._interner) for vh in vhosts]
+        self._hosts = {id(hp.vhost): hp for hp in plans}
+        # The lookup dicts hold the plans, whose .vhost is what find_virtual_host returns.
+        self._exact = {k: plans[i] for k, i in route_config.exact_hosts.items()}
+        self._suffix = {k: plans[i] for k, i in route_config.suffix_hosts.items()}
         # Istio writes wildcards as "*.x": then only the suffixes that start at a dot need probing.
         self._dot_suffixes = all(k.startswith(".") for k in self._suffix)
-        self._wildcard = vhosts[route_config.wildcard_host] if 0 <= route_config.wildcard_host < len(vhosts) else None
-        self._hosts = {id(vh): _HostPlans(vh) for vh in vhosts}
+        self._wildcard = plans[route_config.wildcard_host] if 0 <= route_config.wildcard_host < len(vhosts) else None
+        # The plans of the host found last: match() is called with it right after find_virtual_host().
+        self._last: _HostPlans | None = None
 
     # -- virtual host ------------------------------------------------------------------------------------
 
     def find_virtual_host(self, host: str) -> VirtualHost | None:
-        h = _host_key(host)
-        vh = self._exact.get(h)
-        if vh is not None:
-            return vh
+        hp = self._find(_host_key(host))
+        if hp is None:
+            return None
+        self._last = hp
+        return hp.vhost
+
+    def _find(self, h: str) -> _HostPlans | None:
+        hp = self._exact.get(h)
+        if hp is not None:
+            return hp
         suffix = self._suffix
         if suffix:
             if self._dot_suffixes:
                 i = h.find(".", 1)  # the wildcard must match at least one character
                 while i > 0:
-                    vh = suffix.get(h[i:])
-                    if vh is not None:
-                        return vh
+                    hp = suffix.get(h[i:])
+                    if hp is not None:
+                        return hp
                     i = h.find(".", i + 1)
             else:
                 for i in range(1, len(h)):
-                    vh = suffix.get(h[i:])
-                    if vh is not None:
-                        return vh
+                    hp = suffix.get(h[i:])
+                    if hp is not None:
+                        return hp
         return self._wildcard
 
     # -- routes ------------------------------------------------------------------------------------------
 
     def match(self, vhost: VirtualHost, request) -> Route | None:
-        hp = self._hosts.get(id(vhost))
-        if hp is None:
-            hp = self._hosts[id(vhost)] = _HostPlans(vhost)
+        hp = self._last
+        if hp is None or hp.vhost is not vhost:
+            hp = self._hosts.get(id(vhost))
+            if hp is None or hp.vhost is not vhost:
+                hp = self._hosts[id(vhost)] = _HostPlans(vhost, self._interner)
         path = request.path
         lowered = None
         headers = None
         query = None
-        for plan in hp.plans:
+        plans = hp.plans
+        for i in range(len(plans)):
+            plan = plans[i]
             kind = plan.path_kind
             if kind == _PATH_PREFIX:
                 if not path.startswith(plan.path_value):
@@ -219,7 +259,7 @@ class Router:
                     query = _parse_query(request.query)
                 if not _query_match(plan.query, query):
                     continue
-            return plan.route
+            return hp.routes[i]
         return None
 
     # -- explanation (slow path, for `edge route`) -------------------------------------------------------
@@ -228,23 +268,23 @@ class Router:
         ex = Explanation()
         h = _host_key(host)
         ex.host = h
-        vh = self._exact.get(h)
-        if vh is not None:
+        hp = self._exact.get(h)
+        if hp is not None:
             ex.host_reason = f"exact domain {h}"
         else:
             for i in range(1, len(h)):
-                vh = self._suffix.get(h[i:])
-                if vh is not None:
+                hp = self._suffix.get(h[i:])
+                if hp is not None:
                     ex.host_reason = f"wildcard domain *{h[i:]} (the longest matching suffix)"
                     break
-            if vh is None and self._wildcard is not None:
-                vh = self._wildcard
+            if hp is None and self._wildcard is not None:
+                hp = self._wildcard
                 ex.host_reason = "the catch-all domain *"
-        if vh is None:
+        if hp is None:
             served = sorted({d for v in self.config.virtual_hosts for d in v.domains})
             ex.host_reason = f"no virtual host for {h}; hosts served here: {', '.join(served) or '(none)'}"
             return ex
-        ex.virtual_host = vh
+        vh = ex.virtual_host = hp.vhost
         headers = _header_map(request.headers, None)
         query = _parse_query(request.query)
         for route in vh.routes:
@@ -356,7 +396,7 @@ def describe_matcher(m: StringMatcher) -> str:
 
 
 def _why_not(route: Route, request, headers: dict[str, str], query: dict[str, str]) -> str | None:
-    plan = _Plan(route)
+    plan = _Plan(route.match)
     path = request.path
     p = route.match.path
     if p is not None and plan.path_kind != _PATH_ANY:

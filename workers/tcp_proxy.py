@@ -15,16 +15,23 @@
 #   same half-close rule; on a TLS side the half-close is close_notify followed by FIN.
 # - Idle timeout: DestinationRule tcp.idleTimeout (default 1 h, 0 = off) with no byte in either direction →
 #   both sides closed; checked every idle/4. maxConnectionDuration bounds the whole connection.
+# - Every proxied connection ends with one TcpLog (worker.finish_tcp: access log line and closed/bytes
+#   counters). It counts as opened (worker.stats.tcp_connection_opened) as soon as its cluster is chosen, so
+#   opened and closed always pair, whatever happens upstream. Flags as Envoy's tcp_proxy: NC no cluster,
+#   UH no healthy endpoint, UF connect failure.
 from __future__ import annotations
 
 import math
 import random
 import socket
-from typing import TYPE_CHECKING, Sequence
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
-from edge.table import L4Route, PROTO_TCP, WeightedCluster
+from edge.table import PROTO_TCP, L4Route, WeightedCluster
+from workers.access_log import TcpLog
 from workers.netio import SocketTransport, Transport, TransportClosed, open_tcp_socket
 
 if TYPE_CHECKING:
@@ -58,7 +65,7 @@ def pick_weighted(clusters: Sequence[WeightedCluster], total_weight: int, rng: r
 class Splice:
     """Counters of one proxied connection (also what the idle watchdog looks at)."""
 
-    __slots__ = ("bytes_up", "bytes_down", "reset", "idle_timeout")
+    __slots__ = ("bytes_down", "bytes_up", "idle_timeout", "reset")
 
     def __init__(self) -> None:
         self.bytes_up = 0  # client → upstream
@@ -73,9 +80,9 @@ class Splice:
 
 
 class _Upstream:
-    __slots__ = ("sock", "transport", "cluster_rt", "index")
+    __slots__ = ("cluster_rt", "index", "sock", "transport")
 
-    def __init__(self, sock: socket.socket, transport: Transport | None, cluster_rt: "ClusterRuntime", index: int):
+    def __init__(self, sock: socket.socket, transport: Transport | None, cluster_rt: ClusterRuntime, index: int):
         self.sock = sock
         self.transport = transport  # TLS origination (DestinationRule tls); None: plain TCP, the fast splice
         self.cluster_rt = cluster_rt
@@ -88,17 +95,23 @@ class _Upstream:
         _close(self.sock)
 
 
-async def _open_upstream(worker: "Worker", compiled: "Compiled", route: L4Route) -> _Upstream | None:
+async def _open_upstream(worker: Worker, compiled: Compiled, route: L4Route, log: TcpLog) -> _Upstream | None:
     wc = pick_weighted(route.clusters, route.total_weight, worker.rng)
     cluster_rt = compiled.clusters.get(wc.cluster) if wc is not None and wc.cluster else None
+    log.upstream_cluster = wc.cluster if wc is not None and wc.cluster else "-"
+    log.route_name = route.virtual_service or "-"
+    worker.stats.tcp_connection_opened(log.listener, log.upstream_cluster)
     if cluster_rt is None:
-        return None  # unknown host/subset: Envoy closes the connection
+        log.flags = "NC"  # unknown host or subset
+        return None
     cluster = cluster_rt.cluster
     balancer = cluster_rt.balancer
     index = balancer.choose(trio.current_time())
     if index is None:
-        return None  # no healthy upstream
+        log.flags = "UH"
+        return None
     endpoint = balancer.states[index].endpoint
+    log.upstream_host = f"{endpoint.address}:{endpoint.port}"
     balancer.on_start(index)
     timeout = cluster.pool.connect_timeout_s if cluster.pool.connect_timeout_s > 0 else math.inf
     sock: socket.socket | None = None
@@ -116,11 +129,12 @@ async def _open_upstream(worker: "Worker", compiled: "Compiled", route: L4Route)
         if sock is not None:
             _close(sock)
         balancer.on_finish(index, STATUS_CONNECT_FAILURE, trio.current_time())
+        log.flags = "UF"
         return None
     # The connect verdict (resets the endpoint's failure streak); the endpoint stays active until the end.
     balancer.on_finish(index, STATUS_CONNECTED, trio.current_time())
     balancer.on_start(index)
-    if cluster.pool.tcp_keepalive is not None and sock is not None:
+    if cluster.pool.tcp_keepalive is not None:
         _set_keepalive(sock, cluster.pool.tcp_keepalive)
     return _Upstream(sock, transport, cluster_rt, index)
 
@@ -158,40 +172,75 @@ def _limits(upstream: _Upstream) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-async def serve_tcp_connection(worker: "Worker", sock: socket.socket, key: str) -> None:
+def new_tcp_log(sock: socket.socket, listener_key: str, sni: str | None = None) -> TcpLog:
+    """The log of one L4 connection, started at accept time (as far as we know it)."""
+    log = TcpLog(time.time(), listener_key)
+    try:
+        peer, local = sock.getpeername(), sock.getsockname()
+        log.downstream_remote = f"{peer[0]}:{peer[1]}"
+        log.downstream_local = f"{local[0]}:{local[1]}"
+    except OSError:
+        pass
+    if sni:
+        log.sni = sni
+    return log
+
+
+async def serve_tcp_connection(worker: Worker, sock: socket.socket, key: str) -> None:
     """PROTO_TCP listeners: the listener's single tcp route."""
     compiled = worker.view.current()
     lr = compiled.listeners.get(key) if compiled is not None else None
     if lr is None or lr.listener.tcp is None:
         return
-    await proxy_socket(worker, compiled, sock, lr.listener.tcp)
+    await proxy_socket(worker, compiled, sock, lr.listener.tcp, new_tcp_log(sock, key))
 
 
-async def proxy_socket(worker: "Worker", compiled: "Compiled", client: socket.socket, route: L4Route, initial: bytes = b"") -> Splice | None:
+async def proxy_socket(worker: Worker, compiled: Compiled, client: socket.socket, route: L4Route, log: TcpLog, initial: bytes = b"") -> Splice | None:
     """A raw client socket (TCP, TLS passthrough) to the route's destination; None when none was reached."""
-    upstream = await _open_upstream(worker, compiled, route)
-    if upstream is None:
-        return None
-    idle_s, max_s = _limits(upstream)
+    splice = None
     try:
-        if upstream.transport is None:
-            return await splice_sockets(client, upstream.sock, idle_s, max_s, initial)
-        return await splice_transports(SocketTransport(client), upstream.transport, idle_s, max_s, initial)
+        upstream = await _open_upstream(worker, compiled, route, log)
+        if upstream is None:
+            return None
+        idle_s, max_s = _limits(upstream)
+        try:
+            if upstream.transport is None:
+                splice = await splice_sockets(client, upstream.sock, idle_s, max_s, initial)
+            else:
+                splice = await splice_transports(SocketTransport(client), upstream.transport, idle_s, max_s, initial)
+            return splice
+        finally:
+            upstream.finish()
     finally:
-        upstream.finish()
+        _finish_log(worker, log, splice)
 
 
-async def proxy_transport(worker: "Worker", compiled: "Compiled", client: Transport, route: L4Route) -> Splice | None:
+async def proxy_transport(worker: Worker, compiled: Compiled, client: Transport, route: L4Route, log: TcpLog) -> Splice | None:
     """A TLS-terminated client (Gateway protocol TLS, mode SIMPLE) to the route's destination."""
-    upstream = await _open_upstream(worker, compiled, route)
-    if upstream is None:
-        return None
-    idle_s, max_s = _limits(upstream)
-    target = upstream.transport if upstream.transport is not None else SocketTransport(upstream.sock)
+    splice = None
     try:
-        return await splice_transports(client, target, idle_s, max_s)
+        upstream = await _open_upstream(worker, compiled, route, log)
+        if upstream is None:
+            return None
+        idle_s, max_s = _limits(upstream)
+        target = upstream.transport if upstream.transport is not None else SocketTransport(upstream.sock)
+        try:
+            splice = await splice_transports(client, target, idle_s, max_s)
+            return splice
+        finally:
+            upstream.finish()
     finally:
-        upstream.finish()
+        _finish_log(worker, log, splice)
+
+
+def _finish_log(worker: Worker, log: TcpLog, splice: Splice | None) -> None:
+    if splice is not None:
+        log.bytes_received = splice.bytes_up
+        log.bytes_sent = splice.bytes_down
+        if splice.idle_timeout:
+            log.termination_details = "idle_timeout"
+    log.duration_ms = int((time.time() - log.start) * 1000)
+    worker.finish_tcp(log)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -322,4 +371,4 @@ async def _watch_idle(splice: Splice, idle_timeout_s: float, scope: trio.CancelS
             return
 
 
-__all__ = ["serve_tcp_connection", "proxy_socket", "proxy_transport", "splice_sockets", "splice_transports", "pick_weighted", "Splice", "PROTO_TCP"]
+__all__ = ["PROTO_TCP", "Splice", "new_tcp_log", "pick_weighted", "proxy_socket", "proxy_transport", "serve_tcp_connection", "splice_sockets", "splice_transports"]

@@ -3,8 +3,8 @@
 # Rules:
 # - One pool per (address, port, TLS settings key). Idle connections are reused LIFO: the most recently used
 #   connection is the one most likely still open and warm.
-# - A connection goes back to the pool only when its exchange ended cleanly (h11 client state DONE/DONE,
-#   keep-alive on both sides) and its request budget (maxRequestsPerConnection) is not spent. Anything else —
+# - A connection goes back to the pool only when its exchange ended cleanly (the codec says both messages
+#   finished and keep-alive holds on both sides) and its request budget (maxRequestsPerConnection) is not spent. Anything else —
 #   an error, a cancelled request, a body not read to the end — closes it: a connection in an unknown
 #   state is never reused.
 # - Before reuse, an idle connection is probed without blocking: readable means the server closed it or sent
@@ -24,7 +24,6 @@ import socket
 import ssl
 import time
 
-import h11
 import trio
 
 from edge.table import UNLIMITED, ConnectionPool
@@ -80,11 +79,11 @@ class Circuit:
 
 
 class UpstreamConnection:
-    __slots__ = ("transport", "h11", "key", "requests", "idle_since", "created", "reused", "circuit")
+    __slots__ = ("transport", "codec", "key", "requests", "idle_since", "created", "reused", "circuit")
 
-    def __init__(self, transport: Transport, key: tuple, circuit: Circuit | None = None):
+    def __init__(self, transport: Transport, codec, key: tuple, circuit: Circuit | None = None):
         self.transport = transport
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.codec = codec
         self.key = key
         self.requests = 0
         self.idle_since = 0.0
@@ -113,8 +112,9 @@ class Pool:
 class UpstreamPools:
     """All upstream pools of one worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, client_codec) -> None:
         self.pools: dict[tuple, Pool] = {}
+        self.client_codec = client_codec  # workers.http1.H11Client or FastClient
 
     def pool(self, key: tuple) -> Pool:
         pool = self.pools.get(key)
@@ -137,7 +137,7 @@ class UpstreamPools:
                 probe = b""
             if probe is None:  # would block: nothing from the server, the connection is usable
                 conn.reused = True
-                conn.h11.start_next_cycle()
+                conn.codec.start_next_cycle()
                 pool.active += 1
                 pool.reuses += 1
                 return conn
@@ -193,13 +193,14 @@ class UpstreamPools:
         except (OSError, trio.BrokenResourceError) as exc:
             reason = "connection failure"
             if isinstance(exc, trio.BrokenResourceError) and isinstance(exc.__cause__, ssl.SSLError):
-                reason = f"TLS error: {exc.__cause__.reason or exc.__cause__}"
+                reason = f"TLS error: {getattr(exc.__cause__, 'reason', None) or exc.__cause__}"
+
             elif isinstance(exc, OSError) and exc.strerror:
                 reason = f"connection failure, transport failure reason: {exc.strerror}"
             raise ConnectFailure(reason) from None
         pool.connects += 1
         pool.active += 1
-        return UpstreamConnection(transport, key)
+        return UpstreamConnection(transport, self.client_codec(), key)
 
     def release(self, conn: UpstreamConnection, reusable: bool, max_requests: int = 0) -> None:
         pool = self.pools.get(conn.key)
@@ -210,8 +211,7 @@ class UpstreamPools:
             reusable
             and pool is not None
             and not conn.transport.closed
-            and conn.h11.our_state is h11.DONE
-            and conn.h11.their_state is h11.DONE
+            and conn.codec.reusable
             and (max_requests <= 0 or conn.requests < max_requests)
             and len(pool.idle) < MAX_IDLE_PER_ENDPOINT
         ):

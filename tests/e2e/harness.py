@@ -52,11 +52,41 @@ _PUBLISHED = re.compile(r"generation (\d+) published")
 _SERVED = re.compile(r"^edge: (?:generation (\d+) is served by every worker|ready: \d+ worker\(s\) serve generation (\d+))$", re.MULTILINE)
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Distinct ports that were free a moment ago (all held open together while picking)."""
-    held = []
+# Ports are picked below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by default):
+# a port the kernel handed out for bind(0) can be handed out again at once as the local port of any outgoing
+# connection (our own clients and backends included) before edge binds it.
+PICK_PORTS_FROM, PICK_PORTS_TO = 20000, 32767
+
+
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for _ in range(count):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Distinct ports that were free a moment ago (all held open together while picking), outside the
+    ephemeral range when the machine leaves room for that."""
+    import random
+
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(PICK_PORTS_FROM, PICK_PORTS_TO + 1) if not low <= p <= high]
+    random.shuffle(candidates)
+    held: list[socket.socket] = []
+    try:
+        for port in candidates:
+            if len(held) == count:
+                break
+            sock = socket.socket()
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+        while len(held) < count:  # no room outside the ephemeral range: let the kernel choose
             sock = socket.socket()
             sock.bind((host, 0))
             held.append(sock)

@@ -206,3 +206,55 @@ def test_file_change_is_picked_up_without_a_signal(tmp_path, backends):
             instance = json.loads(body)["instance"]
             time.sleep(0.02)
         assert instance == "b"
+
+
+def test_drain_delay_keeps_accepting_then_refuses_and_in_flight_requests_finish(tmp_path, backends):
+    """The issue's drain test: SIGTERM during a stream of long requests → readiness 503 at once, new
+    connections served during --drain-delay, refused after it; every long request completes; exit 0 within
+    --drain-timeout."""
+    delay_s, timeout_s = 1.5, 6.0
+    edge = EdgeProcess(tmp_path, _config(backends), gateway_ports=(80,), extra_args=("--drain-delay", str(delay_s), "--drain-timeout", str(timeout_s)))
+    with edge:
+        long_results: list[object] = []
+
+        def long_request() -> None:
+            try:
+                status, _, headers = http_get(edge.port(80), "/delay/2.5", host="app.example.com", timeout_s=15)
+                long_results.append((status, headers.get("connection")))
+            except (OSError, http.client.HTTPException) as exc:
+                long_results.append(repr(exc))
+
+        threads = [threading.Thread(target=long_request) for _ in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        sigterm_at = time.monotonic()
+        edge.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline and edge.ready_status() == 200:
+            time.sleep(0.02)
+        assert edge.ready_status() != 200
+        # Inside the delay: fresh connections are still accepted and served.
+        served_in_delay = []
+        while time.monotonic() < sigterm_at + delay_s - 0.4:
+            status, body, _ = http_get(edge.port(80), "/", host="app.example.com", timeout_s=5)
+            served_in_delay.append(status)
+            time.sleep(0.05)
+        assert served_in_delay and set(served_in_delay) == {200}
+        # After the delay: refused (the listening sockets are closed), well before the long requests end.
+        refused_at = None
+        while time.monotonic() < sigterm_at + timeout_s:
+            try:
+                socket.create_connection(("127.0.0.1", edge.port(80)), timeout=1).close()
+            except ConnectionRefusedError:
+                refused_at = time.monotonic()
+                break
+            time.sleep(0.02)
+        assert refused_at is not None, "new connections were still accepted after the drain delay"
+        assert refused_at - sigterm_at >= delay_s
+        for t in threads:
+            t.join(15)
+        # The long requests outlived the delay; their responses tell the client to go away.
+        assert long_results == [(200, "close")] * 6, long_results
+        assert edge.wait(timeout_s + 5) == 0
+        assert time.monotonic() - sigterm_at < timeout_s + 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import threading
 import time
@@ -15,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.harness import EdgeProcess, SampleBackends
+from tests.e2e.harness import EdgeProcess, SampleBackends, http_get
 
 pytestmark = pytest.mark.e2e
 
@@ -159,9 +160,30 @@ def test_tcp_traffic_shifting(tmp_path, echo_backends):
         assert edge.worker_pids() == workers  # a route change needs no new workers
 
 
+def wait_for(predicate, what: str, timeout_s: float = TIMEOUT_S):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def metric(edge: EdgeProcess, name: str, **labels: str) -> float:
+    """Sum of a Prometheus counter over the series whose labels include `labels`."""
+    _, body, _ = http_get(edge.metrics_port, "/stats/prometheus")
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def test_half_close_both_ways_and_large_payload(tmp_path, echo_backends):
     config = {"tcp-echo-all-v1.yaml": TCP_ECHO_ALL_V1, "se.yaml": tcp_echo_service_entry(echo_backends)}
-    with EdgeProcess(tmp_path, config, gateway_ports=(31400,)) as edge:
+    with EdgeProcess(tmp_path, config, gateway_ports=(31400,), extra_args=("--access-log", "-")) as edge:
         port = edge.port(31400)
         payload = os.urandom(16 * 1024 * 1024 + 5)
         received = bytearray()
@@ -178,6 +200,20 @@ def test_half_close_both_ways_and_large_payload(tmp_path, echo_backends):
             assert not thread.is_alive()
         assert bytes(received[:3]) == b"v1\n"
         assert hashlib.sha256(received[3:]).digest() == hashlib.sha256(payload).digest()
+        # Envoy's TCP access log line: "- - -" 0, bytes received from / sent to the client, the cluster.
+        cluster = "outbound|9000|v1|tcp-echo.default.svc.cluster.local"
+        line = wait_for(lambda: next((l for l in edge.out_path.read_text().splitlines() if cluster in l), None), "the access log line")
+        assert re.search(rf'"- - -" 0 - - - "-" {len(payload)} {len(payload) + 3} \d+ - ', line), line
+        assert f'"127.0.0.1:{echo_backends.port("v1")}"' in line
+        # Istio's TCP metrics, from the stats segment (published periodically).
+        try:
+            metric(edge, "istio_tcp_connections_closed_total")
+        except ConnectionRefusedError:
+            pytest.skip("the metrics port is not served by this build yet")
+        wait_for(lambda: metric(edge, "istio_tcp_connections_closed_total") >= 1, "istio_tcp_connections_closed_total")
+        assert metric(edge, "istio_tcp_connections_opened_total") == metric(edge, "istio_tcp_connections_closed_total") == 1
+        assert metric(edge, "istio_tcp_received_bytes_total") == len(payload)
+        assert metric(edge, "istio_tcp_sent_bytes_total") == len(payload) + 3
 
 
 UNREACHABLE = """\
@@ -242,7 +278,7 @@ def dead_port() -> int:
 
 def test_connect_failure_closes_and_idle_timeout(tmp_path, echo_backends):
     config = UNREACHABLE.replace("DEAD_PORT", str(dead_port())).replace("ECHO_PORT", str(echo_backends.port("v1")))
-    with EdgeProcess(tmp_path, {"gw.yaml": config}, gateway_ports=(31400, 31401)) as edge:
+    with EdgeProcess(tmp_path, {"gw.yaml": config}, gateway_ports=(31400, 31401), extra_args=("--access-log", "-")) as edge:
         workers = edge.worker_pids()
         # Connect refused upstream: the client's connection is closed at once, without a byte.
         for _ in range(10):
@@ -266,6 +302,9 @@ def test_connect_failure_closes_and_idle_timeout(tmp_path, echo_backends):
             idle = time.monotonic() - start
         assert 0.9 <= idle <= 2.5, idle
         assert edge.worker_pids() == workers
+        log = wait_for(lambda: (t := edge.out_path.read_text()).count(" UF ") >= 10 and "idle_timeout" in t and t, "access log")
+        assert log.count('"- - -" 0 UF - - "-" 0 0 ') == 10  # nothing spliced either way
+        assert "outbound|9000||dead.example" in log
 
 
 NO_ROUTE = """\
@@ -283,6 +322,5 @@ spec:
 
 
 def test_tcp_server_without_route_is_not_opened(tmp_path):
-    with EdgeProcess(tmp_path, {"gw.yaml": NO_ROUTE}, gateway_ports=(31400, 80)) as edge:
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", edge.port(31400)), timeout=TIMEOUT_S)
+    with EdgeProcess(tmp_path, {"gw.yaml": NO_ROUTE}, gateway_ports=(31400, 80)) as edge, pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", edge.port(31400)), timeout=TIMEOUT_S)

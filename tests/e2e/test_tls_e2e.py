@@ -171,14 +171,14 @@ def subject_cn(peer_cert: dict) -> str:
 
 
 def curl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CURL, "-sS", "--max-time", str(TIMEOUT_S), *args], capture_output=True, text=True, timeout=TIMEOUT_S * 3)
+    return subprocess.run([CURL, "-sS", "--max-time", str(TIMEOUT_S), *args], capture_output=True, text=True, timeout=TIMEOUT_S * 3, check=False)
 
 
 def s_client_subject(port: int, sni: str, ca: Path) -> tuple[str, str]:
     """(subject line, verify result line) as `openssl s_client` prints them."""
     result = subprocess.run(
         [OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-servername", sni, "-CAfile", str(ca)],
-        input="", capture_output=True, text=True, timeout=TIMEOUT_S * 3,
+        input="", capture_output=True, text=True, timeout=TIMEOUT_S * 3, check=False,
     )
     subject = next((line for line in result.stdout.splitlines() if line.startswith("subject=")), "")
     verify = next((line.strip() for line in result.stdout.splitlines() if "Verify return code" in line), "")
@@ -640,7 +640,7 @@ def test_sni_passthrough(tmp_path, pki, tls_backends):
     sees the client's SNI. Unknown SNI, no SNI and garbage are closed; the workers stay up and keep serving."""
     config = {"gateway.yaml": PASSTHROUGH_GATEWAY, "nginx-vs.yaml": PASSTHROUGH_VS, "api.yaml": API_PASSTHROUGH,
               **passthrough_entries(tls_backends)}
-    with EdgeProcess(tmp_path, config, gateway_ports=(443,)) as edge:
+    with EdgeProcess(tmp_path, config, gateway_ports=(443,), extra_args=("--access-log", "-")) as edge:
         port = edge.port(443)
         if CURL:  # the task's check
             out = curl("-v", "--resolve", f"nginx.example.com:{port}:127.0.0.1", "--cacert", str(pki.ca1_file),
@@ -672,6 +672,13 @@ def test_sni_passthrough(tmp_path, pki, tls_backends):
         assert_workers_unchanged(edge, workers)
         for _ in range(6):
             assert https_get(port, "nginx.example.com", "/", ca=pki.ca1_file)[0] == 200
+        # Access log: Envoy's lines for a spliced connection and for an SNI no chain matches.
+        deadline = time.monotonic() + TIMEOUT_S
+        while "unknown.example.com" not in edge.out_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lines = edge.out_path.read_text().splitlines()
+        assert any('"- - -" 0 NR filter_chain_not_found' in line and line.endswith(" unknown.example.com -") for line in lines), lines
+        assert any("outbound|443||my-nginx.default.svc.cluster.local" in line and " nginx.example.com default/nginx" in line for line in lines), lines
 
 
 MIXED_PORT = """\
@@ -800,6 +807,12 @@ def origination_config(backend_port: int, ca: Path, other_ca: Path) -> dict[str,
             f"metadata:\n  name: {name}\nspec:\n  hosts: [{host}]\n  gateways: [gw]\n  http:\n"
             f"  - route:\n    - destination: {{host: {host}, port: {{number: 80}}}}\n"
         )
+    # Another name routed to the same cluster: auto SNI must not reuse a connection verified for another Host.
+    config["aliased.yaml"] = (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+        "metadata:\n  name: aliased\nspec:\n  hosts: [aliased.example]\n  gateways: [gw]\n  http:\n"
+        "  - route:\n    - destination: {host: secure.backend.example, port: {number: 80}}\n"
+    )
     return config
 
 
@@ -813,7 +826,8 @@ def test_tls_origination(tmp_path, pki):
             port = edge.port(80)
 
             def get(name: str) -> tuple[int, dict]:
-                status, body, _ = http_get(port, "/headers", host=f"{name}.backend.example")
+                host = name if "." in name else f"{name}.backend.example"
+                status, body, _ = http_get(port, "/headers", host=host)
                 return status, (json.loads(body) if status == 200 else {"body": body})
 
             # Auto SNI = Host, verified against the certificate (auto SAN validation).
@@ -828,6 +842,11 @@ def test_tls_origination(tmp_path, pki):
                 assert get("secure")[0] == 200
             stats = backend_stats("/__stats")
             assert stats["requests_total"] == 6 and stats["connections_total"] <= 2
+            # Same cluster, another Host: auto SNI sends that Host and the certificate does not cover it, even
+            # though pooled connections to the same endpoint (verified for secure.backend.example) are idle.
+            for _ in range(4):
+                assert get("aliased.example")[0] == 503
+            assert backend_stats("/__stats")["requests_total"] == 6
             # Host not in the certificate and no SANs configured: refused (503, upstream TLS failure).
             status, doc = get("alias")
             assert status == 503, doc
@@ -880,4 +899,29 @@ def test_https_redirect(tmp_path, pki, backends):
         status, _, headers = http_get(edge.port(80), "/status/200?a=1", host="httpbin.example.com")
         assert status == 301 and headers["location"] == "https://httpbin.example.com/status/200?a=1"
         status, body, _ = https_get(edge.port(443), "httpbin.example.com", "/status/200", ca=pki.ca1_file)
-        assert status == 200
+        assert status == 200 and json.loads(body)["headers"]["x-forwarded-proto"] == "https"
+
+
+def test_slow_client_hello_is_closed_at_the_handshake_timeout(tmp_path, pki, tls_backends):
+    """A client that stops halfway through its ClientHello (or sends nothing) is closed after Istio's 15 s
+    transport-socket timeout; meanwhile other clients are served."""
+    config = {"gateway.yaml": PASSTHROUGH_GATEWAY, "nginx-vs.yaml": PASSTHROUGH_VS, **passthrough_entries(tls_backends)}
+    hello = client_context(pki.ca1_file).wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname="nginx.example.com")
+    with pytest.raises(ssl.SSLWantReadError):
+        hello.do_handshake()
+    first_flight = outgoing.read()
+    with EdgeProcess(tmp_path, config, gateway_ports=(443,)) as edge:
+        port = edge.port(443)
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
+        start = time.monotonic()
+        for i, sock in enumerate(slow):
+            sock.sendall(first_flight[: 10 * i])  # nothing, then a few bytes of a real hello
+        assert https_get(port, "nginx.example.com", "/", ca=pki.ca1_file)[0] == 200
+        for sock in slow:
+            with sock:
+                try:
+                    assert sock.recv(100) == b""
+                except ConnectionResetError:
+                    pass
+        elapsed = time.monotonic() - start
+        assert 14.0 <= elapsed <= 20.0, elapsed

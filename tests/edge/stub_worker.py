@@ -167,6 +167,9 @@ def main() -> int:
     parser.add_argument("--credentials-dir")
     parser.add_argument("--access-log")
     parser.add_argument("--access-log-format")
+    parser.add_argument("--http-codec")
+
+    parser.add_argument("--stats-shm")  # the stub counts nothing; the real worker writes its stats slot
     args = parser.parse_args()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # like workers.main: the supervisor decides
     stub = Stub(args)

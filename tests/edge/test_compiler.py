@@ -1155,6 +1155,44 @@ def test_http_servers_of_several_gateways_share_a_port():
     assert (outcome(tbl, 80, "one.com"), outcome(tbl, 80, "two.com")) == (A, B)
 
 
+def test_terminating_and_passthrough_servers_can_share_a_port():
+    gw = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [web.com]
+    tls: {mode: SIMPLE, credentialName: web-cert}
+  - port: {number: 443, name: pass, protocol: TLS}
+    hosts: [db.com]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: v}
+spec:
+  hosts: [web.com, db.com]
+  gateways: [gw]
+  http: [{route: [{destination: {host: a.example.com}}]}]
+  tls: [{match: [{sniHosts: [db.com]}], route: [{destination: {host: b.example.com}}]}]
+"""
+    (listener,) = compiled(gw, REGISTRY, labels={}).listeners
+    assert listener.protocol == table.PROTO_TLS  # mixed chains: dispatched per chain
+    assert [(c.server_names, c.tls is not None, c.route_config is not None, c.tcp is not None) for c in listener.filter_chains] == [
+        (("web.com",), True, True, False),
+        (("db.com",), False, False, True),
+    ]
+
+
+def test_a_virtual_service_bound_through_two_gateways_appears_once_per_host():
+    g2 = GATEWAY_80.replace("name: gw}", "name: gw2}")
+    tbl = compiled(GATEWAY_80, g2, REGISTRY, vs("v", "[h.com]", "  - match: [{uri: {prefix: /a}}]\n" + to("a.example.com"), gateways="[gw, gw2]"))
+    (vh,) = tbl.listeners[0].route_config.virtual_hosts
+    assert len(vh.routes) == 1
+
+
 def test_binds_make_separate_listeners():
     gw = """
 apiVersion: networking.istio.io/v1

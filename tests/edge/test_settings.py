@@ -43,8 +43,10 @@ def test_every_flag_has_a_variable():
 
 
 def test_settings_become_table_and_compile_options():
-    s = build_settings({"http10": "reject", "server_header": "edge", "gateway_labels": "a=b"}, {})
-    assert s.table_options() == table.Options(server_header="edge", accept_http10=False)
+    s = build_settings({"http10": "reject", "server_header": "edge", "gateway_labels": "a=b", "workers": "3"}, {})
+    options = s.table_options()
+    assert (options.server_header, options.accept_http10, options.workers) == ("edge", False, 3)
+    assert s.compile_options().table_options == options
     assert s.compile_options().gateway_labels == {"a": "b"}
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge.shm import SHM_DIR
 from edge.supervisor import (
@@ -313,9 +314,17 @@ def test_a_killed_worker_is_replaced_with_the_same_socket_and_nothing_queued_is_
 
 def test_a_crash_loop_backs_off_exponentially_then_recovers(tmp_path):
     with stub_edge(tmp_path, workers=1, env={"STUB_EXIT_0": "3"}) as edge:
-        delays = re.findall(r"^edge: worker 0 \(pid \d+\) exited with status 3 after [\d.]+ s; restarting in ([\d.]+) s$", edge.log_text(), re.MULTILINE)
-        assert delays == ["0.1", "0.2", "0.4"]
+        restarts = re.findall(r"^edge: worker 0 \(pid \d+\) exited with status 3 after [\d.]+ s; restarting in ([\d.]+) s(.*)$", edge.log_text(), re.MULTILINE)
+        assert [delay for delay, _ in restarts] == ["0.1", "0.2", "0.4"]
+        # The log says when a slot is in a crash loop: every restart after a quick death backs off.
+        assert [marker for _, marker in restarts] == ["", " (crash loop: backing off)", " (crash loop: backing off)"]
         assert who(edge.port(80))["incarnation"] == 4
+        # And the metrics port shows it: 3 restarts, the last backoff, and the slot no longer dying.
+        _, body, _ = http_get(edge.metrics_port, "/stats/prometheus")
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+        assert samples[("edge_worker_restarts_total", (("slot", "0"),))] == 3
+        assert samples[("edge_worker_restart_backoff_seconds", (("slot", "0"),))] == 0.4
+        assert samples[("edge_workers", (("state", "serving"),))] == 1
 
 
 def test_a_worker_that_stops_answering_heartbeats_is_killed_and_replaced(tmp_path):

@@ -14,7 +14,12 @@ import trio.testing
 
 from edge.table import WeightedCluster
 from workers.netio import SocketTransport
-from workers.tcp_proxy import SPLICE_BUFFER_BYTES, pick_weighted, splice_sockets, splice_transports
+from workers.tcp_proxy import (
+    SPLICE_BUFFER_BYTES,
+    pick_weighted,
+    splice_sockets,
+    splice_transports,
+)
 
 
 @pytest.mark.parametrize(

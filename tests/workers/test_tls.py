@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.lowlevel
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -26,6 +27,7 @@ from workers.tls import (
     SniIndex,
     TLSConfigError,
     TLSContexts,
+    TLSTransport,
     build_server_context,
     build_upstream_tls_context,
     certificate_pinned,
@@ -35,7 +37,6 @@ from workers.tls import (
     dns_name_match,
     files_signature,
     openssl_cipher_names,
-    TLSTransport,
     read_client_hello,
     sans_allowed,
     server_files,
@@ -626,7 +627,7 @@ async def test_read_client_hello(chunks, sni, failure):
         async def feed():
             for chunk in chunks:
                 b.send(chunk)
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
             b.shutdown(socket.SHUT_WR)
 
         async with trio.open_nursery() as nursery:

@@ -1,0 +1,346 @@
+# Access logs of one worker: Istio's default TEXT format or JSON with the same fields, buffered.
+#
+# Rules:
+# - Destination: "off" (nothing is built), "-" (the worker's stdout, inherited from the supervisor) or a file
+#   path, opened O_WRONLY|O_APPEND|O_CREAT (0644) by every worker: O_APPEND makes each write land whole at the
+#   end of the file, so the workers' lines never overwrite each other.
+# - TEXT is Istio's EnvoyTextLogFormat (ISTIO-SEMANTICS 3.2), field for field; a missing value prints "-".
+#   JSON has the same fields under Istio's JSON keys, numbers as numbers and a missing value as null (Envoy's
+#   JSON formatter does that), one object per line, keys in a fixed order.
+# - TCP connections log the same line shape with `"- - -" 0` for method/path/protocol and status.
+# - Buffered like Envoy's --file-flush-interval-msec 1000: a line is appended to a list; the buffer is written
+#   every FLUSH_INTERVAL_S, at once when it reaches FLUSH_BYTES, and on close (drain, exit). The write
+#   happens in a thread so a slow stdout pipe never stalls the event loop. While a write is stuck, at most
+#   MAX_PENDING_BYTES wait; lines beyond that are dropped and counted (dropped_lines), never buffered unbounded.
+# - Pipes and terminals get writes of at most PIPE_BUF bytes cut at line ends (atomic for a pipe), so lines of
+#   several workers sharing stdout never interleave mid-line.
+# - reopen() (SIGUSR1, after logrotate moved the file): flush what is buffered into the old file, then open the
+#   path anew. A failure to open keeps the old descriptor and says so once.
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from typing import Callable
+
+import orjson
+import trio
+
+FLUSH_BYTES = 64 * 1024
+FLUSH_INTERVAL_S = 1.0
+MAX_PENDING_BYTES = 4 * 1024 * 1024
+PIPE_BUF_BYTES = 4096
+OFF = "off"
+STDOUT = "-"
+
+JSON_KEYS = (
+    "start_time", "route_name", "method", "path", "protocol", "response_code", "response_flags", "response_code_details",
+    "connection_termination_details", "upstream_transport_failure_reason", "bytes_received", "bytes_sent", "duration",
+    "upstream_service_time", "x_forwarded_for", "user_agent", "request_id", "authority", "upstream_host",
+    "upstream_cluster", "upstream_local_address", "downstream_local_address", "downstream_remote_address",
+    "requested_server_name",
+)  # fmt: skip
+
+
+class TcpLog:
+    """One TCP (or TLS passthrough) connection as the access log and the stats see it."""
+
+    __slots__ = (
+        "start", "listener", "upstream_cluster", "upstream_host", "bytes_received", "bytes_sent", "flags", "details",
+        "downstream_local", "downstream_remote", "sni", "route_name", "duration_ms", "termination_details",
+    )  # fmt: skip
+
+    def __init__(self, start: float, listener: str = "-"):
+        self.start = start
+        self.listener = listener
+        self.upstream_cluster = "-"
+        self.upstream_host = "-"
+        self.bytes_received = 0  # from the client
+        self.bytes_sent = 0  # to the client
+        self.flags = "-"
+        self.details = "-"
+        self.downstream_local = "-"
+        self.downstream_remote = "-"
+        self.sni = "-"
+        self.route_name = "-"
+        self.duration_ms = 0
+        self.termination_details = "-"
+
+
+class _Clock:
+    """Envoy's START_TIME (UTC, milliseconds, "Z"), with the part up to the seconds cached per second."""
+
+    __slots__ = ("second", "prefix")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def format(self, t: float) -> str:
+        second, ms = divmod(int(t * 1000 + 0.5), 1000)  # to the nearest ms: t - int(t) is not exact in binary
+        if second != self.second:
+            self.second = second
+            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self.prefix}.{ms:03d}Z"
+
+
+_clock = _Clock()
+
+
+def format_start_time(t: float) -> str:
+    return _clock.format(t)
+
+
+def _dash(value) -> str:
+    return value if value else "-"
+
+
+def format_text(log) -> str:
+    """Istio's default TEXT line for an HTTP RequestLog (workers/http_proxy.py), with its newline."""
+    service = log.service_time_ms
+    return (
+        f'[{_clock.format(log.start)}] "{log.method} {log.path} {log.protocol}" {log.status} {log.flags} {log.details} - '
+        f'"-" {log.bytes_received} {log.bytes_sent} {log.duration_ms} {service if service >= 0 else "-"} '
+        f'"{log.x_forwarded_for}" "{log.user_agent}" "{log.request_id}" "{log.authority}" "{log.upstream_host}" '
+        f"{log.upstream_cluster} - {log.downstream_local} {log.downstream_remote} {log.sni} {log.route_name}\n"
+    )
+
+
+def format_tcp_text(log: TcpLog) -> str:
+    return (
+        f'[{_clock.format(log.start)}] "- - -" 0 {log.flags} {log.details} {log.termination_details} '
+        f'"-" {log.bytes_received} {log.bytes_sent} {log.duration_ms} - '
+        f'"-" "-" "-" "-" "{log.upstream_host}" '
+        f"{log.upstream_cluster} - {log.downstream_local} {log.downstream_remote} {log.sni} {log.route_name}\n"
+    )
+
+
+def _null(value: str):
+    return None if value == "-" or not value else value
+
+
+def json_record(log) -> dict:
+    service = log.service_time_ms
+    return {
+        "start_time": _clock.format(log.start),
+        "route_name": _null(log.route_name),
+        "method": _null(log.method),
+        "path": _null(log.path),
+        "protocol": _null(log.protocol),
+        "response_code": log.status,
+        "response_flags": _null(log.flags),
+        "response_code_details": _null(log.details),
+        "connection_termination_details": None,
+        "upstream_transport_failure_reason": None,
+        "bytes_received": log.bytes_received,
+        "bytes_sent": log.bytes_sent,
+        "duration": log.duration_ms,
+        "upstream_service_time": service if service >= 0 else None,
+        "x_forwarded_for": _null(log.x_forwarded_for),
+        "user_agent": _null(log.user_agent),
+        "request_id": _null(log.request_id),
+        "authority": _null(log.authority),
+        "upstream_host": _null(log.upstream_host),
+        "upstream_cluster": _null(log.upstream_cluster),
+        "upstream_local_address": None,
+        "downstream_local_address": _null(log.downstream_local),
+        "downstream_remote_address": _null(log.downstream_remote),
+        "requested_server_name": _null(log.sni),
+    }
+
+
+def tcp_json_record(log: TcpLog) -> dict:
+    return {
+        "start_time": _clock.format(log.start),
+        "route_name": _null(log.route_name),
+        "method": None,
+        "path": None,
+        "protocol": None,
+        "response_code": 0,
+        "response_flags": _null(log.flags),
+        "response_code_details": _null(log.details),
+        "connection_termination_details": _null(log.termination_details),
+        "upstream_transport_failure_reason": None,
+        "bytes_received": log.bytes_received,
+        "bytes_sent": log.bytes_sent,
+        "duration": log.duration_ms,
+        "upstream_service_time": None,
+        "x_forwarded_for": None,
+        "user_agent": None,
+        "request_id": None,
+        "authority": None,
+        "upstream_host": _null(log.upstream_host),
+        "upstream_cluster": _null(log.upstream_cluster),
+        "upstream_local_address": None,
+        "downstream_local_address": _null(log.downstream_local),
+        "downstream_remote_address": _null(log.downstream_remote),
+        "requested_server_name": _null(log.sni),
+    }
+
+
+def format_json(log) -> bytes:
+    return orjson.dumps(json_record(log)) + b"\n"
+
+
+def format_tcp_json(log: TcpLog) -> bytes:
+    return orjson.dumps(tcp_json_record(log)) + b"\n"
+
+
+def split_for_pipe(data: bytes, limit: int = PIPE_BUF_BYTES) -> list[bytes]:
+    """Pieces of at most `limit` bytes cut after a newline (a single longer line stays whole)."""
+    pieces = []
+    start = 0
+    n = len(data)
+    while n - start > limit:
+        cut = data.rfind(b"\n", start, start + limit)
+        if cut < 0:
+            cut = data.find(b"\n", start + limit)
+            if cut < 0:
+                break
+        pieces.append(data[start : cut + 1])
+        start = cut + 1
+    if start < n:
+        pieces.append(data[start:])
+    return pieces
+
+
+def _write_all(fd: int, data: bytes, atomic_pieces: bool) -> None:
+    for piece in split_for_pipe(data) if atomic_pieces else (data,):
+        view = memoryview(piece)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+
+class AccessLog:
+    """The access log of one worker. `write(log)` / `write_tcp(log)` are the per-request calls."""
+
+    def __init__(self, destination: str, fmt: str = "text", *, warn: Callable[[str], None] | None = None):
+        self.destination = destination
+        self.fmt = fmt
+        self.enabled = destination != OFF
+        self._warn = warn or (lambda message: print(message, file=sys.stderr, flush=True))
+        self._fd = -1
+        self._owns_fd = False
+        self._pipe = False
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._pending = 0  # bytes handed to a writer thread and not yet written
+        self._wake = trio.Event() if self.enabled else None
+        self._retired: list[int] = []  # descriptors replaced by reopen() while a write to them was running
+        self.dropped_lines = 0
+        self.lines = 0
+        self.write_errors = 0
+        self._json = fmt == "json"
+        if self.enabled:
+            self._open()
+
+    # ------------------------------------------------------------------------------------------ files
+
+    def _open(self) -> None:
+        if self.destination == STDOUT:
+            fd, owns = sys.stdout.fileno(), False
+        else:
+            fd, owns = os.open(self.destination, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644), True
+        self._fd, self._owns_fd = fd, owns
+        try:
+            self._pipe = not stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            self._pipe = True
+
+    def reopen(self) -> None:
+        """After logrotate: flush into the old file, then open the path anew (stdout: just flush)."""
+        if not self.enabled:
+            return
+        self.flush_now()
+        if not self._owns_fd:
+            return
+        old = self._fd
+        try:
+            self._open()
+        except OSError as exc:
+            self._warn(f"cannot reopen the access log {self.destination}: {exc.strerror or exc}; writing to the old file")
+            self._fd, self._owns_fd = old, True
+            return
+        if self._pending:
+            self._retired.append(old)  # a flusher thread still writes to it; closed when it is done
+        else:
+            os.close(old)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.flush_now()
+        if self._owns_fd and self._fd >= 0:
+            if self._pending:
+                self._retired.append(self._fd)
+            else:
+                os.close(self._fd)
+        self._fd = -1
+        self.enabled = False
+
+    # ---------------------------------------------------------------------------------------- hot path
+
+    def write(self, log) -> None:
+        line = format_json(log) if self._json else format_text(log).encode("utf-8", "replace")
+        self._append(line)
+
+    def write_tcp(self, log: TcpLog) -> None:
+        if not self.enabled:
+            return
+        line = format_tcp_json(log) if self._json else format_tcp_text(log).encode("utf-8", "replace")
+        self._append(line)
+
+    def _append(self, line: bytes) -> None:
+        if self._buffered + self._pending >= MAX_PENDING_BYTES:
+            self.dropped_lines += 1
+            return
+        self._buffer.append(line)
+        self._buffered += len(line)
+        self.lines += 1
+        if self._buffered >= FLUSH_BYTES:
+            self._wake.set()
+
+    # ---------------------------------------------------------------------------------------- flushing
+
+    def _take(self) -> bytes:
+        data = b"".join(self._buffer)
+        self._buffer = []
+        self._buffered = 0
+        return data
+
+    def _write(self, fd: int, pipe: bool, data: bytes) -> None:
+        try:
+            _write_all(fd, data, pipe)
+        except OSError as exc:
+            self.write_errors += 1
+            if self.write_errors == 1:
+                self._warn(f"access log write to {self.destination} failed: {exc.strerror or exc}; lines are lost until it works again")
+
+    def flush_now(self) -> None:
+        """Write what is buffered, synchronously (drain, exit, reopen)."""
+        if self._buffer and self._fd >= 0:
+            self._write(self._fd, self._pipe, self._take())
+
+    async def serve_flusher(self) -> None:
+        """Write the buffer every FLUSH_INTERVAL_S, or at once when it reaches FLUSH_BYTES."""
+        if not self.enabled:
+            return
+        while self.enabled:
+            with trio.move_on_after(FLUSH_INTERVAL_S):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            if not self._buffer or self._fd < 0:
+                continue
+            data = self._take()
+            self._pending += len(data)
+            try:
+                await trio.to_thread.run_sync(self._write, self._fd, self._pipe, data)
+            finally:
+                self._pending -= len(data)
+                while self._retired and not self._pending:
+                    os.close(self._retired.pop())
+
+
+__all__ = ["AccessLog", "TcpLog", "format_text", "format_json", "format_tcp_text", "format_tcp_json", "json_record", "split_for_pipe", "JSON_KEYS"]

@@ -1,0 +1,703 @@
+# HTTP/1.1 codecs of the proxy, behind one small sans-IO interface with two implementations:
+#   "h11"        h11 on both sides — the reference engine, and the default.
+#   "httptools"  the accelerated codec: llhttp (httptools) parses client requests, a lean parser written here
+#                reads upstream responses, and both sides serialise heads with one bytes join.
+# The proxy only sees this module's events and methods, so both codecs run the same proxy code and the same
+# test suite (`--http-codec h11|httptools`, as uvicorn offers `--http h11|httptools`).
+#
+# Rules every codec keeps:
+# - Events: Request / Response / InformationalResponse heads (headers as [(lowercase name, value)]), Data,
+#   END_OF_MESSAGE, NEED_DATA (feed more bytes), CLOSED (the peer closed at a message boundary). Malformed
+#   input raises ProtocolError with the status a server should answer (400, 414, 431).
+# - Server side: a request head larger than `max_head_bytes` is 431 (414 while the request line is
+#   unfinished); Content-Length with Transfer-Encoding, differing Content-Lengths, obs-fold, bare LF and
+#   invalid tokens are rejected (nothing ambiguous is ever forwarded). Responses are framed by the codec:
+#   Content-Length when the head has one, else chunked for HTTP/1.1 clients, else close-delimited; no body
+#   for HEAD, 1xx, 204 and 304; `connection: close` added whenever the connection will close.
+# - Client side: requests are sent as HTTP/1.1; a response is framed per RFC 9112 §6.3 (HEAD, 1xx, 204, 304
+#   have no body; chunked; Content-Length; else read until close). Conflicting framing is a ProtocolError.
+# - A connection is reusable only when both directions finished their message cleanly and neither side
+#   asked to close.
+from __future__ import annotations
+
+import http
+import re
+
+import h11
+
+try:  # the accelerated codec is optional: `pip install edge[fast]`
+    import httptools
+except ImportError:  # pragma: no cover - exercised only where httptools is absent
+    httptools = None
+
+CODECS = ("h11", "httptools")
+
+
+class ProtocolError(Exception):
+    def __init__(self, message: str, status_hint: int = 400):
+        super().__init__(message)
+        self.status_hint = status_hint
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA = _Sentinel("NEED_DATA")
+END_OF_MESSAGE = _Sentinel("END_OF_MESSAGE")
+CLOSED = _Sentinel("CLOSED")
+
+
+class Request:
+    __slots__ = ("method", "target", "headers", "http_version")
+
+    def __init__(self, method: bytes, target: bytes, headers, http_version: bytes):
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.http_version = http_version
+
+
+class Response:
+    __slots__ = ("status_code", "reason", "headers", "http_version")
+
+    def __init__(self, status_code: int, reason: bytes, headers, http_version: bytes = b"1.1"):
+        self.status_code = status_code
+        self.reason = reason
+        self.headers = headers
+        self.http_version = http_version
+
+
+class InformationalResponse(Response):
+    __slots__ = ()
+
+
+class Data:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+
+
+def _join_headers(headers) -> bytes:
+    return b"".join([name + b": " + value + b"\r\n" for name, value in headers])
+
+
+def _has_token(headers, name: bytes, token: bytes) -> bool:
+    for n, v in headers:
+        if n == name:
+            for part in v.split(b","):
+                if part.strip().lower() == token:
+                    return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------------
+# h11: the reference codec
+# ---------------------------------------------------------------------------------------------------------
+
+
+class H11Server:
+    """The server side on h11."""
+
+    __slots__ = ("conn", "max_head_bytes")
+
+    def __init__(self, max_head_bytes: int):
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_bytes)
+        self.max_head_bytes = max_head_bytes
+
+    def receive_data(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+
+    def next_event(self):
+        try:
+            event = self.conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint or 400
+            if status == 431:
+                data, _ = self.conn.trailing_data
+                if b"\n" not in bytes(data[: self.max_head_bytes + 2]):
+                    status = 414
+            raise ProtocolError(str(exc), status) from None
+        t = type(event)
+        if t is h11.Data:
+            return Data(event.data)
+        if t is h11.EndOfMessage:
+            return END_OF_MESSAGE
+        if t is h11.Request:
+            return Request(event.method, event.target, event.headers, event.http_version)
+        if event is h11.NEED_DATA:
+            return NEED_DATA
+        return CLOSED  # ConnectionClosed, PAUSED
+
+    @property
+    def has_buffered_data(self) -> bool:
+        return bool(self.conn.trailing_data[0])
+
+    @property
+    def client_is_waiting_for_100_continue(self) -> bool:
+        return self.conn.client_is_waiting_for_100_continue
+
+    @property
+    def request_body_pending(self) -> bool:
+        return self.conn.their_state is h11.SEND_BODY
+
+    @property
+    def reusable(self) -> bool:
+        c = self.conn
+        return c.our_state is h11.DONE and c.their_state is h11.DONE
+
+    def send_informational(self, status: int) -> bytes:
+        return self.conn.send(h11.InformationalResponse(status_code=status, headers=[]))
+
+    def send_response(self, status: int, reason: bytes, headers, close: bool = False) -> bytes:
+        if close:
+            headers = list(headers)
+            headers.append((b"connection", b"close"))
+        try:
+            return self.conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
+        except h11.LocalProtocolError as exc:  # an upstream head h11 will not write
+            raise ProtocolError(str(exc), 502) from None
+
+    def send_data(self, data: bytes) -> bytes:
+        try:
+            return self.conn.send(h11.Data(data=data))
+        except h11.LocalProtocolError as exc:  # more body than the Content-Length said
+            raise ProtocolError(str(exc), 502) from None
+
+    def send_end(self) -> bytes:
+        try:
+            return self.conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:  # less body than the Content-Length said
+            raise ProtocolError(str(exc), 502) from None
+
+    @property
+    def will_close(self) -> bool:
+        c = self.conn
+        return c.our_state is h11.MUST_CLOSE or c.their_state is h11.MUST_CLOSE
+
+    def start_next_cycle(self) -> bool:
+        try:
+            self.conn.start_next_cycle()
+        except h11.LocalProtocolError:
+            return False
+        return True
+
+
+class H11Client:
+    """The client (upstream) side on h11."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self) -> None:
+        self.conn = h11.Connection(h11.CLIENT)
+
+    def send_request(self, method: bytes, target: bytes, headers) -> bytes:
+        try:
+            return self.conn.send(h11.Request(method=method, target=target, headers=headers))
+        except h11.LocalProtocolError as exc:
+            raise ProtocolError(str(exc)) from None
+
+    def send_data(self, data: bytes) -> bytes:
+        return self.conn.send(h11.Data(data=data))
+
+    def send_end(self) -> bytes:
+        return self.conn.send(h11.EndOfMessage())
+
+    def receive_data(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+
+
+    def next_event(self):
+        try:
+            event = self.conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise ProtocolError(str(exc), 502) from None
+        t = type(event)
+        if t is h11.Data:
+            return Data(event.data)
+        if t is h11.EndOfMessage:
+            return END_OF_MESSAGE
+        if t is h11.Response:
+            return Response(event.status_code, event.reason, event.headers, event.http_version)
+        if t is h11.InformationalResponse:
+            return InformationalResponse(event.status_code, event.reason, event.headers, event.http_version)
+        if event is h11.NEED_DATA:
+            return NEED_DATA
+        return CLOSED
+
+    @property
+    def has_buffered_data(self) -> bool:
+        return bool(self.conn.trailing_data[0])
+
+    @property
+    def awaiting_response(self) -> bool:
+        return self.conn.their_state is h11.SEND_RESPONSE
+
+    @property
+    def reusable(self) -> bool:
+        c = self.conn
+        return c.our_state is h11.DONE and c.their_state is h11.DONE
+
+    def start_next_cycle(self) -> None:
+        self.conn.start_next_cycle()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# httptools: the accelerated codec
+# ---------------------------------------------------------------------------------------------------------
+
+# Server-side framing states.
+_IDLE, _BODY, _DONE = 0, 1, 2
+
+
+class FastServer:
+    """The server side on llhttp (httptools). The parser runs ahead over pipelined bytes; its events wait in
+    a queue (bounded by what one receive brings) until the proxy asks for them."""
+
+    __slots__ = (
+        "parser", "max_head_bytes", "events", "url", "headers", "head_bytes", "in_head", "their", "ours",
+        "error", "expect_100", "body_started", "closed", "response_chunked", "response_has_body", "keep_alive",
+        "request_keep_alive", "request_version", "request_method", "pending_heads", "eof", "head_request",
+    )
+
+    def __init__(self, max_head_bytes: int):
+        if httptools is None:
+            raise RuntimeError("the httptools codec needs the httptools package (pip install 'edge[fast]')")
+        self.parser = httptools.HttpRequestParser(self)
+        self.max_head_bytes = max_head_bytes
+        self.events: list = []
+        self.url = b""
+        self.headers: list = []
+        self.head_bytes = 0
+        self.in_head = False
+        self.their = _IDLE  # the request being read
+        self.ours = _IDLE  # the response being written
+        self.error: ProtocolError | None = None
+        self.expect_100 = False
+        self.body_started = False
+        self.closed = False
+        self.eof = False
+        self.response_chunked = False
+        self.response_has_body = True
+        self.keep_alive = True
+        self.request_keep_alive = True
+        self.request_version = b"1.1"
+        self.request_method = b"GET"
+        self.pending_heads = 0
+        self.head_request = False
+
+    # httptools callbacks ------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.url = b""
+        self.headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        self.in_head = False
+        version = parser.get_http_version().encode()
+        self.events.append(_ParsedHead(Request(parser.get_method(), self.url, self.headers, version), parser.should_keep_alive()))
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        self.events.append(END_OF_MESSAGE)
+
+    # interface ------------------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if not data:
+            self.eof = True
+            return
+        if self.error is not None:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.error = ProtocolError("protocol upgrades are not supported", 400)
+        except httptools.HttpParserError as exc:
+            self.error = ProtocolError(str(exc), 400)
+        if self.in_head:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.max_head_bytes and self.error is None:
+                # Without a complete request line the request line itself is too long.
+                # No complete header yet and a long URL: the request line itself is over the limit.
+                long_line = not self.headers and len(self.url) * 2 > self.max_head_bytes
+                self.error = ProtocolError("request head too large", 414 if long_line else 431)
+        else:
+            self.head_bytes = 0
+
+    def next_event(self):
+        events = self.events
+        if events:
+            event = events[0]
+            if type(event) is _ParsedHead:
+                if self.their != _IDLE:
+                    return NEED_DATA  # the next pipelined request waits for start_next_cycle
+                del events[0]
+                request = event.request
+                self.their = _BODY
+                self.request_keep_alive = event.keep_alive
+                self.request_version = request.http_version
+                self.request_method = request.method
+                self.head_request = request.method == b"HEAD"
+                self.expect_100 = request.http_version == b"1.1" and _has_token(request.headers, b"expect", b"100-continue")
+                self.body_started = False
+                return request
+            del events[0]
+            if event is END_OF_MESSAGE:
+                self.their = _DONE
+            else:
+                self.body_started = True
+            return event
+        if self.error is not None:
+            error, self.error = self.error, ProtocolError("connection already failed", 400)
+            raise error
+        if self.eof:
+            if self.their == _IDLE and not self.in_head:
+                return CLOSED
+            raise ProtocolError("connection closed in the middle of a request", 400)
+        return NEED_DATA
+
+    @property
+    def has_buffered_data(self) -> bool:
+        return bool(self.events) or self.in_head
+
+    @property
+    def client_is_waiting_for_100_continue(self) -> bool:
+        return self.expect_100 and not self.body_started and self.their == _BODY and self.ours == _IDLE
+
+    @property
+    def request_body_pending(self) -> bool:
+        return self.their == _BODY
+
+    @property
+    def reusable(self) -> bool:
+        return self.their == _DONE and self.ours == _DONE and self.keep_alive
+
+    @property
+    def will_close(self) -> bool:
+        return not self.keep_alive
+
+    def send_informational(self, status: int) -> bytes:
+        self.expect_100 = False
+        return _status_line(status, REASONS.get(status, b"")) + b"\r\n"
+
+    def send_response(self, status: int, reason: bytes, headers, close: bool = False) -> bytes:
+        keep_alive = self.request_keep_alive and not close and self.request_version == b"1.1"
+        has_length = False
+        close_sent = False
+        for name, value in headers:
+            if name == b"content-length":
+                has_length = True
+            elif name == b"connection" and _has_token(((name, value),), b"connection", b"close"):
+                keep_alive = False
+                close_sent = True
+        no_body = self.head_request or status < 200 or status in (204, 304)
+        self.response_has_body = not no_body
+        self.response_chunked = False
+        extra = b""
+        if not no_body and not has_length:
+            if self.request_version == b"1.1":
+                self.response_chunked = True
+                extra = b"transfer-encoding: chunked\r\n"
+            else:
+                keep_alive = False  # close-delimited body for an HTTP/1.0 client
+        if not keep_alive and not close_sent:
+            extra += b"connection: close\r\n"
+        self.keep_alive = keep_alive
+        self.ours = _BODY
+        return _status_line(status, reason) + _join_headers(headers) + extra + b"\r\n"
+
+    def send_data(self, data: bytes) -> bytes:
+        if not self.response_has_body or not data:
+            return b""
+        if self.response_chunked:
+            return b"%x\r\n" % len(data) + data + b"\r\n"
+        return data
+
+    def send_end(self) -> bytes:
+        self.ours = _DONE
+        if self.response_chunked and self.response_has_body:
+            return b"0\r\n\r\n"
+        return b""
+
+    def start_next_cycle(self) -> bool:
+        if not self.reusable:
+            return False
+        self.their = _IDLE
+        self.ours = _IDLE
+        self.expect_100 = False
+        return True
+
+
+class _ParsedHead:
+    __slots__ = ("request", "keep_alive")
+
+    def __init__(self, request: Request, keep_alive: bool):
+        self.request = request
+        self.keep_alive = keep_alive
+
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
+_TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[\t ]*(?:;[^\r\n]*)?")
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+
+# Client-side reading states.
+_R_HEAD, _R_LENGTH, _R_CHUNK_SIZE, _R_CHUNK_DATA, _R_CHUNK_CRLF, _R_TRAILERS, _R_UNTIL_CLOSE, _R_END, _R_DONE = range(9)
+
+
+class FastClient:
+    """The upstream side: requests serialised with one join; responses read by a lean strict parser."""
+
+    __slots__ = ("buffer", "state", "remaining", "method", "keep_alive", "sent_all", "eof", "awaiting_response", "request_chunked")
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.state = _R_HEAD
+        self.remaining = 0
+        self.method = b"GET"
+        self.keep_alive = True
+        self.sent_all = False
+        self.eof = False
+        self.awaiting_response = False
+        self.request_chunked = False
+
+    def send_request(self, method: bytes, target: bytes, headers) -> bytes:
+        """The head; its framing is the proxy's headers' (Content-Length, or Transfer-Encoding: chunked)."""
+        self.method = method
+        self.sent_all = False
+        self.awaiting_response = True
+        self.request_chunked = _has_token(headers, b"transfer-encoding", b"chunked")
+        return b"%s %s HTTP/1.1\r\n" % (method, target) + _join_headers(headers) + b"\r\n"
+
+    def send_data(self, data: bytes) -> bytes:
+        if self.request_chunked and data:
+            return b"%x\r\n" % len(data) + data + b"\r\n"
+        return data
+
+    def send_end(self) -> bytes:
+        self.sent_all = True
+        return b"0\r\n\r\n" if self.request_chunked else b""
+
+    def receive_data(self, data: bytes) -> None:
+        if data:
+            self.buffer += data
+        else:
+            self.eof = True
+
+    @property
+    def has_buffered_data(self) -> bool:
+        return bool(self.buffer)
+
+    @property
+    def reusable(self) -> bool:
+        return self.state == _R_DONE and self.sent_all and self.keep_alive and not self.buffer and not self.eof
+
+    def start_next_cycle(self) -> None:
+        self.state = _R_HEAD
+        self.remaining = 0
+        self.keep_alive = True
+        self.sent_all = False
+
+    def next_event(self):
+        state = self.state
+        buf = self.buffer
+        if state == _R_HEAD:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_RESPONSE_HEAD_BYTES:
+                    raise ProtocolError("upstream response head too large", 502)
+                if self.eof:
+                    if not buf:
+                        return CLOSED
+                    raise ProtocolError("upstream closed in the middle of a response head", 502)
+                return NEED_DATA
+            head = bytes(buf[:end])
+            del buf[: end + 4]
+            return self._parse_head(head)
+        if state == _R_LENGTH:
+            if not buf:
+                if self.eof:
+                    raise ProtocolError("upstream closed before the end of the body", 502)
+                return NEED_DATA
+            take = min(self.remaining, len(buf))
+            data = bytes(buf[:take])
+            del buf[:take]
+            self.remaining -= take
+            if self.remaining == 0:
+                self.state = _R_END
+            return Data(data)
+        if state == _R_UNTIL_CLOSE:
+            if buf:
+                data = bytes(buf)
+                buf.clear()
+                return Data(data)
+            if self.eof:
+                self.state = _R_DONE
+                self.keep_alive = False
+                return END_OF_MESSAGE
+            return NEED_DATA
+        if state in (_R_CHUNK_SIZE, _R_CHUNK_DATA, _R_CHUNK_CRLF, _R_TRAILERS):
+            return self._next_chunked()
+        if state == _R_END:
+            self.state = _R_DONE
+            return END_OF_MESSAGE
+        if state == _R_DONE:
+            return CLOSED if self.eof else NEED_DATA
+        raise AssertionError(state)
+
+    def _parse_head(self, head: bytes):
+        line_end = head.find(b"\r\n")
+        m = _STATUS_LINE.fullmatch(head if line_end < 0 else head[:line_end])
+        if m is None:
+            raise ProtocolError("upstream sent an invalid status line", 502)
+        version = b"1." + m.group(1)
+        status = int(m.group(2))
+        reason = m.group(3) or b""
+        headers = []
+        length = None
+        chunked = False
+        keep_alive = version == b"1.1"
+        if line_end >= 0:
+            # Checks over the whole head in C (control bytes, lone CR or LF), then one split; a header name
+            # must be a non-empty token, which also rejects obs-fold (a line starting with whitespace).
+            crlf = head.count(b"\r\n")
+            if _CONTROL_BYTES.search(head) is not None or head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+                raise ProtocolError("upstream sent a control character in its head", 502)
+            for line in head[line_end + 2 :].split(b"\r\n"):
+                name, sep, value = line.partition(b":")
+                if not sep or not name or name.translate(None, _TOKEN_BYTES):
+                    raise ProtocolError("upstream sent an invalid header line", 502)
+                name = name.lower()
+                value = value.strip(b" \t")
+                headers.append((name, value))
+                if name in _FRAMING_NAMES:
+                    if name == b"content-length":
+                        for part in value.split(b","):
+                            part = part.strip()
+                            if not part.isdigit() or len(part) > 18:
+                                raise ProtocolError("upstream sent an invalid Content-Length", 502)
+                            if length is not None and int(part) != length:
+                                raise ProtocolError("upstream sent differing Content-Lengths", 502)
+                            length = int(part)
+                    elif name == b"transfer-encoding":
+                        codings = [c.strip().lower() for c in value.split(b",")]
+                        if codings[-1] != b"chunked" or chunked:
+                            raise ProtocolError("upstream sent an unsupported Transfer-Encoding", 502)
+                        chunked = True
+                    else:  # connection
+                        tokens = {t.strip().lower() for t in value.split(b",")}
+                        if b"close" in tokens:
+                            keep_alive = False
+                        elif b"keep-alive" in tokens and version == b"1.0":
+                            keep_alive = True
+        if 100 <= status < 200:
+            if status == 101:
+                raise ProtocolError("upstream switched protocols", 502)
+            return InformationalResponse(status, reason, headers, version)
+        if chunked and length is not None:
+            raise ProtocolError("upstream response with both Content-Length and Transfer-Encoding", 502)
+        self.keep_alive = keep_alive
+        self.awaiting_response = False
+        if self.method == b"HEAD" or status in (204, 304) or length == 0:
+            self.state = _R_END
+        elif chunked:
+            self.state = _R_CHUNK_SIZE
+        elif length is not None:
+            self.state = _R_LENGTH
+            self.remaining = length
+        else:
+            self.state = _R_UNTIL_CLOSE
+            self.keep_alive = False
+        return Response(status, reason, headers, version)
+
+    def _next_chunked(self):
+        buf = self.buffer
+        while True:
+            state = self.state
+            if state == _R_CHUNK_SIZE:
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    if len(buf) > 1024:
+                        raise ProtocolError("upstream sent an invalid chunk size line", 502)
+                    return self._need_more("chunk size")
+                m = _CHUNK_SIZE.fullmatch(bytes(buf[:end]))
+                if m is None:
+                    raise ProtocolError("upstream sent an invalid chunk size", 502)
+                size = int(m.group(1), 16)
+                del buf[: end + 2]
+                if size == 0:
+                    self.state = _R_TRAILERS
+                    continue
+                self.remaining = size
+                self.state = _R_CHUNK_DATA
+            elif state == _R_CHUNK_DATA:
+                if not buf:
+                    return self._need_more("chunk data")
+                take = min(self.remaining, len(buf))
+                data = bytes(buf[:take])
+                del buf[:take]
+                self.remaining -= take
+                if self.remaining == 0:
+                    self.state = _R_CHUNK_CRLF
+                return Data(data)
+            elif state == _R_CHUNK_CRLF:
+                if len(buf) < 2:
+                    return self._need_more("chunk end")
+                if buf[:2] != b"\r\n":
+                    raise ProtocolError("upstream sent a chunk without its CRLF", 502)
+                del buf[:2]
+                self.state = _R_CHUNK_SIZE
+            else:  # trailers: skipped (not forwarded), up to the empty line
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    if len(buf) > MAX_RESPONSE_HEAD_BYTES:
+                        raise ProtocolError("upstream trailers too large", 502)
+                    return self._need_more("trailers")
+                line = bytes(buf[:end])
+                del buf[: end + 2]
+                if not line:
+                    self.state = _R_DONE
+                    return END_OF_MESSAGE
+
+    def _need_more(self, what: str):
+        if self.eof:
+            raise ProtocolError(f"upstream closed in the middle of the {what}", 502)
+        return NEED_DATA
+
+
+REASONS = {int(s): s.phrase.encode() for s in http.HTTPStatus}
+
+
+def codec_classes(name: str):
+    """(server codec, client codec) classes for `--http-codec`."""
+    if name == "h11":
+        return H11Server, H11Client
+    if name == "httptools":
+        if httptools is None:
+            raise RuntimeError("--http-codec httptools needs the httptools package (pip install 'edge[fast]')")
+        return FastServer, FastClient
+    raise ValueError(f"unknown HTTP codec {name!r}; choose one of {', '.join(CODECS)}")

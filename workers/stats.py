@@ -1,0 +1,147 @@
+# A worker's statistics: what it counts into its slot of the stats segment (edge/stats_shm.py).
+#
+# Rules:
+# - record_request(log) runs once per HTTP request (Worker.finish_request): one dict lookup on
+#   (listener, route, cluster, status, flags) and a handful of 8-byte stores. Nothing else on the hot path.
+# - TCP API for the L4 proxy (workers/tcp_proxy.py, workers/tls.py), all cheap and safe to call whether or not
+#   stats are enabled:
+#     worker.stats.tcp_connection_opened(listener, cluster)   once the upstream connection is up
+#     worker.stats.tcp_bytes(listener, cluster, sent, received)   optional, progress of a long connection
+#     worker.stats.tcp_connection_closed(listener, cluster, sent, received)   at the end, with the bytes not
+#                                                                 yet reported through tcp_bytes
+#     worker.finish_tcp(TcpLog)   the access-log line of a TCP connection (workers/access_log.py); it also
+#                                 counts the connection closed with its bytes, so call it *instead of*
+#                                 tcp_connection_closed when a TcpLog is at hand
+#   `sent` = bytes to the downstream client (istio_tcp_sent_bytes_total), `received` = from it.
+# - Gauges (active connections, upstream pool sizes, outlier state) and the /clusters status document are
+#   published every PUBLISH_INTERVAL_S by serve_publisher, off the request path. Ejections are a counter in the
+#   slot, advanced by the growth of each cluster's Balancer.ejections_total, so it survives table reloads and
+#   worker restarts without going backwards.
+# - Without a stats segment (a worker started by hand) every call is a no-op.
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+import trio
+
+from edge.stats_shm import (
+    W_ACTIVE_CONNECTIONS,
+    W_EJECTED_ENDPOINTS,
+    W_EJECTIONS_TOTAL,
+    W_POOL_ACTIVE,
+    W_POOL_IDLE,
+    W_PUBLISHED_AT_MS,
+    W_TABLE_GENERATION,
+    W_TCP_ACTIVE,
+    SlotWriter,
+)
+
+if TYPE_CHECKING:
+    from workers.main import Worker
+
+PUBLISH_INTERVAL_S = 1.0
+
+
+class WorkerStats:
+    def __init__(self, writer: SlotWriter | None):
+        self.writer = writer
+        self.enabled = writer is not None
+        self.tcp_active = 0
+        self._ejections_seen: dict[str, int] = {}  # cluster → Balancer.ejections_total already counted
+
+    # ------------------------------------------------------------------------------------------- HTTP
+
+    def record_request(self, log) -> None:
+        self.writer.record_http(
+            log.listener, log.route_name, log.upstream_cluster, log.status, log.flags,
+            time.time() - log.start, log.bytes_received, log.bytes_sent,
+        )  # fmt: skip
+
+    # -------------------------------------------------------------------------------------------- TCP
+
+    def tcp_connection_opened(self, listener: str, cluster: str) -> None:
+        self.tcp_active += 1
+        if self.writer is not None:
+            self.writer.tcp_opened(listener, cluster or "-")
+
+    def tcp_bytes(self, listener: str, cluster: str, sent: int, received: int) -> None:
+        if self.writer is not None and (sent or received):
+            self.writer.tcp_bytes(listener, cluster or "-", sent, received)
+
+    def tcp_connection_closed(self, listener: str, cluster: str, sent: int = 0, received: int = 0) -> None:
+        self.tcp_active = max(0, self.tcp_active - 1)
+        if self.writer is not None:
+            self.writer.tcp_closed(listener, cluster or "-", sent, received)
+
+    # --------------------------------------------------------------------------------------- publishing
+
+    def publish(self, worker: "Worker") -> None:
+        writer = self.writer
+        if writer is None:
+            return
+        now = trio.current_time()
+        compiled = worker.view.compiled
+        pool_stats: dict[str, dict[str, int]] = {}
+        for key, pool in worker.pools.pools.items():
+            name = f"{key[0]}:{key[1]}" if len(key) >= 2 else str(key)
+            entry = pool_stats.setdefault(name, {"active": 0, "idle": 0, "connects": 0, "reuses": 0})
+            entry["active"] += pool.active
+            entry["idle"] += len(pool.idle)
+            entry["connects"] += pool.connects
+            entry["reuses"] += pool.reuses
+        clusters = {}
+        ejected_now = 0
+        ejections_delta = 0
+        if compiled is not None:
+            for name, cluster_rt in compiled.clusters.items():
+                balancer = cluster_rt.balancer
+                endpoints = []
+                for state in balancer.states:
+                    ejected = state.ejected_until > now
+                    ejected_now += ejected
+                    endpoints.append({
+                        "address": state.endpoint.address,
+                        "port": state.endpoint.port,
+                        "weight": state.weight,
+                        "active": state.active,
+                        "ejected": ejected,
+                        "ejected_for_s": round(state.ejected_until - now, 3) if ejected else 0.0,
+                        "times_ejected": state.times_ejected,
+                        "consecutive_5xx": state.consecutive_5xx,
+                        "consecutive_gateway_errors": state.consecutive_gateway,
+                    })  # fmt: skip
+                total = balancer.ejections_total
+                seen = self._ejections_seen.get(name, 0)
+                ejections_delta += total - seen if total >= seen else total
+                self._ejections_seen[name] = total
+                clusters[name] = {"endpoints": endpoints, "ejections_total": total}
+        writer.set_word(W_ACTIVE_CONNECTIONS, worker.active_connections)
+        writer.set_word(W_POOL_ACTIVE, sum(p["active"] for p in pool_stats.values()))
+        writer.set_word(W_POOL_IDLE, sum(p["idle"] for p in pool_stats.values()))
+        writer.set_word(W_EJECTED_ENDPOINTS, ejected_now)
+        writer.add_word(W_EJECTIONS_TOTAL, ejections_delta)
+        writer.set_word(W_TABLE_GENERATION, max(0, worker.view.generation))
+        writer.set_word(W_TCP_ACTIVE, self.tcp_active)
+        writer.set_word(W_PUBLISHED_AT_MS, int(time.time() * 1000))
+        document = {
+            "generation": worker.view.generation,
+            "draining": worker.draining,
+            "active_connections": worker.active_connections,
+            "clusters": clusters,
+            "pools": pool_stats,
+        }
+        data = orjson.dumps(document)
+        if not writer.publish_status(data):
+            writer.publish_status(orjson.dumps({**document, "clusters": {}, "pools": {}, "truncated": True}))
+
+    async def serve_publisher(self, worker: "Worker") -> None:
+        if self.writer is None:
+            return
+        while True:
+            self.publish(worker)
+            await trio.sleep(PUBLISH_INTERVAL_S)
+
+
+__all__ = ["WorkerStats", "PUBLISH_INTERVAL_S"]
