@@ -39,9 +39,13 @@
 #   port binds 0.0.0.0 (Prometheus scrapes it from the pod network), the admin port --admin-bind (127.0.0.1).
 # - Statistics: the supervisor creates the stats segment (edge/stats_shm.py) with one slot per worker slot and
 #   passes its name to every worker; the metrics and admin ports (edge/admin.py, edge/metrics.py) read it on
-#   each request, and a sampler keeps one summary a second for the admin page's live view.
+#   each request, and a sampler keeps one summary a second for the admin page's live view. With both ports
+#   off (0) nothing could show statistics, so none are kept and workers skip the per-request recording.
 # - SIGUSR1 (logrotate's postrotate) is forwarded to every worker, which reopens its access log.
 # - POST /reload waits for the outcome of the reload that covers its request (ReloadRequests tickets).
+# - DNS ServiceEntries (edge/dns.py): before a compiled table is published, names seen for the first time are
+#   resolved (bounded wait) and replaced by addresses; a refresher looks them up again every refresh interval and
+#   publishes a new generation ("generation G published: DNS addresses changed") only when an answer changed.
 # - SupervisorState holds everything the status, metrics and admin ports show; they read it, never change it.
 from __future__ import annotations
 
@@ -458,10 +462,11 @@ class Supervisor:
             log(f"cannot publish the table in shared memory: {exc}")
             return False
         self._adopt(compiled, generation)
-        try:
-            self.stats = StatsSegment.create(self.state.workers)
-        except OSError as exc:
-            log(f"cannot create the stats segment in shared memory: {exc}; metrics will show no traffic")
+        if self.settings.metrics_port or self.settings.admin_port:  # counted only when something can show it
+            try:
+                self.stats = StatsSegment.create(self.state.workers)
+            except OSError as exc:
+                log(f"cannot create the stats segment in shared memory: {exc}; metrics will show no traffic")
         log(
             f"generation {generation}: {len(compiled.table.listeners)} listener(s), "
             f"{len(compiled.table.clusters)} cluster(s) from {len(compiled.files)} file(s) "

@@ -41,7 +41,7 @@ LOAD_GRACE_S = 30.0
 WRK_TIMEOUT = "5s"  # a request unanswered this long counts as a wrk timeout error
 ALL_TARGETS = ("direct", "nginx-proxy", "proxy.py", "edge-1w", "edge-2w")
 REFERENCES = ("nginx-proxy", "proxy.py")
-EDGE_TARGET = re.compile(r"^edge-(\d+)w$")
+EDGE_TARGET = re.compile(r"^edge-(\d+)w(?:-(nostats|text|json))?$")  # variants: loadtest/targets.start_edge
 WRK_SCRIPTS = {"plain": WRK_DIR / "report.lua", "mix": WRK_DIR / "mix.lua"}
 
 
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="edge vs nginx vs proxy.py on one fast nginx backend, interleaved rounds.",
     )
     parser.add_argument("--targets", default=",".join(ALL_TARGETS),
-                        help="comma list from: direct, nginx-proxy, proxy.py, edge-<N>w "
+                        help="comma list from: direct, nginx-proxy, proxy.py, edge-<N>w[-nostats|-text|-json] "
                              "(default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds measured per target per round")
@@ -178,7 +178,7 @@ def start_target(name: str, args: argparse.Namespace, tmp: Path, backend: Target
         return targets.start_proxypy(tmp, backend.port, args.proxypy_acceptors)
     match = EDGE_TARGET.match(name)
     assert match is not None  # parse_args checked the names
-    return targets.start_edge(name, tmp, backend.port, int(match.group(1)), args.edge_bin)
+    return targets.start_edge(name, tmp, backend.port, int(match.group(1)), args.edge_bin, match.group(2) or "")
 
 
 def check_tools(args: argparse.Namespace) -> list[str]:

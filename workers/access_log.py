@@ -92,17 +92,35 @@ def format_start_time(t: float) -> str:
     return _clock.format(t)
 
 
-def _dash(value) -> str:
-    return value if value else "-"
+_WANTED_HEADERS = {b"host": 0, b"user-agent": 1, b"x-request-id": 2, b"x-forwarded-for": 3}
+
+
+def request_headers(log) -> tuple[str, str, str, str]:
+    """(authority, user agent, request id, x-forwarded-for) of a RequestLog, "-" when absent.
+
+    One pass over the request's headers instead of one scan per field (RequestLog derives each field lazily,
+    which is what a request that is not logged wants; a logged one wants all four). Repeated headers are
+    joined with ", " as RequestLog does. Records without a request (tests, TCP) use their attributes."""
+    request = getattr(log, "request", None)
+    if request is None or not request.target.startswith(b"/"):  # absolute-form: RequestLog knows the rules
+        return log.authority, log.user_agent, log.request_id, log.x_forwarded_for
+    found: list = [None, None, None, None]
+    wanted = _WANTED_HEADERS
+    for name, value in request.headers:
+        index = wanted.get(name)
+        if index is not None:
+            found[index] = value if found[index] is None else found[index] + b", " + value
+    return tuple(v.decode("latin-1") if v is not None else "-" for v in found)  # type: ignore[return-value]
 
 
 def format_text(log) -> str:
     """Istio's default TEXT line for an HTTP RequestLog (workers/http_proxy.py), with its newline."""
     service = log.service_time_ms
+    authority, user_agent, request_id, xff = request_headers(log)
     return (
         f'[{_clock.format(log.start)}] "{log.method} {log.path} {log.protocol}" {log.status} {log.flags} {log.details} - '
         f'"-" {log.bytes_received} {log.bytes_sent} {log.duration_ms} {service if service >= 0 else "-"} '
-        f'"{log.x_forwarded_for}" "{log.user_agent}" "{log.request_id}" "{log.authority}" "{log.upstream_host}" '
+        f'"{xff}" "{user_agent}" "{request_id}" "{authority}" "{log.upstream_host}" '
         f"{log.upstream_cluster} - {log.downstream_local} {log.downstream_remote} {log.sni} {log.route_name}\n"
     )
 
@@ -122,6 +140,7 @@ def _null(value: str):
 
 def json_record(log) -> dict:
     service = log.service_time_ms
+    authority, user_agent, request_id, xff = request_headers(log)
     return {
         "start_time": _clock.format(log.start),
         "route_name": _null(log.route_name),
@@ -137,10 +156,10 @@ def json_record(log) -> dict:
         "bytes_sent": log.bytes_sent,
         "duration": log.duration_ms,
         "upstream_service_time": service if service >= 0 else None,
-        "x_forwarded_for": _null(log.x_forwarded_for),
-        "user_agent": _null(log.user_agent),
-        "request_id": _null(log.request_id),
-        "authority": _null(log.authority),
+        "x_forwarded_for": _null(xff),
+        "user_agent": _null(user_agent),
+        "request_id": _null(request_id),
+        "authority": _null(authority),
         "upstream_host": _null(log.upstream_host),
         "upstream_cluster": _null(log.upstream_cluster),
         "upstream_local_address": None,

@@ -74,12 +74,15 @@ def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
     return frozenset(tokens) if tokens else _EMPTY
 
 
-def new_request_id() -> bytes:
-    """A random UUID4 in its canonical text form (what Envoy generates)."""
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40
-    b[8] = (b[8] & 0x3F) | 0x80
-    h = b.hex().encode()
+_UUID4_MASK = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_UUID4_BITS = (0x4 << 76) | (0x2 << 62)
+
+
+def new_request_id(rng=None) -> bytes:
+    """A random UUID4 in its canonical text form (what Envoy generates). With `rng` (a random.Random) no
+    system call is made; request ids need to be unique, not secret."""
+    n = (rng.getrandbits(128) if rng is not None else int.from_bytes(os.urandom(16), "big")) & _UUID4_MASK | _UUID4_BITS
+    h = b"%032x" % n
     return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
@@ -94,6 +97,8 @@ def upstream_request_headers(
     original_path: bytes | None = None,
     chunked: bool = False,
     generate_request_id: bool = True,
+    rng=None,
+
     route_ops: CompiledHeaderOps | None = None,
     destination_ops: CompiledHeaderOps | None = None,
 ) -> list[Header]:
@@ -114,8 +119,9 @@ def upstream_request_headers(
     out.append((b"x-forwarded-for", peer_ip if xff is None else xff + b", " + peer_ip))
     out.append((b"x-forwarded-proto", scheme))
     if not has_request_id and generate_request_id:
-        out.append((b"x-request-id", new_request_id()))
-    out.append((b"x-envoy-attempt-count", str(attempt).encode()))
+        out.append((b"x-request-id", new_request_id(rng)))
+    if attempt:
+        out.append((b"x-envoy-attempt-count", str(attempt).encode()))
     if timeout_ms:
         out.append((b"x-envoy-expected-rq-timeout-ms", str(timeout_ms).encode()))
     if original_path is not None:

@@ -67,46 +67,90 @@ class ClientGone(Exception):
 class RequestInfo:
     """The request as the router and the log see it."""
 
-    __slots__ = ("method", "path", "query", "authority", "scheme", "headers", "method_bytes", "target", "path_bytes", "host", "http_version", "original_path", "port")
+    __slots__ = ("method", "path", "query", "authority", "scheme", "headers", "method_bytes", "target", "path_bytes", "host", "http_version", "original_path", "port", "body_present", "chunked")
 
     def __init__(self) -> None:
         self.original_path: bytes | None = None
 
 
 class RequestLog:
-    """One access-log / stats record, filled as the request goes."""
+    """One access-log / stats record. The request path sets only what it learns (status, flags, upstream,
+    bytes); the descriptive fields (method, path, authority, user agent, …) are derived from the request and
+    the connection when a log line is written, so a request that is not logged never decodes them."""
 
-    __slots__ = (
-        "start", "method", "path", "protocol", "status", "flags", "details", "bytes_received", "bytes_sent", "upstream_host",
-        "upstream_cluster", "route_name", "authority", "x_forwarded_for", "user_agent", "request_id", "service_time_ms",
-        "downstream_local", "downstream_remote", "sni", "listener", "attempts", "original_path", "duration_ms",
-    )
+    status = 0
+    flags = "-"
+    details = "-"
+    bytes_received = 0
+    bytes_sent = 0
+    upstream_host = "-"
+    upstream_cluster = "-"
+    route_name = "-"
+    service_time_ms = -1
+    attempts = 0
+    duration_ms = 0
+    original_path = "-"
 
-    def __init__(self, start: float):
+    def __init__(self, start: float, down: "Downstream | None" = None, request: "Request | None" = None):
         self.start = start
-        self.method = "-"
-        self.path = "-"
-        self.protocol = "HTTP/1.1"
-        self.status = 0
-        self.flags = "-"
-        self.details = "-"
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self.upstream_host = "-"
-        self.upstream_cluster = "-"
-        self.route_name = "-"
-        self.authority = "-"
-        self.x_forwarded_for = "-"
-        self.user_agent = "-"
-        self.request_id = "-"
-        self.service_time_ms = -1
-        self.downstream_local = "-"
-        self.downstream_remote = "-"
-        self.sni = "-"
-        self.listener = "-"
-        self.attempts = 0
-        self.original_path = "-"
-        self.duration_ms = 0
+        self.down = down
+        self.request = request
+
+    def _header(self, name: bytes) -> str:
+        if self.request is not None:
+            value = hdr.header_value(self.request.headers, name)
+            if value is not None:
+                return value.decode("latin-1")
+        return "-"
+
+    @property
+    def method(self) -> str:
+        return self.request.method.decode("latin-1") if self.request is not None else "-"
+
+    @property
+    def path(self) -> str:
+        return self.request.target.decode("latin-1") if self.request is not None else "-"
+
+    @property
+    def protocol(self) -> str:
+        return "HTTP/1.0" if self.request is not None and self.request.http_version == b"1.0" else "HTTP/1.1"
+
+    @property
+    def authority(self) -> str:
+        if self.request is None:
+            return "-"
+        from_target = split_target(self.request.target)[0]
+        return from_target.decode("latin-1") if from_target else self._header(b"host")
+
+    @property
+    def user_agent(self) -> str:
+        return self._header(b"user-agent")
+
+    @property
+    def request_id(self) -> str:
+        return self._header(b"x-request-id")
+
+    @property
+    def x_forwarded_for(self) -> str:
+        return self._header(b"x-forwarded-for")
+
+    @property
+    def downstream_remote(self) -> str:
+        down = self.down
+        return f"{down.peer[0]}:{down.peer[1]}" if down is not None and down.peer else "-"
+
+    @property
+    def downstream_local(self) -> str:
+        down = self.down
+        return f"{down.local[0]}:{down.local[1]}" if down is not None and down.local else "-"
+
+    @property
+    def listener(self) -> str:
+        return self.down.listener_key if self.down is not None else "-"
+
+    @property
+    def sni(self) -> str:
+        return (self.down.sni or "-") if self.down is not None else "-"
 
 
 # What a connection is doing, for the worker's sweeper (workers/main.py): IDLE connections are closed by the
@@ -121,7 +165,7 @@ STATE_UPSTREAM_WAIT = 2
 class Downstream:
     """One client connection: its transport, codec state and where it came from."""
 
-    __slots__ = ("worker", "transport", "conn", "peer_ip", "peer", "local", "scheme", "listener_key", "chain_index", "sni", "must_close", "scope", "state", "since", "client_gone")
+    __slots__ = ("worker", "transport", "conn", "peer_ip", "peer", "local", "scheme", "scheme_bytes", "listener_key", "chain_index", "sni", "must_close", "scope", "state", "since", "client_gone")
 
     def __init__(self, worker: "Worker", transport: Transport, peer: tuple, local: tuple, scheme: str, listener_key: str, chain_index: int = -1, sni: str = ""):
         self.worker = worker
@@ -130,6 +174,8 @@ class Downstream:
         self.peer_ip = str(peer[0]).encode() if peer else b"127.0.0.1"
         self.local = local
         self.scheme = scheme
+        self.scheme_bytes = scheme.encode()
+
         self.listener_key = listener_key
         self.chain_index = chain_index
         self.sni = sni
@@ -194,7 +240,7 @@ async def _read_request_head(down: Downstream) -> Request | None:
             data = await _recv_for_head(down, buffered, header_deadline)
             if data is None:
                 if buffered:
-                    log = RequestLog(time.time())
+                    log = RequestLog(time.time(), down)
                     log.details = "request_header_timeout"
                     await _send_raw_reply(down, log, 408, b"")
                 return None
@@ -222,13 +268,14 @@ async def _recv_for_head(down: Downstream, buffered: bool, header_deadline: floa
     down.state = STATE_IDLE
     down.since = trio.current_time()
     try:
-        return await transport.recv()
+        return await transport.recv_waiting()
+
     finally:
         down.state = STATE_BUSY
 
 
 async def _reject_malformed(down: Downstream, exc: ProtocolError) -> None:
-    log = RequestLog(time.time())
+    log = RequestLog(time.time(), down)
     log.details = "codec_error"
     # The codec is in an error state; the answer is written directly.
     await _send_raw_reply(down, log, exc.status_hint, b"")
@@ -241,11 +288,7 @@ async def _reject_malformed(down: Downstream, exc: ProtocolError) -> None:
 
 async def _handle_request(down: Downstream, request: Request) -> bool:
     worker = down.worker
-    log = RequestLog(time.time())
-    log.downstream_remote = f"{down.peer[0]}:{down.peer[1]}" if down.peer else "-"
-    log.downstream_local = f"{down.local[0]}:{down.local[1]}" if down.local else "-"
-    log.listener = down.listener_key
-    log.sni = down.sni or "-"
+    log = RequestLog(time.time(), down, request)
     try:
         return await _handle_request_logged(down, request, log)
     finally:
@@ -266,25 +309,24 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
     req.headers = request.headers
     req.scheme = down.scheme
     req.target = request.target
-    log.method = req.method
-    log.protocol = "HTTP/1.0" if request.http_version == b"1.0" else "HTTP/1.1"
     authority_from_target, raw_path, raw_query = split_target(request.target)
+    # One pass over the headers for everything the gateway itself needs from them.
     host_header = None
     head_size = len(request.target)
+    content_length = None
+    chunked = underscore = False
     for name, value in request.headers:
         head_size += len(name) + len(value) + 4
         if name == b"host":
             host_header = value
-        elif name == b"user-agent":
-            log.user_agent = value.decode("latin-1")
-        elif name == b"x-request-id":
-            log.request_id = value.decode("latin-1")
-        elif name == b"x-forwarded-for":
-            log.x_forwarded_for = value.decode("latin-1")
+        elif name == b"content-length":
+            content_length = value
+        elif name == b"transfer-encoding":
+            chunked = True
+        if b"_" in name:
+            underscore = True
     authority = authority_from_target or host_header or b""
     req.authority = authority.decode("latin-1")
-    log.authority = req.authority or "-"
-    log.path = request.target.decode("latin-1")
 
     if compiled is None:
         await _local_reply(down, request, log, 503, BODY_NO_HEALTHY_UPSTREAM, flags="UH", details="no_table")
@@ -299,10 +341,12 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
 
         await _local_reply(down, request, log, 426, b"", close=True, flags="-", details="http1.0_not_allowed")
         return False
-    if hdr.has_conflicting_framing(request.headers):
+    if chunked and content_length is not None:
         await _local_reply(down, request, log, 400, b"", close=True, flags="-", details="http1.content_length_and_chunked_not_allowed")
         return False
-    if opts.reject_underscore_headers and hdr.has_underscore_name(request.headers) is not None:
+    req.body_present = chunked or (content_length is not None and content_length.strip() not in (b"0", b""))
+    req.chunked = chunked
+    if underscore and opts.reject_underscore_headers:
         await _local_reply(down, request, log, 400, b"", close=True, flags="-", details="http1.invalid_characters")
         return False
     path = normalize_path(raw_path)
@@ -545,14 +589,7 @@ class BodyState:
 
     __slots__ = ("present", "chunked", "complete", "buffer", "replayable", "consumed", "bytes", "client_failed", "upstream_failed")
 
-    def __init__(self, request: Request):
-        present = False
-        chunked = False
-        for name, value in request.headers:
-            if name == b"content-length":
-                present = value.strip() not in (b"0", b"")
-            elif name == b"transfer-encoding":
-                present = chunked = True
+    def __init__(self, present: bool, chunked: bool):
         self.present = present
         self.chunked = chunked
         self.complete = not present
@@ -571,7 +608,7 @@ class BodyState:
 class Exchange:
     """One forwarded request: what every try needs, decided once."""
 
-    __slots__ = ("down", "request", "req", "rt", "dest", "cluster_rt", "body", "log", "policy", "host", "target", "original_path", "deadline", "hash_value", "extra_response_headers")
+    __slots__ = ("down", "request", "req", "rt", "dest", "cluster_rt", "body", "log", "policy", "host", "target", "original_path", "deadline", "hash_value", "extra_response_headers", "upstream_headers")
 
     def __init__(self, down: Downstream, request: Request, req: RequestInfo, rt: "RouteRuntime", dest, log: RequestLog, policy) -> None:
         self.down = down
@@ -580,7 +617,8 @@ class Exchange:
         self.rt = rt
         self.dest = dest
         self.cluster_rt = dest.cluster_runtime
-        self.body = BodyState(request)
+        self.body = BodyState(req.body_present, req.chunked)
+
         self.log = log
         self.policy = policy
         self.host = _upstream_host(req, rt.route, dest)
@@ -589,6 +627,22 @@ class Exchange:
         self.deadline = trio.current_time() + timeout_s if timeout_s > 0 else math.inf
         self.hash_value: int | None = None
         self.extra_response_headers: list = []
+        # Every try sends these plus its x-envoy-attempt-count (the x-request-id stays the same across tries).
+        worker = down.worker
+        self.upstream_headers = hdr.upstream_request_headers(
+            request.headers,
+            host=self.host,
+            peer_ip=down.peer_ip,
+            scheme=down.scheme_bytes,
+            attempt=0,
+            timeout_ms=rt.timeout_ms,
+            original_path=self.original_path,
+            chunked=self.body.chunked,
+            generate_request_id=worker.options.generate_request_id,
+            rng=worker.rng,
+            route_ops=rt.request_ops,
+            destination_ops=dest.request_ops,
+        )
 
 
 def _pick_destination(rt: "RouteRuntime", rng) -> int:
@@ -815,20 +869,7 @@ async def _try_once(ex: Exchange, attempt: int, endpoint, try_deadline: float) -
         return acquired
     upstream = acquired
     down = ex.down
-    compiled_options = down.worker.options
-    headers = hdr.upstream_request_headers(
-        ex.request.headers,
-        host=ex.host,
-        peer_ip=down.peer_ip,
-        scheme=down.scheme.encode(),
-        attempt=attempt,
-        timeout_ms=ex.rt.timeout_ms,
-        original_path=ex.original_path,
-        chunked=ex.body.chunked,
-        generate_request_id=compiled_options.generate_request_id,
-        route_ops=ex.rt.request_ops,
-        destination_ops=ex.dest.request_ops,
-    )
+    headers = ex.upstream_headers + [(b"x-envoy-attempt-count", _ATTEMPTS[attempt] if attempt < len(_ATTEMPTS) else b"%d" % attempt)]
     try:
         head = upstream.codec.send_request(ex.request.method, ex.target, headers)
     except ProtocolError as exc:
@@ -837,6 +878,9 @@ async def _try_once(ex: Exchange, attempt: int, endpoint, try_deadline: float) -
     if ex.body.complete:
         return await _exchange_buffered(ex, upstream, head, try_deadline)
     return await _exchange_streaming(ex, upstream, head, try_deadline)
+
+
+_ATTEMPTS = tuple(b"%d" % i for i in range(16))
 
 
 def _failure(exc: BaseException) -> TryResult:
@@ -953,20 +997,20 @@ async def _read_response_head(down: Downstream, upstream: UpstreamConnection, wa
     while True:
         event = codec.next_event()
         if event is NEED_DATA:
-            data = transport.recv_nowait()
-            if data is None:
-                if watch_client:
-                    # The sweeper peeks at the client meanwhile and cancels the connection if it left.
-                    waiting = down.worker.upstream_waiting
-                    down.state = STATE_UPSTREAM_WAIT
-                    waiting.add(down)
-                    try:
-                        data = await transport.recv()
-                    finally:
-                        down.state = STATE_BUSY
-                        waiting.discard(down)
-                else:
-                    data = await transport.recv()
+            # Right after the request went out the answer is not there yet: wait first, then read
+            # (one recv call instead of a failed one and a second one).
+            if watch_client:
+                # The sweeper peeks at the client meanwhile and cancels the connection if it left.
+                waiting = down.worker.upstream_waiting
+                down.state = STATE_UPSTREAM_WAIT
+                waiting.add(down)
+                try:
+                    data = await transport.recv_waiting()
+                finally:
+                    down.state = STATE_BUSY
+                    waiting.discard(down)
+            else:
+                data = await transport.recv_waiting()
             if not data and not codec.has_buffered_data:
                 raise UpstreamClosed("upstream closed before sending a response", 503)
             codec.receive_data(data)
@@ -1120,6 +1164,8 @@ def _sni_for(cluster, host: bytes) -> str | None:
 # ---------------------------------------------------------------------------------------------------------
 
 MIRROR_TIMEOUT_S = 10.0
+_MIRROR_REPLACED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+
 MAX_MIRRORS_IN_FLIGHT = 256
 
 
@@ -1139,16 +1185,9 @@ def _start_mirrors(ex: Exchange) -> None:
         if mirror.ppm < 1_000_000 and rng.randrange(1_000_000) >= mirror.ppm:
             continue
         host = _shadow_host(ex.host) if worker.options.shadow_host_suffix else ex.host
-        headers = hdr.upstream_request_headers(
-            ex.request.headers,
-            host=host,
-            peer_ip=ex.down.peer_ip,
-            scheme=ex.down.scheme.encode(),
-            chunked=False,
-            generate_request_id=worker.options.generate_request_id,
-            route_ops=ex.rt.request_ops,
-        )
-        headers = [h for h in headers if h[0] not in (b"content-length", b"transfer-encoding")]
+        # The primary's headers (same x-request-id), the body re-framed with its length.
+        headers = [(b"host", host)]
+        headers += [h for h in ex.upstream_headers if h[0] not in _MIRROR_REPLACED]
         body = b"".join(ex.body.buffer)
         if ex.body.present:
             headers.append((b"content-length", str(len(body)).encode()))

@@ -64,6 +64,21 @@ class SocketTransport:
             except OSError as exc:
                 raise self._broken(exc) from exc
 
+    async def recv_waiting(self, max_bytes: int = RECV_BYTES) -> bytes:
+        """recv() for when bytes are unlikely to be there yet: wait for readability first, saving the
+        system call that would fail."""
+        sock = self.sock
+        while True:
+            if self.closed:
+                raise trio.ClosedResourceError("transport closed")
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(max_bytes)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise self._broken(exc) from exc
+
     def recv_nowait(self, max_bytes: int = RECV_BYTES) -> bytes | None:
         """Bytes if some are ready now, b"" at EOF, None if the call would block."""
         try:
@@ -137,6 +152,8 @@ class StreamTransport:
             return await self.stream.receive_some(max_bytes)
         except trio.BrokenResourceError as exc:
             raise TransportClosed(str(exc)) from exc
+
+    recv_waiting = recv
 
     def recv_nowait(self, max_bytes: int = RECV_BYTES) -> bytes | None:
         return None

@@ -803,6 +803,8 @@ class TLSTransport:
                 await self._fairness()
             return data
 
+    recv_waiting = recv  # the TLS layer reads records as they come either way
+
     def recv_nowait(self, max_bytes: int = TRANSPORT_RECV_BYTES) -> bytes | None:
         """Plaintext if some is ready now, b"" at EOF, None if a read would block."""
         ssl_object = self.ssl_object

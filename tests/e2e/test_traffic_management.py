@@ -13,6 +13,8 @@ import hashlib
 import http.client
 import json
 import math
+import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -226,6 +228,10 @@ spec:
   - {match: [{uri: {prefix: /status/500}}], retries: {attempts: 2, retryOn: gateway-error}, route: [{destination: {host: retry-target.local}}]}
   - {match: [{uri: {prefix: /status/503}}], route: [{destination: {host: retry-target.local}}]}
   - {match: [{uri: {prefix: /none/}}], retries: {attempts: 0}, route: [{destination: {host: retry-target.local}}]}
+  - {match: [{uri: {exact: /drop}, headers: {x-default-policy: {}}}], route: [{destination: {host: retry-target.local}}]}
+  - {match: [{uri: {exact: /drop}, headers: {x-gateway-error: {}}}], retries: {attempts: 2, retryOn: gateway-error}, route: [{destination: {host: retry-target.local}}]}
+  - {match: [{uri: {exact: /drop}}], retries: {attempts: 2, retryOn: reset}, route: [{destination: {host: retry-target.local}}]}
+  - {match: [{uri: {exact: /garbage}}], retries: {attempts: 2, retryOn: 5xx}, route: [{destination: {host: retry-target.local}}]}
   - match: [{uri: {prefix: /delay/}}]
     retries: {attempts: 2, perTryTimeout: 0.2s, retryOn: 5xx}
     route: [{destination: {host: retry-target.local}}]
@@ -323,9 +329,16 @@ apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: pools}
 spec:
-  hosts: [cb.example.com, mrpc.example.com, idle.example.com, outlier.example.com, gwerrors.example.com]
+  hosts: [cb.example.com, mrpc.example.com, idle.example.com, outlier.example.com, gwerrors.example.com, connect-timeout.example.com,
+          keepalive.example.com, weighted-endpoints.example.com, passthrough.example.com, warmup.example.com, max-ejection.example.com]
   gateways: [gw]
   http:
+  - {match: [{authority: {prefix: connect-timeout.}}], retries: {attempts: 0}, route: [{destination: {host: blackhole.local}}]}
+  - {match: [{authority: {prefix: keepalive.}}], route: [{destination: {host: ka.local}}]}
+  - {match: [{authority: {prefix: weighted-endpoints.}}], route: [{destination: {host: weighted-endpoints.local}}]}
+  - {match: [{authority: {prefix: passthrough.}}], route: [{destination: {host: passthrough.local}}]}
+  - {match: [{authority: {prefix: warmup.}}], route: [{destination: {host: warmup.local}}]}
+  - {match: [{authority: {prefix: max-ejection.}}], route: [{destination: {host: max-ejection.local}}]}
   - {match: [{authority: {prefix: cb.}}], route: [{destination: {host: cb.local}}]}
   - {match: [{authority: {prefix: mrpc.}}], route: [{destination: {host: mrpc.local}}]}
   - {match: [{authority: {prefix: idle.}}], route: [{destination: {host: idle.local}}]}
@@ -450,12 +463,56 @@ spec:
   trafficPolicy:
     loadBalancer: {simple: ROUND_ROBIN}
     outlierDetection: {consecutive5xxErrors: 0, consecutiveGatewayErrors: 1, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: blackhole}
+spec:
+  host: blackhole.local
+  trafficPolicy: {connectionPool: {tcp: {connectTimeout: 0.3s}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ka}
+spec:
+  host: ka.local
+  trafficPolicy: {connectionPool: {tcp: {tcpKeepalive: {time: 7s, interval: 3s, probes: 4}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: weighted-endpoints}
+spec:
+  host: weighted-endpoints.local
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: passthrough}
+spec:
+  host: passthrough.local
+  trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: warmup}
+spec:
+  host: warmup.local
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 10s, minimumPercent: 20, aggression: 1.5}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: max-ejection}
+spec:
+  host: max-ejection.local
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 10}
 """
 
 BYTES_BODY = b"\x00\x01binary\xff\xfe"
 
 SAMPLE_INSTANCES = [
     "a", "b", "c", "rt", "good", "ft", "mp", "m1", "m2", "cors", "p1", "p2", "lr1", "lr2", "cb", "mrpc", "idle", "od-good", "gwe-good",
+    "ka", "wa", "wb",
 ]  # fmt: skip
 
 
@@ -474,7 +531,7 @@ def service_entry(host: str, endpoints: list[tuple[int, dict[str, str]]], *, por
     )
 
 
-def service_entries(backends: SampleBackends, fixed: dict[str, FixedBackend]) -> str:
+def service_entries(backends: SampleBackends, fixed: dict[str, FixedBackend], blackhole_port: int) -> str:
     p = backends.port
 
     def one(name: str) -> list[tuple[int, dict[str, str]]]:
@@ -507,8 +564,40 @@ def service_entries(backends: SampleBackends, fixed: dict[str, FixedBackend]) ->
             "gwerrors.local",
             [(p("gwe-good"), {"version": "good"}), (fixed["gwe-502"].port, {"version": "bad502"}), (fixed["gwe-500"].port, {"version": "bad500"})],
         ),
+        service_entry("blackhole.local", [(blackhole_port, {"version": "blackhole"})]),
+        service_entry("ka.local", one("ka")),
+        weighted_service_entry("weighted-endpoints.local", [(p("wa"), 3), (p("wb"), 1)]),
+        service_entry("passthrough.local", one("a")),
+        service_entry("warmup.local", [(p("a"), {"version": "a"}), (p("b"), {"version": "b"})]),
+        service_entry("max-ejection.local", [(fixed["mx-1"].port, {"version": "mx-1"}), (fixed["mx-2"].port, {"version": "mx-2"})]),
     ]
     return "---\n".join(docs)
+
+
+def weighted_service_entry(host: str, endpoints: list[tuple[int, int]]) -> str:
+    eps = "".join(f"  - {{address: 127.0.0.1, ports: {{http: {port}}}, weight: {weight}}}\n" for port, weight in endpoints)
+    return (
+        f"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {host.replace('.', '-')}}}\nspec:\n"
+        f"  hosts: [{host}]\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  endpoints:\n{eps}"
+    )
+
+
+def blackhole_listener() -> tuple[socket.socket, list[socket.socket]]:
+    """A port whose accept queue is full: the kernel drops further SYNs, so a connect there hangs (until the
+    connect timeout) instead of being refused."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        try:
+            filler.connect(listener.getsockname())
+        except BlockingIOError:
+            pass
+        fillers.append(filler)
+    return listener, fillers
 
 
 FIXED = {
@@ -518,6 +607,8 @@ FIXED = {
     "gwe-500": {"status": 500},
     "mirror-slow": {"status": 500, "delay_s": 2.0},
     "mirror-seen": {"status": 200},
+    "mx-1": {"status": 500},
+    "mx-2": {"status": 500},
 }
 
 
@@ -527,6 +618,7 @@ def stack(tmp_path_factory):
     fixed = {name: FixedBackend(name, **kw) for name, kw in FIXED.items()}
     for backend in fixed.values():
         backend.__enter__()
+    blackhole, fillers = blackhole_listener()
     try:
         with SampleBackends(work, http=SAMPLE_INSTANCES) as backends:
             config = {
@@ -534,13 +626,15 @@ def stack(tmp_path_factory):
                 "matches.yaml": MATCHES,
                 "routes.yaml": ROUTES.replace("%(bytes_body)s", base64.b64encode(BYTES_BODY).decode()),
                 "destination-rules.yaml": DESTINATION_RULES,
-                "service-entries.yaml": service_entries(backends, fixed),
+                "service-entries.yaml": service_entries(backends, fixed, blackhole.getsockname()[1]),
             }
             with EdgeProcess(work, config, workers=WORKERS, gateway_ports=(80, 81, 82)) as edge:
                 yield Stack(edge, backends, fixed)
     finally:
         for backend in fixed.values():
             backend.stop()
+        for sock in (blackhole, *fillers):
+            sock.close()
 
 
 class Stack:
@@ -761,6 +855,14 @@ def test_https_redirect_on_an_http_server(stack):
         assert headers["location"] == f"https://{host}/some/path?q=1"
 
 
+def test_https_redirect_keeps_the_host_header_as_sent(stack):
+    # Envoy's require_tls answer is "https://" + the Host header + :path (Utility::createSslRedirectPath): the
+    # host keeps its case and its port, and the path is the normalised one.
+    status, _, headers = http_get(stack.edge.port(81), "/a/../b?q=1", host="Secure.Example.com:8080")
+    assert status == 301
+    assert headers["location"] == "https://Secure.Example.com:8080/b?q=1"
+
+
 # ====================================================================================== direct response
 
 
@@ -864,6 +966,32 @@ def test_default_retry_policy_does_not_retry_503_and_attempts_0_disables(stack):
     assert _retry_count(stack, "/none/status", 200) == 1
 
 
+def test_retry_on_reset(stack):
+    # The backend's /drop closes the connection without an answer: `reset` retries it; the default policy
+    # (connect-failure, refused-stream, unavailable, cancelled) does not.
+    stack.backends.reset("rt")
+    assert stack.get("/drop", "retry.example.com")[0] == 503
+    assert stack.backends.stats("rt")["requests_total"] == 3
+    stack.backends.reset("rt")
+    assert stack.get("/drop", "retry.example.com", headers={"x-default-policy": "1"})[0] == 503
+    assert stack.backends.stats("rt")["requests_total"] == 1
+
+
+def test_gateway_error_retries_a_reset(stack):
+    # Envoy (RetryStateImpl::wouldRetryFromReset) counts an upstream reset as a 5xx: 5xx and gateway-error
+    # retry it as well as `reset` does.
+    stack.backends.reset("rt")
+    assert stack.get("/drop", "retry.example.com", headers={"x-gateway-error": "1"})[0] == 503
+    assert stack.backends.stats("rt")["requests_total"] == 3
+
+
+def test_5xx_retries_a_protocol_error(stack):
+    # An upstream answer that is not HTTP resets the stream (reason protocol error): 5xx retries it.
+    stack.backends.reset("rt")
+    assert stack.get("/garbage", "retry.example.com")[0] == 502
+    assert stack.backends.stats("rt")["requests_total"] == 3
+
+
 def test_retries_carry_the_attempt_count(stack):
     stack.backends.reset("rt")
     status, body, _ = stack.get("/status/418", "retry.example.com")
@@ -910,6 +1038,20 @@ def test_post_body_is_replayed_on_retry(stack):
             assert doc["sha256"] == hashlib.sha256(payload).hexdigest()
     assert bad.count() == 4
     assert all(s.body_bytes == len(payload) for s in bad.requests())
+
+
+def test_a_body_too_large_to_keep_is_not_replayed(stack):
+    # Envoy keeps a request body for replay only up to its buffer limit (1 MiB here): a larger body streams
+    # to the first endpoint, and that endpoint's 503 is the answer, with no retry.
+    bad = stack.fixed["retry-bad"]
+    bad.reset()
+    stack.backends.reset("good")
+    payload = b"z" * (2 * 1024 * 1024)
+    with stack.client("retry.example.com") as client:
+        status, body, _ = client.request("/sha256", method="POST", body=payload)
+    assert status == 503 and instance_of(body) == "retry-bad"
+    assert bad.count() == 1 and bad.requests()[0].body_bytes == len(payload)
+    assert stack.backends.stats("good")["requests_total"] == 0
 
 
 # ================================================================================================ fault
@@ -1219,6 +1361,51 @@ def test_pool_idle_timeout_closes_upstream_connections(stack):
     assert wait_until(lambda: stack.backends.stats("idle")["connections_open"] == 1, timeout_s=4, poll_s=0.2)
 
 
+def test_connect_timeout(stack):
+    # connectTimeout 0.3s towards a port that never completes the handshake: 503 UF after 0.3 s, not 10 s.
+    started = time.monotonic()
+    status, body, _ = stack.get("/", "connect-timeout.example.com")
+    elapsed = time.monotonic() - started
+    assert status == 503
+    assert body.startswith(b"upstream connect error or disconnect/reset before headers")
+    assert 0.3 <= elapsed < 2.0
+
+
+def _keepalive_timers(port: int) -> list[str]:
+    """The timers of the gateway's sockets connected to `port` (ss shows SO_KEEPALIVE as timer:(keepalive,…))."""
+    out = subprocess.run(["ss", "-Htno", "state", "established", f"( dport = :{port} )"], capture_output=True, text=True, check=True)
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_tcp_keepalive_is_set_on_upstream_connections(stack):
+    port = stack.backends.port("ka")
+    with stack.client("keepalive.example.com") as client:
+        assert client.instance() == "ka"
+    sockets = _keepalive_timers(port)
+    assert sockets, "no pooled upstream connection to the backend"
+    assert all("timer:(keepalive" in line for line in sockets), sockets
+    # The idle backend's cluster sets no tcpKeepalive: its connections have no keepalive timer.
+    with stack.client("idle.example.com") as client:
+        assert client.instance() == "idle"
+    assert not any("keepalive" in line for line in _keepalive_timers(stack.backends.port("idle")))
+
+
+def test_endpoint_weights(stack):
+    # ServiceEntry endpoint weights 3 and 1 under ROUND_ROBIN: exactly 3 of every 4 requests to the first.
+    with stack.client("weighted-endpoints.example.com") as client:
+        counts = Counter(client.instance() for _ in range(40))
+    assert counts == Counter({"wa": 30, "wb": 10})
+
+
+def test_passthrough_and_warmup_are_accepted(stack):
+    # PASSTHROUGH has no original destination at a gateway (Istio falls back to the endpoints); warmup is
+    # slow start, accepted and served like its simple policy.
+    assert instance_of(stack.get("/", "passthrough.example.com")[1]) == "a"
+    with stack.client("warmup.example.com") as client:
+        sequence = [client.instance() for _ in range(10)]
+    assert _is_cycle(sequence, {"a", "b"}), sequence
+
+
 # ==================================================================================== outlier detection
 
 
@@ -1242,6 +1429,17 @@ def test_outlier_detection_ejects_and_returns(stack):
     time.sleep(2.2)
     instances = Counter(instance_of(stack.get("/", "outlier.example.com")[1]) for _ in range(20))
     assert instances["od-bad"] >= 2 and instances["od-good"] >= 2, instances
+
+
+def test_max_ejection_percent_keeps_some_endpoints(stack):
+    # Both endpoints answer 500 and one 5xx ejects, but maxEjectionPercent 10 lets at most one of the two be
+    # ejected (Envoy always allows one): the other keeps taking traffic, so no request meets "no healthy upstream".
+    statuses = Counter()
+    for _ in range(30):
+        status, body, _ = stack.get("/", "max-ejection.example.com")
+        statuses[status] += 1
+        assert status == 500 and instance_of(body) in {"mx-1", "mx-2"}, (status, body)
+    assert statuses == Counter({500: 30})
 
 
 def test_consecutive_gateway_errors_eject_only_on_502_503_504(stack):
