@@ -151,13 +151,13 @@ class CompileResult:
         return [d for d in self.diagnostics if d.severity == WARNING]
 
 
-def load_and_compile(paths: list[str], options: CompileOptions | None = None):
+def load_and_compile(paths: list[str], options: CompileOptions | None = None, cache=None):
     """Files → (LoadResult, CompileResult). A failed load still compiles what loaded, for more diagnostics,
     but never yields a table. Compile diagnostics get the exact line of their `$.spec…` path (the pure
     compile only knows the line where each resource starts)."""
     from edge.loader import load_paths
 
-    loaded = load_paths(paths)
+    loaded = load_paths(paths, cache)
     result = compile_resources(loaded.resources, options)
     if not loaded.ok:
         result.table = None

@@ -30,7 +30,28 @@ from edge.errors import ERROR, NOTE, WARNING, Diagnostic
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 DEFAULT_NAMESPACE = "default"
 
-_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+RESOLVE_CACHE_MAX = 50_000
+
+
+class _YamlLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """The C loader with its (pure-Python) implicit-tag resolver memoised: Kubernetes YAML repeats the same
+    keys and short values thousands of times, and resolving each with regexes dominated load time."""
+
+    _resolved: dict = {}
+
+    def resolve(self, kind, value, implicit):
+        key = (kind, value, implicit) if kind is yaml.ScalarNode and len(value) <= 64 else None
+        if key is not None:
+            tag = self._resolved.get(key)
+            if tag is not None:
+                return tag
+        tag = super().resolve(kind, value, implicit)
+        if key is not None:
+            if len(self._resolved) >= RESOLVE_CACHE_MAX:
+                self._resolved.clear()
+            self._resolved[key] = tag
+        return tag
 
 # Keys that are mesh- or Kubernetes-only wherever they appear in a spec, with why they do nothing here.
 MESH_ONLY_KEYS: dict[str, str] = {
@@ -88,17 +109,53 @@ def find_config_files(paths: list[str]) -> tuple[list[str], list[Diagnostic]]:
     return sorted(dict.fromkeys(files)), problems
 
 
-def load_paths(paths: list[str]) -> LoadResult:
+class FileCache:
+    """What each file loaded into, keyed by the file's identity (inode, size, mtime, ctime), so a reload
+    parses only the files that changed. The supervisor keeps one for its lifetime."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[tuple, list[istio.Resource], list[Diagnostic]]] = {}
+
+
+def _identity(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def load_paths(paths: list[str], cache: FileCache | None = None) -> LoadResult:
     files, problems = find_config_files(paths)
     result = LoadResult(diagnostics=problems, files=files)
+    seen: dict[str, tuple] = {}
     for path in files:
+        identity = _identity(path) if cache is not None else None
+        if identity is not None:
+            hit = cache.entries.get(path)
+            if hit is not None and hit[0] == identity:
+                result.resources.extend(hit[1])
+                result.diagnostics.extend(hit[2])
+                seen[path] = hit
+                continue
+        one = LoadResult()
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as exc:
-            result.diagnostics.append(Diagnostic(severity=ERROR, file=path, message=f"cannot read: {exc}"))
-            continue
-        load_text(text, path, result)
+            one.diagnostics.append(Diagnostic(severity=ERROR, file=path, message=f"cannot read: {exc}"))
+        else:
+            load_text(text, path, one)
+        if identity is not None and identity == _identity(path):  # not rewritten while we read it
+            seen[path] = (identity, one.resources, one.diagnostics)
+        result.resources.extend(one.resources)
+        result.diagnostics.extend(one.diagnostics)
+    if cache is not None:
+        cache.entries = seen  # files that disappeared drop out
+    # Load order is the creation order of resources without a creationTimestamp.
+    for i, resource in enumerate(result.resources):
+        if resource.order != i:
+            result.resources[i] = msgspec.structs.replace(resource, order=i)
     return result
 
 
@@ -340,13 +397,21 @@ _USER_KEYED_MAPS = frozenset({"headers", "withoutHeaders", "queryParams", "label
 
 
 def _mesh_only_fields(data: Any, node: yaml.Node | None, path: str):
+    """(json path, line, why) for every mesh-only field in `data`; the YAML node is consulted only for the
+    lines of what is found, so a clean resource costs one walk of plain dicts."""
+    for tokens, key in _mesh_only_paths(data, []):
+        json_path = path + "".join(f"[{t}]" if isinstance(t, int) else f".{t}" for t in tokens)
+        yield json_path, _line(node, tokens), MESH_ONLY_KEYS[key]
+
+
+def _mesh_only_paths(data: Any, tokens: list):
     if isinstance(data, dict):
         for key, value in data.items():
-            child_path = f"{path}.{key}"
             if key in MESH_ONLY_KEYS and value not in (None, "", [], {}):
-                yield child_path, _line(node, [key]), MESH_ONLY_KEYS[key]
-            elif key not in _USER_KEYED_MAPS:
-                yield from _mesh_only_fields(value, _child(node, key), child_path)
+                yield [*tokens, key], key
+            elif key not in _USER_KEYED_MAPS and isinstance(value, (dict, list)):
+                yield from _mesh_only_paths(value, [*tokens, key])
     elif isinstance(data, list):
         for i, value in enumerate(data):
-            yield from _mesh_only_fields(value, _child(node, i), f"{path}[{i}]")
+            if isinstance(value, (dict, list)):
+                yield from _mesh_only_paths(value, [*tokens, i])

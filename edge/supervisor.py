@@ -66,6 +66,8 @@ import trio
 from edge import control
 from edge.admin import admin_routes, metrics_routes
 from edge.compiler import load_and_compile
+from edge.loader import FileCache
+
 from edge.dns import DnsResolver, Resolver
 from edge.errors import ERROR, WARNING, ConfigError, Diagnostic
 from edge.metrics import LiveHistory, SupervisorView, Totals, live_sample, sum_slots
@@ -286,9 +288,12 @@ def diagnostic_lines(diagnostics: Sequence[Diagnostic], severity: str) -> tuple[
     return tuple(str(d) for d in diagnostics if d.severity == severity)
 
 
+_FILE_CACHE = FileCache()  # parsed files by identity: a reload re-reads only what changed
+
+
 def compile_config(paths: Sequence[str], settings: RunSettings) -> Compiled:
     """Load and compile the config files (blocking; runs in a thread). ConfigError carries every problem."""
-    loaded, result = load_and_compile(list(paths), settings.compile_options())
+    loaded, result = load_and_compile(list(paths), settings.compile_options(), _FILE_CACHE)
     diagnostics = [*loaded.diagnostics, *result.diagnostics]
     if result.table is None or any(d.severity == ERROR for d in diagnostics):
         raise ConfigError(diagnostics)

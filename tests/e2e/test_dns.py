@@ -187,11 +187,12 @@ def test_changed_answers_are_published_and_failures_keep_the_last_good(dns_stack
 
 def admin_generation(edge: EdgeProcess) -> int:
     status, body, _ = http_get(edge.admin_port, "/config_dump")
+    assert status == 200, body
     return json.loads(body)["generation"]
 
 
 def test_a_reload_keeps_resolved_names_and_resolves_new_ones(dns_stack):
-    edge, backends, set_answers = dns_stack
+    edge, backends, _ = dns_stack
     p = backends.port
     edge.write_config("se-web.yaml", service_entry("web", "web.dns.test", p("web"), "DNS", [("ep1.dns.test", p("ep1"))]))
     outcome = edge.reload()

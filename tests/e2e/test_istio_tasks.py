@@ -738,7 +738,7 @@ def test_request_timeouts(stack):
     # With `timeout: 0.5s` the gateway gives up after half a second: "reviews are unavailable".
     stack.cluster.apply(bind_to_gateway(TIMEOUTS_REVIEWS_V2_HALF_SECOND, BOOKINFO))
     started = time.monotonic()
-    status, body, headers = stack.call(REVIEWS, "/delay/2")
+    status, body, _ = stack.call(REVIEWS, "/delay/2")
     elapsed = time.monotonic() - started
     assert (status, body) == (504, b"upstream request timeout")
     assert 0.5 <= elapsed < 1.5

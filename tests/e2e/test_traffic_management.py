@@ -815,6 +815,7 @@ def test_weighted_destinations_carry_their_own_header_operations(stack):
         for _ in range(40):
             status, body, headers = client.request("/headers")
             doc = json.loads(body)
+            assert status == 200
             assert doc["headers"]["x-dest"] == doc["instance"]
             assert headers["x-dest-resp"] == doc["instance"]
             seen_instances.add(doc["instance"])
@@ -851,7 +852,7 @@ def test_https_redirect_on_an_http_server(stack):
     # Port 81's server has tls.httpsRedirect: every host on it, bound to a VirtualService or not, gets a 301.
     for host in ("anything.example.com", "weights.example.com"):
         status, body, headers = http_get(stack.edge.port(81), "/some/path?q=1", host=host)
-        assert status == 301
+        assert status == 301 and body == b""
         assert headers["location"] == f"https://{host}/some/path?q=1"
 
 
@@ -1100,7 +1101,10 @@ def _mirror_counts(stack: Stack, path: str, n: int) -> tuple[int, int, int]:
         for _ in range(n):
             status, body, _ = client.request(path)
             assert status == 200 and instance_of(body) == "mp"  # the client only ever sees the primary
-    stats = lambda: (stack.backends.stats("mp")["requests_total"], stack.backends.stats("m1")["requests_total"], stack.backends.stats("m2")["requests_total"])  # noqa: E731
+
+    def stats() -> tuple[int, int, int]:
+        return tuple(stack.backends.stats(name)["requests_total"] for name in ("mp", "m1", "m2"))
+
     # Mirrors are fire-and-forget, sent after the primary finished: let the last ones land, then stop changing.
     previous = None
     deadline = time.monotonic() + 3

@@ -276,7 +276,7 @@ async def test_follow_forgets_names_the_new_table_dropped_and_picks_up_new_ones(
     second = table(cluster("c", "DNS", ep("new.test"), refresh_s=0.05))
     resolver.follow(second)  # published without resolve_new (e.g. its first lookup did not finish in time)
     assert "old.test" not in resolver.cache and "old.test" not in resolver.due
-    changes = await _refresh_until(resolver, lambda ch: len(ch) == 1)
+    await _refresh_until(resolver, lambda ch: len(ch) == 1)
     assert resolver.resolved().clusters["c"].endpoints == (ep("10.0.0.2"),)
     calls_old = fake.count("old.test")
     await _refresh_until(resolver, lambda ch: fake.count("new.test") >= 3)

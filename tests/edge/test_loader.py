@@ -180,3 +180,26 @@ def test_broken_files_report_the_exact_message_and_line(name, expected):
     errors = [d for d in loaded.diagnostics + result.diagnostics if d.severity == ERROR]
     assert result.table is None
     assert str(errors[0]).replace(str(BROKEN) + "/", "tests/edge/broken/") == f"{path}:{expected}"
+
+
+def test_file_cache_reparses_only_changed_files(tmp_path):
+    from edge.loader import FileCache
+
+    def vs(name: str) -> str:
+        return (
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+            f"metadata: {{name: {name}}}\nspec:\n  hosts: [{name}.example.com]\n  http:\n  - route: [{{destination: {{host: x}}}}]\n"
+        )
+
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.yaml").write_text(vs(name))
+    cache = FileCache()
+    first = load_paths([str(tmp_path)], cache)
+    assert [r.name for r in first.resources] == ["a", "b", "c"]
+    (tmp_path / "b.yaml").write_text(vs("b2"))
+    (tmp_path / "a.yaml").unlink()
+    second = load_paths([str(tmp_path)], cache)
+    assert [r.name for r in second.resources] == ["b2", "c"]
+    assert [r.order for r in second.resources] == [0, 1]  # load order renumbered
+    assert second.resources[1].spec is first.resources[2].spec  # c.yaml was not parsed again
+    assert sorted(cache.entries) == [str(tmp_path / "b.yaml"), str(tmp_path / "c.yaml")]
