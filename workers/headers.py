@@ -103,12 +103,14 @@ def upstream_request_headers(
     destination_ops: CompiledHeaderOps | None = None,
 ) -> list[Header]:
     """The header list sent upstream for one try; `headers` is the client's list (not modified)."""
-    listed = connection_tokens(headers)
     out: list[Header] = [(b"host", host)]
     xff: bytes | None = None
     has_request_id = False
+    connection: list[bytes] | None = None
     for name, value in headers:
-        if name in HOP_BY_HOP or name in PROXY_SET_REQUEST or (listed and name in listed):
+        if name in HOP_BY_HOP or name in PROXY_SET_REQUEST:
+            if name == b"connection":
+                (connection := connection or []).append(value)
             continue
         if name == b"x-forwarded-for":
             xff = value if xff is None else xff + b", " + value
@@ -116,6 +118,10 @@ def upstream_request_headers(
         if name == b"x-request-id":
             has_request_id = True
         out.append((name, value))
+    if connection is not None:
+        listed = connection_tokens((b"connection", v) for v in connection) - HOP_BY_HOP
+        if listed:  # names the client marked hop-by-hop (usually only keep-alive, which is one anyway)
+            out = [h for h in out if h[0] not in listed]
     out.append((b"x-forwarded-for", peer_ip if xff is None else xff + b", " + peer_ip))
     out.append((b"x-forwarded-proto", scheme))
     if not has_request_id and generate_request_id:

@@ -459,7 +459,9 @@ class _ParsedHead:
 
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
-_TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# A header line at the start of a line: token ":" OWS value OWS, up to the CRLF (or the end of the head).
+# Values hold no CR, LF or control byte: the whole head was checked for those first.
+_FIELD_LINE = re.compile(rb"(?m)^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n]*?)[ \t]*(?:\r\n|\Z)")
 _CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[\t ]*(?:;[^\r\n]*)?")
@@ -587,12 +589,12 @@ class FastClient:
             crlf = head.count(b"\r\n")
             if _CONTROL_BYTES.search(head) is not None or head.count(b"\r") != crlf or head.count(b"\n") != crlf:
                 raise ProtocolError("upstream sent a control character in its head", 502)
-            for line in head[line_end + 2 :].split(b"\r\n"):
-                name, sep, value = line.partition(b":")
-                if not sep or not name or name.translate(None, _TOKEN_BYTES):
-                    raise ProtocolError("upstream sent an invalid header line", 502)
+            # Every line must be one anchored field match (so a bad line cannot hide behind a later match).
+            fields = _FIELD_LINE.findall(head, line_end + 2)
+            if len(fields) != crlf:
+                raise ProtocolError("upstream sent an invalid header line", 502)
+            for name, value in fields:
                 name = name.lower()
-                value = value.strip(b" \t")
                 headers.append((name, value))
                 if name in _FRAMING_NAMES:
                     if name == b"content-length":

@@ -67,10 +67,7 @@ class ClientGone(Exception):
 class RequestInfo:
     """The request as the router and the log see it."""
 
-    __slots__ = ("method", "path", "query", "authority", "scheme", "headers", "method_bytes", "target", "path_bytes", "host", "http_version", "original_path", "port", "body_present", "chunked")
-
-    def __init__(self) -> None:
-        self.original_path: bytes | None = None
+    __slots__ = ("method", "path", "query", "authority", "scheme", "headers", "method_bytes", "target", "path_bytes", "host", "http_version", "port", "body_present", "chunked")
 
 
 class RequestLog:
@@ -266,7 +263,7 @@ async def _recv_for_head(down: Downstream, buffered: bool, header_deadline: floa
     if down.worker.draining:
         return b""
     down.state = STATE_IDLE
-    down.since = trio.current_time()
+    down.since = time.monotonic()
     try:
         return await transport.recv_waiting()
 
@@ -353,8 +350,6 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
     if path is None:
         await _local_reply(down, request, log, 400, b"", close=True, flags="-", details="path_normalization_failed")
         return False
-    if path != raw_path:
-        req.original_path = raw_path
     req.path_bytes = path
     req.path = path.decode("latin-1")
     req.query = raw_query.decode("latin-1")
@@ -380,7 +375,9 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
         await _local_reply(down, request, log, 404, b"", flags="NR", details="route_not_found")
         return True
     if vhost.require_tls and down.scheme == "http":
-        location = b"https://" + req.host.encode("latin-1") + request.target if not authority_from_target else b"https://" + req.host.encode("latin-1") + raw_path + (b"?" + raw_query if raw_query else b"")
+        # Envoy's createSslRedirectPath: the Host as the client sent it, then the normalised path and query.
+        location = b"https://" + authority + path + (b"?" + raw_query if raw_query else b"")
+
         await _local_reply(down, request, log, 301, b"", extra=[(b"location", location)], flags="-", details="via_upstream")
         return True
     route = router.match(vhost, req)
@@ -663,8 +660,9 @@ def _retriable(result: TryResult, policy, body: BodyState) -> bool:
     kind = result.kind
     if kind == Outcome.CONNECT_FAILURE:
         return "connect-failure" in retry_on or "5xx" in retry_on or "gateway-error" in retry_on or "reset" in retry_on
-    if kind == Outcome.RESET:
-        return "reset" in retry_on or "5xx" in retry_on
+    if kind in (Outcome.RESET, Outcome.PROTOCOL_ERROR):
+        # Envoy counts an upstream reset (a broken response included) as a 5xx for both policies.
+        return "reset" in retry_on or "5xx" in retry_on or "gateway-error" in retry_on
     if kind == Outcome.PER_TRY_TIMEOUT:
         return "5xx" in retry_on or "gateway-error" in retry_on
     if kind == Outcome.STATUS:
@@ -703,7 +701,7 @@ def _upstream_host(req: RequestInfo, route: Route, dest) -> bytes:
 def _upstream_target(route: Route, rt: "RouteRuntime", req: RequestInfo) -> tuple[bytes, bytes | None]:
     """The request target sent upstream, and the original path when it was rewritten."""
     path = req.path_bytes
-    original = req.original_path
+    original = None  # x-envoy-original-path: only when the route rewrites (Envoy's finalizePathHeader)
     rewrite = route.rewrite
     if rewrite is not None:
         new_path = None
@@ -714,7 +712,7 @@ def _upstream_target(route: Route, rt: "RouteRuntime", req: RequestInfo) -> tupl
         elif rt.regex_rewrite is not None:
             new_path = rt.regex_rewrite.sub(rewrite.regex_substitution, req.path)
         if new_path is not None:
-            original = req.path_bytes
+            original = req.path_bytes + (b"?" + req.query.encode("latin-1") if req.query else b"")
             path = new_path.encode("latin-1")
     if req.query:
         return path + b"?" + req.query.encode("latin-1"), original
@@ -904,7 +902,7 @@ async def _exchange_buffered(ex: Exchange, upstream: UpstreamConnection, head: b
     for chunk in ex.body.buffer:
         data += codec.send_data(chunk)
     data += codec.send_end()
-    sent_at = trio.current_time()
+    sent_at = time.monotonic()
     response = None
     try:
         if try_deadline == math.inf:  # no route or per-try timeout: no cancel scope on the hot path
@@ -923,7 +921,7 @@ async def _exchange_buffered(ex: Exchange, upstream: UpstreamConnection, head: b
     if response is None:
         pools.discard(upstream)
         return _timed_out(ex, try_deadline)
-    ex.log.service_time_ms = int((trio.current_time() - sent_at) * 1000)
+    ex.log.service_time_ms = int((time.monotonic() - sent_at) * 1000)
     if _status_retriable(response.status_code, ex.policy):
         return TryResult(Outcome.STATUS, status=response.status_code, upstream=upstream, response=response)
     result = TryResult(Outcome.STATUS, status=response.status_code)
@@ -945,7 +943,7 @@ async def _exchange_streaming(ex: Exchange, upstream: UpstreamConnection, head: 
     except _EXCHANGE_ERRORS as exc:
         pools.discard(upstream)
         return _failure(exc)
-    sent_at = trio.current_time()
+    sent_at = time.monotonic()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_upload_body, down, upstream, body, nursery.cancel_scope)
         response = None
@@ -957,7 +955,7 @@ async def _exchange_streaming(ex: Exchange, upstream: UpstreamConnection, head: 
         if result is None and response is None:
             result = _timed_out(ex, try_deadline)
         if result is None:
-            ex.log.service_time_ms = int((trio.current_time() - sent_at) * 1000)
+            ex.log.service_time_ms = int((time.monotonic() - sent_at) * 1000)
             if _status_retriable(response.status_code, ex.policy) and body.complete and body.replayable:
                 result = TryResult(Outcome.STATUS, status=response.status_code, upstream=upstream, response=response)
             else:

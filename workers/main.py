@@ -19,6 +19,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 
 import trio
 
@@ -193,10 +194,10 @@ class Worker:
         for scope in list(self.accept_scopes.values()):
             scope.cancel()
         self.accept_scopes.clear()
-        self._close_idle_connections(trio.current_time(), 0.0)
+        self._close_idle_connections(time.monotonic(), 0.0)
         with trio.move_on_after(max(0.0, deadline_s)):
             while self.active_connections > 0:
-                self._close_idle_connections(trio.current_time(), 0.0)
+                self._close_idle_connections(time.monotonic(), 0.0)
                 await trio.sleep(DRAIN_POLL_S)
         self._send(control.Message(op=control.DRAINED, pid=os.getpid()))
         self.pools.close_idle()
@@ -227,7 +228,7 @@ class Worker:
     async def serve_connection_sweeper(self) -> None:
         """Client-gone checks for requests waiting on an upstream (every SWEEP_INTERVAL_S), idle timeouts
         (every IDLE_SWEEP_INTERVAL_S)."""
-        next_idle_sweep = trio.current_time() + IDLE_SWEEP_INTERVAL_S
+        next_idle_sweep = time.monotonic() + IDLE_SWEEP_INTERVAL_S
         while True:
             await trio.sleep(SWEEP_INTERVAL_S)
             for down in list(self.upstream_waiting):
@@ -235,7 +236,7 @@ class Worker:
                     down.client_gone = True
                     if down.scope is not None:
                         down.scope.cancel()
-            now = trio.current_time()
+            now = time.monotonic()  # the clock of Downstream.since
             if now >= next_idle_sweep:
                 next_idle_sweep = now + IDLE_SWEEP_INTERVAL_S
                 timeout = self.options.idle_timeout_s
