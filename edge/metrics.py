@@ -35,6 +35,7 @@ from edge.stats_shm import (
     E_TCP_OPENED,
     E_TCP_RECEIVED,
     E_TCP_SENT,
+    W_ACCESS_LOG_DROPPED,
     W_ACTIVE_CONNECTIONS,
     W_EJECTED_ENDPOINTS,
     W_EJECTIONS_TOTAL,
@@ -107,6 +108,7 @@ class Totals:
     ejected_endpoints: int = 0
     ejections_total: int = 0
     overflow_records: int = 0
+    access_log_dropped: int = 0
 
 
 def _add(into: list[int], values: Sequence[int]) -> None:
@@ -134,6 +136,7 @@ def sum_slots(snapshots: Iterable[SlotSnapshot], live_slots: Iterable[int] | Non
             entry.received += words[E_TCP_RECEIVED]
         totals.ejections_total += snap.gauge(W_EJECTIONS_TOTAL)
         totals.overflow_records += snap.gauge(W_OVERFLOW_RECORDS)
+        totals.access_log_dropped += snap.gauge(W_ACCESS_LOG_DROPPED)
         if live is None or snap.slot in live:
             totals.active_connections += snap.gauge(W_ACTIVE_CONNECTIONS)
             totals.tcp_active_connections += snap.gauge(W_TCP_ACTIVE)
@@ -266,8 +269,8 @@ class SupervisorView:
     draining: bool = False
     started_at: float = 0.0
     workers: int = 0
-    worker_states: tuple[tuple[int, str, int, float, int], ...] = ()  # (slot, state, restarts, backoff_s, pid)
-    crash_loop_backoff_s: float = 0.1
+    # (slot, state, restarts, backoff_s, pid, crash_looping)
+    worker_states: tuple[tuple[int, str, int, float, int, bool], ...] = ()
     cluster_domain: str = "cluster.local"
 
 
@@ -357,21 +360,23 @@ def render_prometheus(totals: Totals, view: SupervisorView) -> str:
     w.sample("edge_outlier_ejected_endpoints", {}, totals.ejected_endpoints)
     w.family("edge_stats_overflow_records_total", "counter", "Records counted under 'overflow' because a stats slot was full.")
     w.sample("edge_stats_overflow_records_total", {}, totals.overflow_records)
+    w.family("edge_access_log_dropped_lines_total", "counter", "Access-log lines lost: the destination did not keep up (4 MiB waiting per worker) or a write failed.")
+    w.sample("edge_access_log_dropped_lines_total", {}, totals.access_log_dropped)
     w.family("edge_workers", "gauge", "Worker processes by state.")
     states: dict[str, int] = {"starting": 0, "serving": 0, "draining": 0, "down": 0}
-    for _slot, state, _restarts, _backoff, _pid in view.worker_states:
+    for _slot, state, *_ in view.worker_states:
         states[state] = states.get(state, 0) + 1
     for state, count in states.items():
         w.sample("edge_workers", {"state": state}, count)
     w.family("edge_worker_restarts_total", "counter", "Worker processes replaced after they exited or hung.")
-    for slot, _state, restarts, _backoff, _pid in view.worker_states:
+    for slot, _state, restarts, *_ in view.worker_states:
         w.sample("edge_worker_restarts_total", {"slot": str(slot)}, restarts)
     w.family("edge_worker_restart_backoff_seconds", "gauge", "Delay before the slot's last restart (doubles in a crash loop).")
-    for slot, _state, _restarts, backoff, _pid in view.worker_states:
+    for slot, _state, _restarts, backoff, *_ in view.worker_states:
         w.sample("edge_worker_restart_backoff_seconds", {"slot": str(slot)}, float(backoff))
-    w.family("edge_worker_crash_looping", "gauge", "1 while a slot's restarts are backing off (it died again soon after a restart).")
-    for slot, _state, _restarts, backoff, _pid in view.worker_states:
-        w.sample("edge_worker_crash_looping", {"slot": str(slot)}, 1 if backoff > view.crash_loop_backoff_s else 0)
+    w.family("edge_worker_crash_looping", "gauge", "1 while a slot's restarts back off and its worker has not yet run long enough to reset that.")
+    for slot, _state, _restarts, _backoff, _pid, looping in view.worker_states:
+        w.sample("edge_worker_crash_looping", {"slot": str(slot)}, 1 if looping else 0)
     return w.text()
 
 
@@ -425,7 +430,7 @@ def envoy_stats(totals: Totals, view: SupervisorView, uptime_s: float) -> dict[s
     stats["listener_manager.lds.update_rejected"] = view.reload_failures_total
     stats["listener_manager.lds.update_success"] = view.reloads_total - view.reload_failures_total + 1
     stats["edge.table_generation"] = view.generation
-    stats["edge.worker_restarts"] = sum(r for _s, _st, r, _b, _p in view.worker_states)
+    stats["edge.worker_restarts"] = sum(restarts for _slot, _state, restarts, *_ in view.worker_states)
     return stats
 
 

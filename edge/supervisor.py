@@ -542,10 +542,11 @@ class Supervisor:
         return await self.reloads.wait_outcome(self.request_reload(reason))
 
     def _forward_signal(self, signum: int) -> None:
-        """SIGUSR1 (logrotate): every worker reopens its access log."""
+        """SIGUSR1 (logrotate): every worker reopens its access log. A worker still starting is skipped: it may
+        not handle the signal yet (its default action kills), and it opens the path afresh anyway."""
         sent = 0
         for handle in list(self.handles.values()):
-            if handle.alive:
+            if handle.alive and handle.record.state != STARTING:
                 try:
                     handle.process.send_signal(signum)
                     sent += 1
@@ -891,12 +892,18 @@ class Supervisor:
                     slot.restarts,
                     slot.backoff_s,
                     slot.worker.pid if slot.worker is not None else 0,
+                    self._crash_looping(slot),
                 )
                 for slot in state.slots
             ),
-            crash_loop_backoff_s=RESTART_BACKOFF_MIN_S,
             cluster_domain=state.table.options.cluster_domain if state.table is not None else "cluster.local",
         )
+
+    def _crash_looping(self, slot: SlotRecord) -> bool:
+        """Backing off, and the current worker (if any) has not yet lived long enough to reset the backoff."""
+        if slot.backoff_s <= RESTART_BACKOFF_MIN_S:
+            return False
+        return slot.worker is None or trio.current_time() - slot.worker.started_at < STABLE_RUN_S
 
     async def _serve_live_samples(self) -> None:
         while True:

@@ -41,7 +41,7 @@ LOAD_GRACE_S = 30.0
 WRK_TIMEOUT = "5s"  # a request unanswered this long counts as a wrk timeout error
 ALL_TARGETS = ("direct", "nginx-proxy", "proxy.py", "edge-1w", "edge-2w")
 REFERENCES = ("nginx-proxy", "proxy.py")
-EDGE_TARGET = re.compile(r"^edge-(\d+)w(?:-(nostats|text|json))?$")  # variants: loadtest/targets.start_edge
+EDGE_TARGET = re.compile(r"^edge-(\d+)w((?:-(?:fast|nostats|text|json))*)$")  # variants: loadtest/targets.start_edge
 WRK_SCRIPTS = {"plain": WRK_DIR / "report.lua", "mix": WRK_DIR / "mix.lua"}
 
 
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="edge vs nginx vs proxy.py on one fast nginx backend, interleaved rounds.",
     )
     parser.add_argument("--targets", default=",".join(ALL_TARGETS),
-                        help="comma list from: direct, nginx-proxy, proxy.py, edge-<N>w[-nostats|-text|-json] "
+                        help="comma list from: direct, nginx-proxy, proxy.py, edge-<N>w[-fast][-nostats|-text|-json] "
                              "(default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds measured per target per round")

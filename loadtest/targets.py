@@ -300,9 +300,10 @@ def default_edge_bin() -> Path:
 
 
 def start_edge(name: str, tmp: Path, backend_port: int, workers: int, edge_bin: Path, variant: str = "") -> Target:
-    """variant (edge-<N>w-<variant>): "" = metrics on, access log off (the default); "nostats" = metrics and
-    admin ports off, so no statistics are kept; "text" / "json" = metrics on and an access log in that format
-    written to a file in the run's temp dir (buffered, as in production)."""
+    """variant (edge-<N>w-<variant>[-<variant>…]): "" = h11 codec, metrics on, access log off (the default);
+    "fast" = the httptools codec; "nostats" = metrics and admin ports off, so no statistics are kept;
+    "text" / "json" = metrics on and an access log in that format written to a file in the run's temp dir
+    (buffered, as in production)."""
     if not edge_bin.exists():
         raise StartFailed(f"no edge executable at {edge_bin} (pip install -e . into the venv)")
     conf_dir = tmp / f"{name}-conf"
@@ -319,14 +320,17 @@ def start_edge(name: str, tmp: Path, backend_port: int, workers: int, edge_bin: 
         "--admin-port", str(ports["admin"]),
         "--access-log", "off",
     ]
-    if variant == "nostats":
-        argv[argv.index("--metrics-port") + 1] = "0"
-        argv[argv.index("--admin-port") + 1] = "0"
-    elif variant in ("text", "json"):
-        argv[argv.index("--access-log") + 1] = str(tmp / f"{name}-access.log")
-        argv += ["--access-log-format", variant]
-    elif variant:
-        raise StartFailed(f"unknown edge variant {variant!r} (nostats, text, json)")
+    for part in filter(None, variant.split("-")):
+        if part == "nostats":
+            argv[argv.index("--metrics-port") + 1] = "0"
+            argv[argv.index("--admin-port") + 1] = "0"
+        elif part in ("text", "json"):
+            argv[argv.index("--access-log") + 1] = str(tmp / f"{name}-access.log")
+            argv += ["--access-log-format", part]
+        elif part == "fast":
+            argv += ["--http-codec", "httptools"]
+        else:
+            raise StartFailed(f"unknown edge variant {part!r} (nostats, text, json, fast; joined with -)")
     proc = spawn(name, argv, tmp)
 
     def ready() -> bool:

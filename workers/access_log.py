@@ -248,7 +248,8 @@ class AccessLog:
         self._pending = 0  # bytes handed to a writer thread and not yet written
         self._wake = trio.Event() if self.enabled else None
         self._retired: list[int] = []  # descriptors replaced by reopen() while a write to them was running
-        self.dropped_lines = 0
+        self.dropped_lines = 0  # refused because MAX_PENDING_BYTES were waiting
+        self.lost_lines = 0  # in a write that failed
         self.lines = 0
         self.write_errors = 0
         self._json = fmt == "json"
@@ -334,6 +335,7 @@ class AccessLog:
             _write_all(fd, data, pipe)
         except OSError as exc:
             self.write_errors += 1
+            self.lost_lines += data.count(b"\n")
             if self.write_errors == 1:
                 self._warn(f"access log write to {self.destination} failed: {exc.strerror or exc}; lines are lost until it works again")
 

@@ -162,7 +162,7 @@ STATE_UPSTREAM_WAIT = 2
 class Downstream:
     """One client connection: its transport, codec state and where it came from."""
 
-    __slots__ = ("worker", "transport", "conn", "peer_ip", "peer", "local", "scheme", "scheme_bytes", "listener_key", "chain_index", "sni", "must_close", "scope", "state", "since", "client_gone")
+    __slots__ = ("worker", "transport", "conn", "peer_ip", "peer", "local", "scheme", "scheme_bytes", "listener_key", "chain_index", "sni", "must_close", "scope", "state", "since", "client_gone", "fresh")
 
     def __init__(self, worker: "Worker", transport: Transport, peer: tuple, local: tuple, scheme: str, listener_key: str, chain_index: int = -1, sni: str = ""):
         self.worker = worker
@@ -182,6 +182,8 @@ class Downstream:
         self.state = STATE_BUSY
         self.since = 0.0
         self.client_gone = False
+        self.fresh = True
+
 
     def raw_socket(self) -> socket.socket | None:
         return _raw_socket(self.transport)
@@ -257,16 +259,19 @@ async def _recv_for_head(down: Downstream, buffered: bool, header_deadline: floa
         with trio.move_on_at(header_deadline):
             return await transport.recv()
         return None
-    data = transport.recv_nowait()
-    if data is not None:
-        return data
+    if down.fresh:
+        # A new connection's first request is usually there already; a keep-alive connection's next one
+        # almost never is, so for those the failing read is skipped and the wait comes first.
+        down.fresh = False
+        data = transport.recv_nowait()
+        if data is not None:
+            return data
     if down.worker.draining:
         return b""
     down.state = STATE_IDLE
     down.since = time.monotonic()
     try:
         return await transport.recv_waiting()
-
     finally:
         down.state = STATE_BUSY
 

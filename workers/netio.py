@@ -3,7 +3,8 @@
 # Rules:
 # - A socket call that succeeds at once costs no scheduler pass: try the non-blocking call first and wait
 #   (trio.lowlevel.wait_readable/wait_writable) only when it would block. To keep every connection fair to
-#   the others, a transport yields with a real checkpoint after FAIRNESS_OPS calls that did not wait.
+#   the others, a transport yields with a real checkpoint after FAIRNESS_OPS calls in a row that did not
+#   wait (bulk streaming); a request/response exchange waits anyway, so it never pays for the checkpoint.
 # - recv() returns b"" at EOF and raises TransportClosed (a trio.BrokenResourceError) when the peer reset
 #   the connection; send_all() raises TransportClosed when the peer is gone. Callers catch exactly that.
 # - Closing is idempotent; close() notifies trio first, so a task parked on the socket wakes with
@@ -57,6 +58,7 @@ class SocketTransport:
             if self.closed:
                 raise trio.ClosedResourceError("transport closed")
             await trio.lowlevel.wait_readable(sock)
+            self._fast_ops = 0  # a real wait was a scheduler pass
             try:
                 return sock.recv(max_bytes)
             except BlockingIOError:
@@ -72,6 +74,7 @@ class SocketTransport:
             if self.closed:
                 raise trio.ClosedResourceError("transport closed")
             await trio.lowlevel.wait_readable(sock)
+            self._fast_ops = 0  # a real wait was a scheduler pass
             try:
                 return sock.recv(max_bytes)
             except BlockingIOError:
@@ -104,6 +107,7 @@ class SocketTransport:
             if self.closed:
                 raise trio.ClosedResourceError("transport closed")
             await trio.lowlevel.wait_writable(sock)
+            self._fast_ops = 0
             try:
                 sent = sock.send(view)
             except BlockingIOError:

@@ -27,6 +27,7 @@ import orjson
 import trio
 
 from edge.stats_shm import (
+    W_ACCESS_LOG_DROPPED,
     W_ACTIVE_CONNECTIONS,
     W_EJECTED_ENDPOINTS,
     W_EJECTIONS_TOTAL,
@@ -50,6 +51,7 @@ class WorkerStats:
         self.enabled = writer is not None
         self.tcp_active = 0
         self._ejections_seen: dict[str, int] = {}  # cluster → Balancer.ejections_total already counted
+        self._log_lost_seen = 0  # access-log lines dropped or failed, already counted
 
     # ------------------------------------------------------------------------------------------- HTTP
 
@@ -124,6 +126,10 @@ class WorkerStats:
         writer.add_word(W_EJECTIONS_TOTAL, ejections_delta)
         writer.set_word(W_TABLE_GENERATION, max(0, worker.view.generation))
         writer.set_word(W_TCP_ACTIVE, self.tcp_active)
+        access_log = getattr(worker, "access_log", None)
+        lost = access_log.dropped_lines + access_log.lost_lines if access_log is not None else 0
+        writer.add_word(W_ACCESS_LOG_DROPPED, lost - self._log_lost_seen)
+        self._log_lost_seen = lost
         writer.set_word(W_PUBLISHED_AT_MS, int(time.time() * 1000))
         document = {
             "generation": worker.view.generation,

@@ -697,6 +697,7 @@ class TLSTransport:
                 data = sock.recv(TRANSPORT_RECV_BYTES)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
+                self._fast_ops = 0
                 continue
             except OSError as exc:
                 raise self._broken(exc) from exc

@@ -390,3 +390,40 @@ def test_access_log_off_writes_nothing(tmp_path, backends):
         drive_traffic(edge)
         time.sleep(1.5)  # longer than the flush interval
         assert read_lines(edge.out_path) == []
+
+
+OUTLIER_ROUTES = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: flaky}
+spec:
+  hosts: ["flaky.example.com"]
+  gateways: [gw]
+  http:
+  - name: flaky-route
+    retries: {attempts: 0}
+    route: [{destination: {host: app.local}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: flaky}
+spec:
+  host: app.local
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}
+"""
+
+
+def test_outlier_ejections_show_in_metrics_and_clusters(tmp_path, backends):
+    cfg = {**config(backends), "flaky.yaml": OUTLIER_ROUTES}
+    with EdgeProcess(tmp_path, cfg, gateway_ports=(80, TCP_PORT), workers=1) as edge:
+        statuses = [http_get(edge.port(80), "/status/503", host="flaky.example.com")[0] for _ in range(4)]
+        assert statuses[:2] == [503, 503] and statuses[-1] == 503  # then "no healthy upstream" (UH)
+        samples = wait_for(lambda: (s := prometheus(edge)) and total(s, "edge_outlier_ejections_total") >= 1 and s, "the ejection to be published")
+        assert total(samples, "edge_outlier_ejected_endpoints") == 1
+        assert total(samples, "istio_requests_total", response_flags="UH") >= 1
+        status, body, _ = http_get(edge.admin_port, "/clusters?format=json")
+        [endpoint] = json.loads(body)["clusters"]["outbound|80||app.local"]["endpoints"]
+        assert endpoint["health"] == "ejected" and endpoint["times_ejected"] == 1
+        text = http_get(edge.admin_port, "/clusters")[1].decode()
+        assert f"outbound|80||app.local::127.0.0.1:{backends.port('a')}::health_flags::/failed_outlier_check" in text

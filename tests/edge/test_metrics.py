@@ -69,7 +69,7 @@ def fill(segment) -> None:
 VIEW = SupervisorView(
     generation=3, reloads_total=4, reload_failures_total=1, last_reload_ok=False, last_reload_success_at=1700000000.0,
     ready=True, started_at=1699999000.0, workers=2,
-    worker_states=((0, "serving", 0, 0.0, 11), (1, "serving", 3, 0.4, 12)), crash_loop_backoff_s=0.1,
+    worker_states=((0, "serving", 0, 0.0, 11, False), (1, "serving", 3, 0.4, 12, True)),
 )  # fmt: skip
 
 
@@ -132,6 +132,7 @@ def test_prometheus_text_parses_and_carries_istio_labels(segment):
     assert values[("edge_worker_crash_looping", (("slot", "1"),))] == 1
     assert values[("edge_worker_crash_looping", (("slot", "0"),))] == 0
     assert values[("edge_workers", (("state", "serving"),))] == 2
+    assert values[("edge_access_log_dropped_lines_total", ())] == 0
     route = (("cluster", A), ("listener", "0.0.0.0:80"), ("response_code_class", "2xx"), ("route", "reviews-v2"))
     assert values[("edge_route_requests_total", route)] == 1
 

@@ -319,11 +319,12 @@ def test_a_crash_loop_backs_off_exponentially_then_recovers(tmp_path):
         # The log says when a slot is in a crash loop: every restart after a quick death backs off.
         assert [marker for _, marker in restarts] == ["", " (crash loop: backing off)", " (crash loop: backing off)"]
         assert who(edge.port(80))["incarnation"] == 4
-        # And the metrics port shows it: 3 restarts, the last backoff, and the slot no longer dying.
+        # And the metrics port shows it: 3 restarts, the last backoff, the slot serving again.
         _, body, _ = http_get(edge.metrics_port, "/stats/prometheus")
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples}
         assert samples[("edge_worker_restarts_total", (("slot", "0"),))] == 3
         assert samples[("edge_worker_restart_backoff_seconds", (("slot", "0"),))] == 0.4
+        assert samples[("edge_worker_crash_looping", (("slot", "0"),))] == 1  # until it has run STABLE_RUN_S
         assert samples[("edge_workers", (("state", "serving"),))] == 1
 
 

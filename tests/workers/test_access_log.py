@@ -174,3 +174,18 @@ def test_off_builds_nothing():
     assert not log.enabled
     log.write_tcp(TcpLog(T0))
     log.close()
+
+
+def test_a_failing_destination_counts_lost_lines_and_warns_once():
+    warnings = []
+    log = AccessLog("/dev/full", "text", warn=warnings.append)  # every write fails with ENOSPC
+    try:
+        for _ in range(3):
+            log.write(istio_example_404())
+        log.flush_now()
+        log.write(istio_example_404())
+        log.flush_now()
+        assert log.lost_lines == 4 and log.write_errors == 2
+        assert len(warnings) == 1 and "No space left on device" in warnings[0]
+    finally:
+        log.close()

@@ -1,0 +1,56 @@
+# workers/stats.py: the per-request and TCP calls land in the worker's slot; without a segment they are no-ops.
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from edge.stats_shm import E_DURATION_BUCKETS, E_REQUEST_BYTES_SUM, E_RESPONSE_BYTES_SUM, E_TCP_CLOSED, E_TCP_OPENED, E_TCP_RECEIVED, E_TCP_SENT, SlotWriter, StatsSegment
+from workers.stats import WorkerStats
+
+
+@pytest.fixture
+def segment():
+    seg = StatsSegment.create(1, max_entries=16, key_area_bytes=4096, status_area_bytes=4096)
+    yield seg
+    seg.close()
+
+
+def test_record_request_uses_the_logs_key_fields_and_its_own_clock(segment):
+    writer = SlotWriter.attach(segment.name, 0)
+    stats = WorkerStats(writer)
+    log = SimpleNamespace(listener="0.0.0.0:80", route_name="r", upstream_cluster="outbound|80||a", status=201, flags="-", start=time.time() - 0.002, bytes_received=5, bytes_sent=7)
+    stats.record_request(log)
+    writer.close()
+    [(key, words)] = segment.read_slot(0).http
+    assert key == ("0.0.0.0:80", "r", "outbound|80||a", 201, "-")
+    assert sum(words[E_DURATION_BUCKETS : E_DURATION_BUCKETS + 20]) == 1
+    assert words[E_DURATION_BUCKETS + 2] == 1  # 2 ms: (1, 5]
+    assert (words[E_REQUEST_BYTES_SUM], words[E_RESPONSE_BYTES_SUM]) == (5, 7)
+
+
+def test_tcp_api_counts_opened_closed_and_bytes_both_ways(segment):
+    writer = SlotWriter.attach(segment.name, 0)
+    stats = WorkerStats(writer)
+    stats.tcp_connection_opened("0.0.0.0:31400", "outbound|9000||echo")
+    assert stats.tcp_active == 1
+    stats.tcp_bytes("0.0.0.0:31400", "outbound|9000||echo", sent=100, received=10)
+    stats.tcp_connection_closed("0.0.0.0:31400", "outbound|9000||echo", sent=1, received=2)
+    stats.tcp_connection_opened("0.0.0.0:31400", "")  # no cluster (NC): counted under "-"
+    stats.tcp_connection_closed("0.0.0.0:31400", "")
+    assert stats.tcp_active == 0
+    writer.close()
+    tcp = dict(segment.read_slot(0).tcp)
+    echo = tcp[("0.0.0.0:31400", "outbound|9000||echo")]
+    assert (echo[E_TCP_OPENED], echo[E_TCP_CLOSED], echo[E_TCP_SENT], echo[E_TCP_RECEIVED]) == (1, 1, 101, 12)
+    assert tcp[("0.0.0.0:31400", "-")][E_TCP_CLOSED] == 1
+
+
+def test_without_a_segment_everything_is_a_no_op():
+    stats = WorkerStats(None)
+    assert not stats.enabled
+    stats.tcp_connection_opened("l", "c")
+    stats.tcp_bytes("l", "c", 1, 1)
+    stats.tcp_connection_closed("l", "c", 1, 1)
+    assert stats.tcp_active == 0
