@@ -90,7 +90,11 @@ def _status_line(status: int, reason: bytes) -> bytes:
 
 
 def _join_headers(headers) -> bytes:
-    return b"".join([name + b": " + value + b"\r\n" for name, value in headers])
+    """The header lines of a head, each ending in CRLF (one join per line, one for the block)."""
+    if not headers:
+        return b""
+    return b"\r\n".join([b": ".join(field) for field in headers]) + b"\r\n"
+
 
 
 def _has_token(headers, name: bytes, token: bytes) -> bool:
@@ -461,7 +465,7 @@ class _ParsedHead:
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
 # A header line at the start of a line: token ":" OWS value OWS, up to the CRLF (or the end of the head).
 # Values hold no CR, LF or control byte: the whole head was checked for those first.
-_FIELD_LINE = re.compile(rb"(?m)^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n]*?)[ \t]*(?:\r\n|\Z)")
+_FIELD_LINE = re.compile(rb"(?m)^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\r\n]*[^\r\n \t])?)[ \t]*(?:\r\n|\Z)")
 _CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[\t ]*(?:;[^\r\n]*)?")
