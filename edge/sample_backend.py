@@ -43,6 +43,9 @@ HEAD gets GET's headers and no body):
   /drop                          closes the connection at once (FIN; the kernel sends RST instead if request
                                  bytes are left unread) without a response
   /drop-rst                      aborts the connection (TCP RST) without a response
+  /websocket                     a WebSocket handshake (RFC 6455: 101 with Sec-WebSocket-Accept; 400 without
+                                 Upgrade: websocket and a key), then every byte received is echoed back as is
+                                 (no frame parsing: enough to prove a proxy splices both ways) until EOF
   /drop-mid                      Content-Length: 1000, 10 body bytes, then closes
   /garbage                       non-HTTP bytes, then closes
 Counting rules, chosen so a test can prove upstream keep-alive reuse: requests to /__* paths are not counted;
@@ -62,6 +65,7 @@ first). Tests can run the same server in-process: `bound = await nursery.start(s
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import contextvars
 import dataclasses
@@ -170,6 +174,7 @@ EXACT_ROUTES = {
     "/drop-rst": "drop_rst",
     "/drop-mid": "drop_mid",
     "/garbage": "garbage",
+    "/websocket": "websocket",
 }
 PREFIX_ROUTES: tuple[tuple[str, str, Callable[[str], int | float | BadPath]], ...] = (
     ("/status/", "status", _parse_status),
@@ -651,6 +656,29 @@ async def _endpoint_garbage(session: _HttpSession, request: h11.Request, arg: ob
     return After.CLOSED
 
 
+WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+async def _endpoint_websocket(session: _HttpSession, request: h11.Request, arg: object) -> After:
+    fields = headers_document(list(request.headers))
+    key = fields.get("sec-websocket-key", "")
+    if fields.get("upgrade", "").lower() != "websocket" or not key:
+        await session.read_body()
+        await session.respond_json(request, 400, {"error": "not a WebSocket handshake"})
+        return After.NEXT
+    await session.read_body()
+    accept = base64.b64encode(hashlib.sha1(key.encode() + WEBSOCKET_GUID).digest())
+    headers = session.served_by((b"upgrade", b"websocket"), (b"connection", b"Upgrade"), (b"sec-websocket-accept", accept))
+    await session.send(h11.InformationalResponse(status_code=101, headers=headers, reason=b"Switching Protocols"))
+    pending, _ = session.conn.trailing_data
+    if pending:
+        await _send(session.stream, bytes(pending))
+    while data := await _receive(session.stream):
+        await _send(session.stream, data)
+    await session.close_gracefully()
+    return After.CLOSED
+
+
 ENDPOINTS: dict[str, Callable[[_HttpSession, h11.Request, object], Awaitable[After]]] = {
     "request": _endpoint_request,
     "ip": _endpoint_ip,
@@ -666,6 +694,7 @@ ENDPOINTS: dict[str, Callable[[_HttpSession, h11.Request, object], Awaitable[Aft
     "drop_rst": _endpoint_drop_rst,
     "drop_mid": _endpoint_drop_mid,
     "garbage": _endpoint_garbage,
+    "websocket": _endpoint_websocket,
 }
 
 

@@ -183,6 +183,16 @@ def header_value(headers: Iterable[Header], name: bytes) -> bytes | None:
     return found[0] if len(found) == 1 else b", ".join(found)
 
 
+def has_connection_token(headers: Iterable[Header], token: bytes) -> bool:
+    """Whether a Connection header lists `token` (lowercase)."""
+    for name, value in headers:
+        if name == b"connection":
+            for part in value.split(b","):
+                if part.strip().lower() == token:
+                    return True
+    return False
+
+
 def has_conflicting_framing(headers: Iterable[Header]) -> bool:
     """Content-Length together with Transfer-Encoding: a smuggling risk that Envoy rejects (RFC 9112 §6.3
     lets a server reject it and requires it to close the connection anyway)."""

@@ -18,6 +18,11 @@
 #   have no body; chunked; Content-Length; else read until close). Conflicting framing is a ProtocolError.
 # - A connection is reusable only when both directions finished their message cleanly and neither side
 #   asked to close.
+# - Protocol upgrades (WebSocket): the server side hands back what the client sent after its upgrade request
+#   once the proxy answered 101 (`send_switching`, `take_switched_data`); the client side returns the
+#   upstream's 101 as an InformationalResponse and then its leftover bytes. From there the proxy splices
+#   bytes; the codecs are done with the connection. An upgrade request answered with anything but 101 closes
+#   the connection after the response.
 from __future__ import annotations
 
 import http
@@ -164,6 +169,16 @@ class H11Server:
     def send_informational(self, status: int) -> bytes:
         return self.conn.send(h11.InformationalResponse(status_code=status, headers=[]))
 
+    def send_switching(self, headers) -> bytes:
+        """The 101 that ends HTTP on this connection."""
+        try:
+            return self.conn.send(h11.InformationalResponse(status_code=101, headers=headers))
+        except h11.LocalProtocolError as exc:
+            raise ProtocolError(str(exc), 502) from None
+
+    def take_switched_data(self) -> bytes:
+        return bytes(self.conn.trailing_data[0])
+
     def send_response(self, status: int, reason: bytes, headers, close: bool = False) -> bytes:
         if close:
             headers = list(headers)
@@ -248,6 +263,9 @@ class H11Client:
     def awaiting_response(self) -> bool:
         return self.conn.their_state is h11.SEND_RESPONSE
 
+    def take_switched_data(self) -> bytes:
+        return bytes(self.conn.trailing_data[0])
+
     @property
     def reusable(self) -> bool:
         c = self.conn
@@ -273,6 +291,7 @@ class FastServer:
         "parser", "max_head_bytes", "events", "url", "headers", "head_bytes", "in_head", "their", "ours",
         "error", "expect_100", "body_started", "closed", "response_chunked", "response_has_body", "keep_alive",
         "request_keep_alive", "request_version", "request_method", "pending_heads", "eof", "head_request",
+        "upgraded", "switched_data",
     )
 
     def __init__(self, max_head_bytes: int):
@@ -300,6 +319,8 @@ class FastServer:
         self.request_method = b"GET"
         self.pending_heads = 0
         self.head_request = False
+        self.upgraded = False  # llhttp stopped at an upgrade request: later bytes are not HTTP to it
+        self.switched_data = b""
 
     # httptools callbacks ------------------------------------------------------------------------------
 
@@ -334,10 +355,15 @@ class FastServer:
             return
         if self.error is not None:
             return
+        if self.upgraded:
+            self.switched_data += data
+            return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.error = ProtocolError("protocol upgrades are not supported", 400)
+        except httptools.HttpParserUpgrade as exc:
+            # The upgrade request is complete; what follows belongs to the new protocol (or is never read).
+            self.upgraded = True
+            self.switched_data = data[exc.args[0] :]
         except httptools.HttpParserError as exc:
             self.error = ProtocolError(str(exc), 400)
         if self.in_head:
@@ -400,11 +426,20 @@ class FastServer:
 
     @property
     def will_close(self) -> bool:
-        return not self.keep_alive
+        return not self.keep_alive or self.upgraded
 
     def send_informational(self, status: int) -> bytes:
         self.expect_100 = False
         return _status_line(status, REASONS.get(status, b"")) + b"\r\n"
+
+    def send_switching(self, headers) -> bytes:
+        self.ours = _DONE
+        self.keep_alive = False
+        return _status_line(101, b"Switching Protocols") + _join_headers(headers) + b"\r\n"
+
+    def take_switched_data(self) -> bytes:
+        data, self.switched_data = self.switched_data, b""
+        return data
 
     def send_response(self, status: int, reason: bytes, headers, close: bool = False) -> bytes:
         keep_alive = self.request_keep_alive and not close and self.request_version == b"1.1"
@@ -478,7 +513,7 @@ _R_HEAD, _R_LENGTH, _R_CHUNK_SIZE, _R_CHUNK_DATA, _R_CHUNK_CRLF, _R_TRAILERS, _R
 class FastClient:
     """The upstream side: requests serialised with one join; responses read by a lean strict parser."""
 
-    __slots__ = ("buffer", "state", "remaining", "method", "keep_alive", "sent_all", "eof", "awaiting_response", "request_chunked")
+    __slots__ = ("buffer", "state", "remaining", "method", "keep_alive", "sent_all", "eof", "awaiting_response", "request_chunked", "upgrade_requested")
 
     def __init__(self) -> None:
         self.buffer = bytearray()
@@ -490,6 +525,7 @@ class FastClient:
         self.eof = False
         self.awaiting_response = False
         self.request_chunked = False
+        self.upgrade_requested = False
 
     def send_request(self, method: bytes, target: bytes, headers) -> bytes:
         """The head; its framing is the proxy's headers' (Content-Length, or Transfer-Encoding: chunked)."""
@@ -497,6 +533,7 @@ class FastClient:
         self.sent_all = False
         self.awaiting_response = True
         self.request_chunked = _has_token(headers, b"transfer-encoding", b"chunked")
+        self.upgrade_requested = _has_token(headers, b"connection", b"upgrade")
         return b"%s %s HTTP/1.1\r\n" % (method, target) + _join_headers(headers) + b"\r\n"
 
     def send_data(self, data: bytes) -> bytes:
@@ -517,6 +554,11 @@ class FastClient:
     @property
     def has_buffered_data(self) -> bool:
         return bool(self.buffer)
+
+    def take_switched_data(self) -> bytes:
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
 
     @property
     def reusable(self) -> bool:
@@ -622,7 +664,11 @@ class FastClient:
                             keep_alive = True
         if 100 <= status < 200:
             if status == 101:
-                raise ProtocolError("upstream switched protocols", 502)
+                if not self.upgrade_requested:
+                    raise ProtocolError("upstream switched protocols unasked", 502)
+                self.state = _R_DONE
+                self.keep_alive = False
+                self.awaiting_response = False
             return InformationalResponse(status, reason, headers, version)
         if chunked and length is not None:
             raise ProtocolError("upstream response with both Content-Length and Transfer-Encoding", 502)

@@ -67,7 +67,7 @@ class ClientGone(Exception):
 class RequestInfo:
     """The request as the router and the log see it."""
 
-    __slots__ = ("method", "path", "query", "authority", "scheme", "headers", "method_bytes", "target", "path_bytes", "host", "http_version", "port", "body_present", "chunked")
+    __slots__ = ("method", "path", "query", "authority", "scheme", "headers", "method_bytes", "target", "path_bytes", "host", "http_version", "port", "body_present", "chunked", "upgrade")
 
 
 class RequestLog:
@@ -317,6 +317,7 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
     head_size = len(request.target)
     content_length = None
     chunked = underscore = False
+    upgrade = None
     for name, value in request.headers:
         head_size += len(name) + len(value) + 4
         if name == b"host":
@@ -325,8 +326,12 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
             content_length = value
         elif name == b"transfer-encoding":
             chunked = True
+        elif name == b"upgrade":
+            upgrade = value
         if b"_" in name:
             underscore = True
+    # WebSocket is the upgrade Istio's gateways enable (Envoy upgrade_configs); others are plain requests.
+    req.upgrade = upgrade if upgrade is not None and upgrade.lower() == b"websocket" and hdr.has_connection_token(request.headers, b"upgrade") else None
     authority = authority_from_target or host_header or b""
     req.authority = authority.decode("latin-1")
 
@@ -750,7 +755,7 @@ async def _forward(down: Downstream, request: Request, req: RequestInfo, compile
         return not down.must_close
     circuit.requests += 1
     try:
-        keep_alive = await _forward_with_retries(ex)
+        keep_alive = await (_forward_upgrade(ex) if req.upgrade is not None else _forward_with_retries(ex))
     finally:
         circuit.requests -= 1
         log.bytes_received = ex.body.bytes  # %BYTES_RECEIVED% and istio_request_bytes (issue 6)
@@ -992,7 +997,7 @@ class UpstreamClosed(ProtocolError):
     """The upstream closed (or reset) the connection before a response head."""
 
 
-async def _read_response_head(down: Downstream, upstream: UpstreamConnection, watch_client: bool) -> Response:
+async def _read_response_head(down: Downstream, upstream: UpstreamConnection, watch_client: bool, accept_switch: bool = False) -> Response:
     """The upstream's final response head (1xx skipped). Raises ProtocolError on garbage, UpstreamClosed when
     the connection closed before a head, ClientGone when the client left meanwhile."""
     codec = upstream.codec
@@ -1024,6 +1029,8 @@ async def _read_response_head(down: Downstream, upstream: UpstreamConnection, wa
                 raise ProtocolError("upstream response with both Content-Length and Transfer-Encoding", 502)
             return event
         if t is InformationalResponse:
+            if accept_switch and event.status_code == 101:
+                return event
             continue
         if event is CLOSED:
             raise UpstreamClosed("upstream closed before sending a response", 503)
@@ -1237,3 +1244,110 @@ async def _send_mirror(worker, cluster_rt, method: bytes, target: bytes, host: b
         worker.mirrors_in_flight -= 1
         if upstream is not None:
             worker.pools.discard(upstream)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# WebSocket: the upgrade handshake is proxied, then bytes are spliced both ways
+# ---------------------------------------------------------------------------------------------------------
+
+UPGRADE_RESPONSE_HOP_BY_HOP = hdr.HOP_BY_HOP - {b"upgrade", b"connection"}
+SPLICE_BYTES = 64 * 1024
+
+
+async def _forward_upgrade(ex: Exchange) -> bool:
+    """One try (a handshake is not retried once sent): the upstream's 101 goes to the client and the
+    connection becomes a byte pipe until either side closes; any other answer is relayed and the client
+    connection closes after it."""
+    down = ex.down
+    log = ex.log
+    worker = down.worker
+    request = ex.request
+    down.must_close = True  # whatever happens, this connection does not return to HTTP keep-alive
+    if ex.body.present or not await _drain_request_body(down, 0):
+        await _local_reply(down, request, log, 400, b"", close=True, details="upgrade_with_body")
+        return False
+    balancer = ex.cluster_rt.balancer
+    index = balancer.choose(trio.current_time(), ex.hash_value)
+    if index is None:
+        await _local_reply(down, request, log, 503, BODY_NO_HEALTHY_UPSTREAM, flags="UH", details="no_healthy_upstream", close=True)
+        return False
+    endpoint = balancer.states[index].endpoint
+    log.upstream_host = f"{endpoint.address}:{endpoint.port}"
+    log.attempts = 1
+    balancer.on_start(index)
+    verdict = -1
+    try:
+        acquired = await _acquire(ex, endpoint, ex.deadline)
+        if isinstance(acquired, TryResult):
+            verdict = acquired.outlier_status
+            return await _answer_failure(ex, acquired, False)
+        upstream = acquired
+        headers = ex.upstream_headers + [(b"x-envoy-attempt-count", b"1"), (b"connection", b"upgrade"), (b"upgrade", ex.req.upgrade)]
+        try:
+            await upstream.transport.send_all(upstream.codec.send_request(request.method, ex.target, headers) + upstream.codec.send_end())
+            response = await _read_response_head(down, upstream, watch_client=True, accept_switch=True)
+        except _EXCHANGE_ERRORS as exc:
+            worker.pools.discard(upstream)
+            result = _failure(exc)
+            verdict = result.outlier_status
+            return await _answer_failure(ex, result, False)
+        except BaseException:
+            worker.pools.discard(upstream)
+            raise
+        verdict = response.status_code
+        if response.status_code != 101:
+            return await _relay_response(ex, upstream, response)
+        await _splice_upgraded(ex, upstream, response)
+        return False
+    finally:
+        if verdict >= 0:
+            balancer.on_finish(index, verdict, trio.current_time())
+        else:
+            balancer.on_cancel(index)
+
+
+async def _splice_upgraded(ex: Exchange, upstream: UpstreamConnection, response: Response) -> None:
+    down = ex.down
+    log = ex.log
+    worker = down.worker
+    headers = [(n, v) for n, v in response.headers if n not in UPGRADE_RESPONSE_HOP_BY_HOP and n != b"server"]
+    if worker.server_header:
+        headers.append((b"server", worker.server_header))
+    log.status = 101
+    log.details = "via_upstream"
+    try:
+        await down.transport.send_all(down.conn.send_switching(headers))
+        to_upstream = down.conn.take_switched_data()
+        to_client = upstream.codec.take_switched_data()
+        idle_s = worker.options.idle_timeout_s
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_pump, down.transport, upstream.transport, to_upstream, idle_s, nursery.cancel_scope, log, False)
+            nursery.start_soon(_pump, upstream.transport, down.transport, to_client, idle_s, nursery.cancel_scope, log, True)
+    except (ProtocolError, TransportClosed, trio.ClosedResourceError):
+        pass
+    finally:
+        worker.pools.discard(upstream)
+
+
+async def _pump(src: Transport, dst: Transport, pending: bytes, idle_s: float, both: trio.CancelScope, log: RequestLog, to_client: bool) -> None:
+    """src → dst until src ends (then half-close dst). A reset on either side, or no byte for idle_s, ends
+    both directions."""
+    try:
+        if pending:
+            await dst.send_all(pending)
+        while True:
+            with trio.move_on_after(idle_s if idle_s > 0 else math.inf) as idle:
+                data = await src.recv(SPLICE_BYTES)
+            if idle.cancelled_caught:
+                both.cancel()
+                return
+            if not data:
+                await dst.send_eof()
+                return
+            if to_client:
+                log.bytes_sent += len(data)
+            else:
+                log.bytes_received += len(data)
+            await dst.send_all(data)
+    except (TransportClosed, trio.ClosedResourceError):
+        both.cancel()

@@ -28,7 +28,9 @@ from edge.table import (
     QueryMatcher,
     Route,
     RouteConfig,
+    RouteMatch,
     StringMatcher,
+
     VirtualHost,
 )
 

@@ -67,10 +67,14 @@ class NotifyListener:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                     pid = struct.unpack("3i", payload[: struct.calcsize("3i")])[0]
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.messages.append((time.monotonic(), pid, fields))
+            received_at = time.monotonic()
             if fields.get("READY") == "1":
+                # Before the message is visible to wait(): a test that waited for READY sees what its
+                # callbacks found at that moment, never a callback still running.
                 for callback in self.on_ready:
                     callback()
+            self.messages.append((received_at, pid, fields))
+
 
     def __enter__(self) -> "NotifyListener":
         self._thread.start()
