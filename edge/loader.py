@@ -53,6 +53,7 @@ class _YamlLoader(_BaseLoader):  # type: ignore[misc, valid-type]
             self._resolved[key] = tag
         return tag
 
+
 # Keys that are mesh- or Kubernetes-only wherever they appear in a spec, with why they do nothing here.
 MESH_ONLY_KEYS: dict[str, str] = {
     "exportTo": "namespace visibility is a Kubernetes mesh setting; every resource is visible here",

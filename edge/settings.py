@@ -72,7 +72,6 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
             workers=self.workers,
         )
 
-
     def compile_options(self):
         from edge.compiler import CompileOptions
 

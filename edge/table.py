@@ -319,7 +319,6 @@ class Options(Frozen):
     workers: int = 1  # worker processes sharing per-gateway limits (circuit breakers are divided by it)
 
 
-
 class RoutingTable(Frozen):
     layout_version: int = TABLE_LAYOUT_VERSION
     options: Options = Options()

@@ -101,7 +101,6 @@ def _join_headers(headers) -> bytes:
     return b"\r\n".join([b": ".join(field) for field in headers]) + b"\r\n"
 
 
-
 def _has_token(headers, name: bytes, token: bytes) -> bool:
     for n, v in headers:
         if n == name:
@@ -235,7 +234,6 @@ class H11Client:
 
     def receive_data(self, data: bytes) -> None:
         self.conn.receive_data(data)
-
 
     def next_event(self):
         try:

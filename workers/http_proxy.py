@@ -184,7 +184,6 @@ class Downstream:
         self.client_gone = False
         self.fresh = True
 
-
     def raw_socket(self) -> socket.socket | None:
         return _raw_socket(self.transport)
 
@@ -553,7 +552,6 @@ async def _drain_request_body(down: Downstream, limit: int) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 # Forwarding
 # ---------------------------------------------------------------------------------------------------------
-
 
 
 class Outcome:
@@ -1203,7 +1201,6 @@ def _start_mirrors(ex: Exchange) -> None:
             headers.append((b"content-length", str(len(body)).encode()))
         worker.mirrors_in_flight += 1
         worker.root_nursery.start_soon(_send_mirror, worker, cluster_rt, ex.request.method, ex.target, host, headers, body)
-
 
 
 async def _send_mirror(worker, cluster_rt, method: bytes, target: bytes, host: bytes, headers: list, body: bytes) -> None:

@@ -54,17 +54,7 @@ class SocketTransport:
         else:
             await self._fairness()
             return data
-        while True:
-            if self.closed:
-                raise trio.ClosedResourceError("transport closed")
-            await trio.lowlevel.wait_readable(sock)
-            self._fast_ops = 0  # a real wait was a scheduler pass
-            try:
-                return sock.recv(max_bytes)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise self._broken(exc) from exc
+        return await self.recv_waiting(max_bytes)
 
     async def recv_waiting(self, max_bytes: int = RECV_BYTES) -> bytes:
         """recv() for when bytes are unlikely to be there yet: wait for readability first, saving the

@@ -34,7 +34,6 @@ from workers.router import Router
 from workers.upstream import Circuit
 
 
-
 def listener_key(listener: Listener) -> str:
     return f"{listener.bind}:{listener.port}"
 

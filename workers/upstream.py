@@ -245,7 +245,6 @@ class UpstreamPools:
             await trio.sleep(REAPER_INTERVAL_S)
             self.close_idle(expired_only=True)
 
-
     def statistics(self) -> dict[str, int]:
         return {
             "pools": len(self.pools),
