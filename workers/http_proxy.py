@@ -21,7 +21,6 @@
 # - Bytes the codec rejected never reach a backend: the upstream request is built from parsed events only.
 from __future__ import annotations
 
-import http
 import math
 import socket
 import time
@@ -31,7 +30,7 @@ import trio
 
 from edge.table import ACTION_DIRECT, ACTION_REDIRECT, Route
 from workers import headers as hdr
-from workers.http1 import CLOSED, END_OF_MESSAGE, NEED_DATA, Data, InformationalResponse, ProtocolError, Request, Response
+from workers.http1 import CLOSED, END_OF_MESSAGE, NEED_DATA, REASONS, Data, InformationalResponse, ProtocolError, Request, Response
 from workers.netio import SocketTransport, Transport, TransportClosed
 from workers.paths import normalize_path, split_target
 from workers.route_policies import FAULT_ABORT_BODY, PREFLIGHT_FORWARD, cors_preflight, cors_response_headers, decide_fault, grpc_abort_headers, hash_for_request
@@ -55,9 +54,7 @@ BODY_OVERFLOW = b"upstream connect error or disconnect/reset before headers. res
 BODY_TIMEOUT = b"upstream request timeout"
 BODY_PROTOCOL_ERROR = b"upstream connect error or disconnect/reset before headers. reset reason: protocol error"
 
-STATUS_REASONS = {int(s): s.phrase.encode() for s in http.HTTPStatus}
-
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+STATUS_REASONS = REASONS
 
 
 class ClientGone(Exception):
@@ -460,8 +457,15 @@ def _redirect_location(route: Route, req: RequestInfo, down: Downstream, listene
 # ---------------------------------------------------------------------------------------------------------
 
 
+_date_cache: list = [0, b""]  # [second, formatted]: local replies in the same second share one string
+
+
 def _http_date() -> bytes:
-    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()).encode()
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
+    return _date_cache[1]
 
 
 async def _local_reply(
@@ -525,11 +529,29 @@ async def _send_raw_reply(down: Downstream, log: RequestLog, status: int, body: 
 
 
 async def _drain_request_body(down: Downstream, limit: int) -> bool:
-    """Read and drop the rest of the request body; False if it is longer than `limit` or broken."""
+    """Read and drop the rest of the request body; False if it is longer than `limit`, broken, or slower
+    than the request headers timeout (a trickling body must not hold the connection)."""
     conn = down.conn
-    seen = 0
     if conn.client_is_waiting_for_100_continue:
         return False  # the client has not sent its body and will not without a 100: close instead
+    try:
+        event = conn.next_event()
+    except ProtocolError:
+        return False
+    if event is END_OF_MESSAGE:
+        return True  # the common case: the end of a body-less request, parsed already
+    if event is not NEED_DATA and type(event) is not Data:
+        return False
+    seen = len(event.data) if type(event) is Data else 0
+    if seen > limit:
+        return False
+    with trio.move_on_after(down.worker.options.request_headers_timeout_s or math.inf):
+        return await _drain_body(down, limit, seen)
+    return False
+
+
+async def _drain_body(down: Downstream, limit: int, seen: int) -> bool:
+    conn = down.conn
     while True:
         try:
             event = conn.next_event()
