@@ -7,7 +7,8 @@
 # - Certificates are made at start with trustme into .demo/ (never committed): the gateway's edge-demo-cert
 #   credential (shop.example.com, api.example.com) and the passthrough backend's (secure.example.com), both
 #   signed by .demo/ca.pem, which the printed curl lines trust.
-# - Ctrl-C (or SIGTERM) stops the gateway (graceful drain) and then the backends, by PID.
+# - Ctrl-C (or SIGTERM) stops the gateway (graceful drain) and then the backends, by PID. The children run in
+#   their own sessions so a terminal's signal is delivered once, by this runner.
 from __future__ import annotations
 
 import argparse
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         backends = subprocess.Popen(
             [sys.executable, "-m", "edge.sample_backend", *backend_args, "--tls-cert", str(certs["backend_cert"]), "--tls-key", str(certs["backend_key"]), "--ready-file", str(ready_file)],
             cwd=REPO,
+            start_new_session=True,  # Ctrl-C reaches only this runner, which stops its children once
         )
         _wait(ready_file.exists, "the sample backends", backends)
         edge = subprocess.Popen(
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--access-log", args.access_log,
             ],  # fmt: skip
             cwd=REPO,
+            start_new_session=True,  # Ctrl-C reaches only this runner, which stops its children once
         )
         _wait(lambda: _ready("http://127.0.0.1:15021/healthz/ready"), "edge", edge)
         listeners = json.loads(ready_file.read_text())["listeners"]
