@@ -151,15 +151,20 @@ def downstream_response_headers(
     extra: Iterable[Header] = (),
 ) -> list[Header]:
     """The header list sent to the client for an upstream response (framing headers are the codec's)."""
-    headers = list(headers)
-    listed = connection_tokens(headers)
     out: list[Header] = []
+    connection: list[bytes] | None = None
     for name, value in headers:
-        if name in HOP_BY_HOP or name in PROXY_SET_RESPONSE or (listed and name in listed):
+        if name in HOP_BY_HOP or name in PROXY_SET_RESPONSE:
+            if name == b"connection":
+                (connection := connection or []).append(value)
             continue
         if server and name == b"server":
             continue
         out.append((name, value))
+    if connection is not None:
+        listed = connection_tokens((b"connection", v) for v in connection) - HOP_BY_HOP
+        if listed:  # names the upstream marked hop-by-hop beyond the standard ones
+            out = [h for h in out if h[0] not in listed]
     if server:
         out.append((b"server", server))
     if service_time_ms is not None:
