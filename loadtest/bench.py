@@ -1,8 +1,9 @@
 # The load-test runner: edge against nginx and proxy.py on the same fast nginx backend, in one run.
 #
 #   .venv/bin/python -m loadtest.bench [--targets direct,nginx-proxy,proxy.py,edge-1w,edge-2w]
-#        [--rounds 3] [--duration 10] [--warmup 2] [--connections 64] [--script plain|mix]
-#        [--rate 2000] [--install-refs]
+#        [--rounds 3] [--duration 10] [--warmup 2] [--connections 64] [--script plain|mix|mix-get]
+#        [--rate 2000] [--ratio-to TARGET,...] [--install-refs]
+#   targets: direct, nginx-proxy, proxy.py, edge-<N>w[-fast][-nostats|-text|-json][-vs<V>]
 #
 # Order of a run: backend up -> every selected target up (a target that fails to start is reported and
 # left out, the others go on) -> R interleaved rounds (round 1: every target once, round 2: again, ...
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 
 from loadtest import procstat, report, targets
-from loadtest.mix import MIX, PLAIN, wrk_args
+from loadtest.mix import PLAIN, SCRIPTS, MixEntry, wrk_args
 from loadtest.targets import StartFailed, Target
 
 LOADTEST_DIR = Path(__file__).resolve().parent
@@ -41,8 +42,9 @@ LOAD_GRACE_S = 30.0
 WRK_TIMEOUT = "5s"  # a request unanswered this long counts as a wrk timeout error
 ALL_TARGETS = ("direct", "nginx-proxy", "proxy.py", "edge-1w", "edge-2w")
 REFERENCES = ("nginx-proxy", "proxy.py")
-EDGE_TARGET = re.compile(r"^edge-(\d+)w((?:-(?:fast|nostats|text|json))*)$")  # variants: loadtest/targets.start_edge
-WRK_SCRIPTS = {"plain": WRK_DIR / "report.lua", "mix": WRK_DIR / "mix.lua"}
+EDGE_TARGET = re.compile(r"^edge-(\d+)w((?:-(?:fast|nostats|text|json|vs\d+))*)$")  # variants: targets.start_edge
+VHOSTS_VARIANT = re.compile(r"-vs\d+(?:-|$)")
+WRK_SCRIPTS = {"plain": WRK_DIR / "report.lua", "mix": WRK_DIR / "mix.lua", "mix-get": WRK_DIR / "mix.lua"}
 
 
 class LoadFailed(Exception):
@@ -55,20 +57,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="edge vs nginx vs proxy.py on one fast nginx backend, interleaved rounds.",
     )
     parser.add_argument("--targets", default=",".join(ALL_TARGETS),
-                        help="comma list from: direct, nginx-proxy, proxy.py, edge-<N>w[-fast][-nostats|-text|-json] "
-                             "(default: %(default)s)")
+                        help="comma list from: direct, nginx-proxy, proxy.py, "
+                             "edge-<N>w[-fast][-nostats|-text|-json][-vs<V>] (default: %(default)s); "
+                             "-vs<V>: a config of V VirtualServices with distinct hosts, plain script only")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds measured per target per round")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of uncounted load before each measure")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (-c)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (-t)")
     parser.add_argument("--script", choices=sorted(WRK_SCRIPTS), default="plain",
-                        help="plain: GET / ; mix: hosts/paths over the VirtualServices plus 1 KB POSTs")
+                        help="plain: GET / ; mix: hosts/paths over the VirtualServices plus 1 KB POSTs; "
+                             "mix-get: the same hosts/paths without the POSTs")
     parser.add_argument("--rate", type=float, default=None,
                         help="constant-rate mode: requests/s sent open-loop by loadtest/constant_rate.py "
                              "instead of wrk; latency counted from the scheduled send time")
     parser.add_argument("--rate-connections", type=int, default=32,
                         help="connections of the constant-rate client")
+    parser.add_argument("--ratio-to", default="",
+                        help="comma list of measured targets to add as ratio references beside nginx-proxy and "
+                             "proxy.py, e.g. edge-2w-fast-nostats for the cost of logs and metrics")
     parser.add_argument("--install-refs", action="store_true",
                         help=f"install proxy.py {targets.PROXYPY_VERSION} into loadtest/.refvenv first")
     parser.add_argument("--backend-workers", type=int, default=1)
@@ -88,8 +95,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--targets must name each target once")
     if args.rounds < 1 or args.duration < 1 or args.warmup < 0 or args.connections < 1 or args.threads < 1:
         parser.error("--rounds, --duration, --connections, --threads must be >= 1 and --warmup >= 0")
+    if args.script != "plain" and any(VHOSTS_VARIANT.search(n) for n in names):
+        parser.error("edge-…-vs<N> targets route only their generated hosts: use them with --script plain")
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be positive")
+    args.ratio_to = [t.strip() for t in args.ratio_to.split(",") if t.strip()]
+    for name in args.ratio_to:
+        if name not in names:
+            parser.error(f"--ratio-to {name!r} is not one of --targets")
     args.target_names = names
     return args
 
@@ -119,11 +132,15 @@ def run_load(args: argparse.Namespace, target: Target, seconds: int) -> dict:
         argv = [sys.executable, "-m", "loadtest.constant_rate", "--url", url.rstrip("/"),
                 "--rate", str(args.rate), "--duration", str(seconds),
                 "--connections", str(args.rate_connections), "--script", args.script]
+        if target.host:
+            argv += ["--host", target.host]
         return _run_tool(argv, seconds + LOAD_GRACE_S, "constant_rate")
     argv = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds}s",
             "--timeout", WRK_TIMEOUT, "-s", str(WRK_SCRIPTS[args.script]), url]
-    if args.script == "mix":
-        argv += ["--", *wrk_args()]
+    if target.host:
+        argv[1:1] = ["-H", f"Host: {target.host}"]
+    if args.script in SCRIPTS:
+        argv += ["--", *wrk_args(SCRIPTS[args.script])]
     return _run_tool(argv, seconds + LOAD_GRACE_S, "wrk")
 
 
@@ -134,17 +151,23 @@ def measure(args: argparse.Namespace, target: Target, backend: Target) -> dict:
     target_pids = target.proc.pids()
     backend_pids = backend.proc.pids()
     cpu_before = procstat.cpu_snapshot(target_pids)
+    sys_before = procstat.cpu_snapshot(target_pids, kernel_only=True)
     backend_before = procstat.cpu_snapshot(backend_pids)
     load = run_load(args, target, args.duration)
     target_pids_after = target.proc.pids()
     cpu_after = procstat.cpu_snapshot(target_pids_after)
+    sys_after = procstat.cpu_snapshot(target_pids_after, kernel_only=True)
     backend_after = procstat.cpu_snapshot(backend.proc.pids())
     requests = load["requests"]
     cpu_s = procstat.cpu_delta_s(cpu_before, cpu_after)
+    sys_s = procstat.cpu_delta_s(sys_before, sys_after)
     backend_cpu_s = procstat.cpu_delta_s(backend_before, backend_after)
+    # CPU seconds of each process in the window: shows how evenly the workers shared the load
+    cpu_each = {pid: (ticks - cpu_before.get((pid, start), 0)) / procstat.CLOCK_TICKS_PER_S
+                for (pid, start), ticks in cpu_after.items()}
     processes = [
         {"pid": pid, "role": "main" if i == 0 else "child", "cmd": procstat.describe(pid),
-         "rss_kib": procstat.rss_kib(pid)}
+         "rss_kib": procstat.rss_kib(pid), "cpu_s": cpu_each.get(pid)}
         for i, pid in enumerate(target_pids_after)
     ]
     return {
@@ -159,6 +182,7 @@ def measure(args: argparse.Namespace, target: Target, backend: Target) -> dict:
         "latency_us": load["latency_us"],
         "cpu_s": cpu_s,
         "cpu_us_per_req": cpu_s * 1e6 / requests if requests else math.nan,
+        "sys_us_per_req": sys_s * 1e6 / requests if requests else math.nan,  # the kernel's part of it
         "backend_cpu_s": backend_cpu_s,
         "backend_cpu_us_per_req": backend_cpu_s * 1e6 / requests if requests else math.nan,
         "processes": processes,
@@ -280,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if target.proc is not backend.proc:
                 procs.append(target.proc)
-            problems = targets.probe(target.port, _probe_entries(args))
+            problems = targets.probe(target.port, _probe_entries(args, target))
             if problems:
                 failures[name] = "wrong answers: " + "; ".join(problems)
                 print(f"{name}: left out, it answers wrongly: {'; '.join(problems)}")
@@ -316,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.rate is not None:
                 print(report.client_lag_line(results, names))
             print()
-        references = [r for r in REFERENCES if r in names]
+        references = [r for r in REFERENCES if r in names] + [r for r in args.ratio_to if r in names]
         summary = report.summarize(rounds, names, references)
         print(report.summary_tables(summary, names, references))
         if failures:
@@ -342,8 +366,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _probe_entries(args: argparse.Namespace) -> tuple:
-    return MIX if args.script == "mix" else (PLAIN,)
+def _probe_entries(args: argparse.Namespace, target: Target) -> tuple:
+    if args.script in SCRIPTS:
+        return SCRIPTS[args.script]
+    return (MixEntry(PLAIN.method, target.host, PLAIN.path, 0, 1),) if target.host else (PLAIN,)
 
 
 def save_results(args: argparse.Namespace, started_at: str, sha: str, host: dict, live: list[Target],

@@ -34,7 +34,7 @@ import time
 from collections import deque
 from urllib.parse import urlsplit
 
-from loadtest.mix import MIX, MixEntry, sequence
+from loadtest.mix import SCRIPTS, MixEntry, sequence
 from loadtest.report import percentile
 
 CONNECT_TIMEOUT_S = 5.0
@@ -282,8 +282,8 @@ class OpenLoopClient:
 
 
 def build_requests(script: str, host_header: str) -> list[bytes]:
-    if script == "mix":
-        return [e.request_bytes() for e in sequence(MIX)]
+    if script in SCRIPTS:
+        return [e.request_bytes() for e in sequence(SCRIPTS[script])]
     return [MixEntry("GET", host_header, "/", 0, 1).request_bytes()]
 
 
@@ -293,14 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, required=True, help="requests per second")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of scheduled sends")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--script", choices=("plain", "mix"), default="plain")
+    parser.add_argument("--script", choices=("plain", "mix", "mix-get"), default="plain")
+    parser.add_argument("--host", default=None, help="Host header of the plain script (default: the URL's)")
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0 or args.connections <= 0:
         parser.error("--rate, --duration and --connections must be positive")
     url = urlsplit(args.url)
     if url.scheme != "http" or not url.hostname or not url.port:
         parser.error("--url must look like http://127.0.0.1:PORT")
-    client = OpenLoopClient(url.hostname, url.port, build_requests(args.script, url.netloc),
+    client = OpenLoopClient(url.hostname, url.port, build_requests(args.script, args.host or url.netloc),
                             args.rate, args.duration, args.connections)
     try:
         result = asyncio.run(client.run())

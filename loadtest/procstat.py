@@ -25,6 +25,7 @@ class ProcStat:
     ppid: int
     starttime: int
     cpu_ticks: int  # utime + stime
+    sys_ticks: int = 0  # stime alone: time in the kernel (system calls, and the network stack they run)
 
 
 def parse_stat(text: str) -> ProcStat:
@@ -35,6 +36,7 @@ def parse_stat(text: str) -> ProcStat:
         ppid=int(fields[1]),
         starttime=int(fields[19]),
         cpu_ticks=int(fields[11]) + int(fields[12]),
+        sys_ticks=int(fields[12]),
     )
 
 
@@ -90,13 +92,13 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def cpu_snapshot(pids: list[int]) -> dict[tuple[int, int], int]:
-    """{(pid, starttime): cpu ticks} for the given processes that are still alive."""
+def cpu_snapshot(pids: list[int], kernel_only: bool = False) -> dict[tuple[int, int], int]:
+    """{(pid, starttime): cpu ticks (user + system, or system alone)} for the given processes still alive."""
     snapshot = {}
     for pid in pids:
         stat = read_stat(pid)
         if stat is not None:
-            snapshot[(stat.pid, stat.starttime)] = stat.cpu_ticks
+            snapshot[(stat.pid, stat.starttime)] = stat.sys_ticks if kernel_only else stat.cpu_ticks
     return snapshot
 
 

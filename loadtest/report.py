@@ -1,7 +1,7 @@
 # Figures and tables of a benchmark (pure: dicts in, numbers and strings out).
 #
 # A run record (one target, one round) is the dict bench.measure() builds: rps, latency_us, errors,
-# cpu_us_per_req, backend_cpu_us_per_req, processes [{pid, role, rss_kib}], ok, error.
+# cpu_us_per_req, sys_us_per_req, backend_cpu_us_per_req, processes [{pid, role, rss_kib, cpu_s}], ok, error.
 # Summary rules:
 # - a figure of a target = the median over the rounds where that target's run was ok;
 # - a ratio "target / reference" is computed per round from runs of the same round (same machine
@@ -21,6 +21,7 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("p99_ms", "p99 ms"),
     ("errors", "errors"),
     ("cpu_us_per_req", "CPU µs/req"),
+    ("sys_us_per_req", "of it sys"),
     ("backend_cpu_us_per_req", "backend µs/req"),
     ("rss_total_mb", "RSS MB total"),
 )
@@ -57,6 +58,7 @@ def figures(run: dict) -> dict[str, float]:
         "p99_ms": latency["p99"] / 1000,
         "errors": run["errors"],
         "cpu_us_per_req": run["cpu_us_per_req"],
+        "sys_us_per_req": run.get("sys_us_per_req", math.nan),  # absent from results older than the column
         "backend_cpu_us_per_req": run["backend_cpu_us_per_req"],
         "rss_total_mb": sum(p["rss_kib"] or 0 for p in run["processes"]) / 1024,
     }
@@ -93,6 +95,9 @@ def summarize(rounds: list[dict[str, dict]], targets: list[str], references: lis
         entry: dict = {
             "rounds_ok": len(runs),
             "figures": {key: median(f[key] for f in per_run) for key, _ in METRICS},
+            # the spread between rounds: how far to trust a median on a shared machine
+            "ranges": {key: [min(f[key] for f in per_run), max(f[key] for f in per_run)]
+                       for key in ("rps", "cpu_us_per_req")},
         }
         rss_lists = [rss_per_process_mb(run) for run in runs]
         width = max(len(x) for x in rss_lists)
@@ -203,17 +208,20 @@ def _table_with_failures(header: list[str], rows: list[list[str]]) -> str:
 
 
 def summary_tables(summary: dict, targets: list[str], references: list[str]) -> str:
-    header = ["target", "rounds"] + [title for _, title in METRICS] + ["RSS MB per process"]
+    header = ["target", "rounds"] + [title for _, title in METRICS] + ["RSS MB per process", "req/s min-max",
+                                                                        "CPU µs/req min-max"]
     rows = []
     for name in targets:
         entry = summary.get(name)
         if entry is None:
             continue
         fig = entry["figures"]
+        ranges = entry.get("ranges", {})
         rows.append(
             [name, str(entry["rounds_ok"])]
             + [fmt(k, fig[k]) for k, _ in METRICS]
             + [fmt_rss_list(entry["rss_per_process_mb"])]
+            + ["-".join(fmt(k, v) for v in ranges[k]) if k in ranges else "-" for k in ("rps", "cpu_us_per_req")]
         )
     parts = ["medians over rounds", table(header, rows)]
     for ref in references:

@@ -196,6 +196,7 @@ class Target:
     proc: Proc  # whose processes are measured
     extra: dict = field(default_factory=dict)  # ports and settings, for the JSON results
     error: str | None = None
+    host: str | None = None  # Host header of the plain load (None: the URL's, 127.0.0.1:PORT)
 
 
 # --- nginx (backend and reference proxy) ---------------------------------------------------------
@@ -303,12 +304,21 @@ def start_edge(name: str, tmp: Path, backend_port: int, workers: int, edge_bin: 
     """variant (edge-<N>w-<variant>[-<variant>…]): "" = h11 codec, metrics on, access log off (the default);
     "fast" = the httptools codec; "nostats" = metrics and admin ports off, so no statistics are kept;
     "text" / "json" = metrics on and an access log in that format written to a file in the run's temp dir
-    (buffered, as in production)."""
+    (buffered, as in production); "vs<N>" = a config of exactly N VirtualServices with distinct hosts
+    (confgen.edge_vhosts_conf_yaml) instead of the mix's routes, loaded with Host: confgen.VHOST_MEASURED."""
     if not edge_bin.exists():
         raise StartFailed(f"no edge executable at {edge_bin} (pip install -e . into the venv)")
+    parts = list(filter(None, variant.split("-")))
+    vhosts = [int(p[2:]) for p in parts if p.startswith("vs") and p[2:].isdigit()]
     conf_dir = tmp / f"{name}-conf"
     conf_dir.mkdir()
-    (conf_dir / "bench.yaml").write_text(confgen.edge_conf_yaml(backend_port))
+    if vhosts:
+        if vhosts[0] < 1:
+            raise StartFailed("-vs<N> needs N >= 1")
+        conf_text = confgen.edge_vhosts_conf_yaml(backend_port, vhosts[0])
+    else:
+        conf_text = confgen.edge_conf_yaml(backend_port)
+    (conf_dir / "bench.yaml").write_text(conf_text)
     ports = {"gateway": free_port(), "status": free_port(), "metrics": free_port(), "admin": free_port()}
     argv = [
         str(edge_bin), "run",
@@ -320,7 +330,9 @@ def start_edge(name: str, tmp: Path, backend_port: int, workers: int, edge_bin: 
         "--admin-port", str(ports["admin"]),
         "--access-log", "off",
     ]
-    for part in filter(None, variant.split("-")):
+    for part in parts:
+        if part.startswith("vs") and part[2:].isdigit():
+            continue  # the config, written above
         if part == "nostats":
             argv[argv.index("--metrics-port") + 1] = "0"
             argv[argv.index("--admin-port") + 1] = "0"
@@ -330,7 +342,7 @@ def start_edge(name: str, tmp: Path, backend_port: int, workers: int, edge_bin: 
         elif part == "fast":
             argv += ["--http-codec", "httptools"]
         else:
-            raise StartFailed(f"unknown edge variant {part!r} (nostats, text, json, fast; joined with -)")
+            raise StartFailed(f"unknown edge variant {part!r} (nostats, text, json, fast, vs<N>; joined with -)")
     proc = spawn(name, argv, tmp)
 
     def ready() -> bool:
@@ -342,5 +354,8 @@ def start_edge(name: str, tmp: Path, backend_port: int, workers: int, edge_bin: 
     except StartFailed:
         stop(proc)
         raise
-    return Target(name, "edge", ports["gateway"], proc, {"ports": ports, "workers": workers,
-                                                          "argv": argv})
+    extra = {"ports": ports, "workers": workers, "argv": argv}
+    if vhosts:
+        extra["virtual_services"] = vhosts[0]
+    return Target(name, "edge", ports["gateway"], proc, extra,
+                  host=confgen.VHOST_MEASURED if vhosts else None)
