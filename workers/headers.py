@@ -96,6 +96,7 @@ def upstream_request_headers(
     timeout_ms: int = 0,
     original_path: bytes | None = None,
     chunked: bool = False,
+    content_length: int | None = None,
     generate_request_id: bool = True,
     rng=None,
 
@@ -134,6 +135,8 @@ def upstream_request_headers(
         out.append((b"x-envoy-original-path", original_path))
     if chunked:
         out.append((b"transfer-encoding", b"chunked"))
+    elif content_length is not None:
+        out.append((b"content-length", b"%d" % content_length))
     if route_ops is not None:
         out = route_ops.apply(out)
     if destination_ops is not None:

@@ -614,7 +614,7 @@ class TryResult:
 class BodyState:
     """The client's request body across tries."""
 
-    __slots__ = ("present", "chunked", "complete", "buffer", "replayable", "consumed", "bytes", "client_failed", "upstream_failed")
+    __slots__ = ("present", "chunked", "complete", "buffer", "replayable", "consumed", "bytes", "client_failed", "upstream_failed", "dechunked")
 
     def __init__(self, present: bool, chunked: bool):
         self.present = present
@@ -626,10 +626,35 @@ class BodyState:
         self.bytes = 0
         self.client_failed = False
         self.upstream_failed = False
+        self.dechunked = False  # a chunked body read whole before forwarding goes upstream with its length
 
     @property
     def can_replay(self) -> bool:
         return not self.consumed or (self.complete and self.replayable)
+
+
+def _take_parsed_body(conn, body: BodyState) -> None:
+    """Take the body events the codec has already parsed, without I/O: a small body usually arrives in the
+    same read as its head, and read whole it is forwarded in one send (and can be replayed by a retry).
+    Stops at the replay-buffer limit; the rest is streamed, after these chunks."""
+    while body.bytes < RETRY_BUFFER_BYTES:
+        try:
+            event = conn.next_event()
+        except ProtocolError:
+            return  # the uploader meets the same error and answers it
+        if event is NEED_DATA:
+            return
+        if event is END_OF_MESSAGE:
+            body.complete = True
+            if body.chunked:
+                body.chunked = False
+                body.dechunked = True
+            return
+        if type(event) is not Data:
+            return
+        body.consumed = True
+        body.bytes += len(event.data)
+        body.buffer.append(bytes(event.data))
 
 
 class Exchange:
@@ -645,6 +670,8 @@ class Exchange:
         self.dest = dest
         self.cluster_rt = dest.cluster_runtime
         self.body = BodyState(req.body_present, req.chunked)
+        if self.body.present:
+            _take_parsed_body(down.conn, self.body)
 
         self.log = log
         self.policy = policy
@@ -665,6 +692,7 @@ class Exchange:
             timeout_ms=rt.timeout_ms,
             original_path=self.original_path,
             chunked=self.body.chunked,
+            content_length=self.body.bytes if self.body.dechunked else None,
             generate_request_id=worker.options.generate_request_id,
             rng=worker.rng,
             route_ops=rt.request_ops,
@@ -968,8 +996,10 @@ async def _exchange_streaming(ex: Exchange, upstream: UpstreamConnection, head: 
     pools = down.worker.pools
     result: TryResult | None = None
     client_gone = False
+    codec = upstream.codec
     try:
-        await upstream.transport.send_all(head)
+        # Body chunks the codec had parsed already go with the head; the uploader continues from there.
+        await upstream.transport.send_all(head + b"".join(codec.send_data(chunk) for chunk in body.buffer))
     except _EXCHANGE_ERRORS as exc:
         pools.discard(upstream)
         return _failure(exc)
@@ -1133,7 +1163,9 @@ async def _relay_response(ex: Exchange, upstream: UpstreamConnection, response: 
         destination_ops=ex.dest.response_ops,
         extra=ex.extra_response_headers,
     )
-    if worker.draining:
+    if worker.draining or not ex.body.complete:
+        # A request body still arriving when the response starts: the connection cannot be reused (the
+        # rest of the body is not read once the response is done), so the response says so.
         down.must_close = True
     clean = False
     try:

@@ -417,3 +417,38 @@ def test_http10_rejected_with_426_when_asked(tmp_path):
         with EdgeProcess(tmp_path, config, gateway_ports=(80,), extra_args=("--http10", "reject")) as edge:
             raw = _raw(edge.port(80), b"GET / HTTP/1.0\r\nHost: app.example.com\r\n\r\n")
             assert _status_of(raw) == 426
+
+
+def test_posts_keep_the_connection_alive(stack):
+    """Small request bodies arrive with their heads; the connection must stay usable for the next request
+    (a response that went out while the body was still being forwarded used to close it unannounced)."""
+    edge, _ = stack
+    body = os.urandom(1024)
+    with socket.create_connection(("127.0.0.1", edge.port(80)), timeout=5) as s:
+        conn = h11.Connection(h11.CLIENT)
+        for i in range(20):
+            s.sendall(conn.send(h11.Request(method="POST", target="/sha256", headers=[("host", "app.example.com"), ("content-length", str(len(body)))])) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+            received = b""
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = s.recv(65536)
+                    assert data, f"connection closed after {i} requests"
+                    conn.receive_data(data)
+                elif isinstance(event, h11.Response):
+                    assert event.status_code == 200
+                    assert b"close" not in dict(event.headers).get(b"connection", b"")
+                elif isinstance(event, h11.Data):
+                    received += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            assert json.loads(received)["sha256"] == hashlib.sha256(body).hexdigest()
+            conn.start_next_cycle()
+
+
+def test_chunked_body_read_whole_goes_upstream_with_a_length(stack):
+    edge, _ = stack
+    raw = _raw(edge.port(80), b"POST /headers HTTP/1.1\r\nHost: app.example.com\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    seen = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+    assert seen["body_bytes"] == 5
+    assert seen["headers"].get("content-length") == "5" and "transfer-encoding" not in seen["headers"]
