@@ -49,7 +49,10 @@
 # - SupervisorState holds everything the status, metrics and admin ports show; they read it, never change it.
 from __future__ import annotations
 
+import ctypes
 import errno
+import gc
+import hashlib
 import os
 import signal
 import socket
@@ -293,11 +296,28 @@ _FILE_CACHE = FileCache()  # parsed files by identity: a reload re-reads only wh
 
 def compile_config(paths: Sequence[str], settings: RunSettings) -> Compiled:
     """Load and compile the config files (blocking; runs in a thread). ConfigError carries every problem."""
-    loaded, result = load_and_compile(list(paths), settings.compile_options(), _FILE_CACHE)
-    diagnostics = [*loaded.diagnostics, *result.diagnostics]
-    if result.table is None or any(d.severity == ERROR for d in diagnostics):
-        raise ConfigError(diagnostics)
-    return Compiled(result.table, encode_table(result.table), tuple(loaded.files), diagnostic_lines(diagnostics, WARNING))
+    try:
+        loaded, result = load_and_compile(list(paths), settings.compile_options(), _FILE_CACHE)
+        diagnostics = [*loaded.diagnostics, *result.diagnostics]
+        if result.table is None or any(d.severity == ERROR for d in diagnostics):
+            raise ConfigError(diagnostics)
+        return Compiled(result.table, encode_table(result.table), tuple(loaded.files), diagnostic_lines(diagnostics, WARNING))
+    finally:
+        release_memory()
+
+
+def payload_digest(payload: bytes) -> bytes:
+    return hashlib.blake2b(payload, digest_size=16).digest()
+
+
+def release_memory() -> None:
+    """Give the compile's transient peak back to the system: the supervisor lives as long as the gateway, and
+    glibc keeps freed arenas otherwise (a 1,000-VirtualService compile left ~20 MiB behind)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def listener_addresses(table: RoutingTable) -> list[tuple[str, int]]:
@@ -391,7 +411,7 @@ class Supervisor:
         self.writer: TableWriter | None = None
         self.stats: StatsSegment | None = None
         self.live = LiveHistory()
-        self.payload = b""
+        self.payload_digest = b""  # of the published table: an unchanged compile is not republished
         self.notifier = SystemdNotifier.from_environ(environ)
         self.watchdog_s = watchdog_interval_s(environ, os.getpid())
         self.worker_env = {k: v for k, v in environ.items() if k not in SUPERVISOR_ONLY_ENV}
@@ -492,7 +512,7 @@ class Supervisor:
 
     def _adopt(self, compiled: Compiled, generation: int) -> None:
         self.dns.follow(compiled.source if compiled.source is not None else compiled.table)
-        self.payload = compiled.payload
+        self.payload_digest = payload_digest(compiled.payload)
         self.state.generation = generation
         self.state.table = compiled.table
         self.state.source_files = compiled.files
@@ -587,7 +607,7 @@ class Supervisor:
         compiled = await self._resolve_dns(compiled)
         if self.state.draining:
             return self._reload_done(number, "abandoned: draining")
-        if compiled.payload == self.payload:
+        if payload_digest(compiled.payload) == self.payload_digest:
             self.state.last_reload_ok = True
             return self._reload_done(number, f"configuration unchanged; generation {self.state.generation} stays")
         assert self.writer is not None
@@ -659,7 +679,7 @@ class Supervisor:
         source = self.dns.source
         table = self.dns.resolved()
         payload = encode_table(table)
-        if payload == self.payload:
+        if payload_digest(payload) == self.payload_digest:
             return
         try:
             generation = self.writer.publish(payload)

@@ -593,6 +593,7 @@ class TryResult:
 
     def __init__(self, kind: str, status: int = 0, reason: str = "", upstream: UpstreamConnection | None = None, response: Response | None = None):
         self.kind = kind
+
         self.status = status
         self.reason = reason
         self.upstream = upstream  # held only for a retriable response that was not sent
