@@ -33,6 +33,7 @@ from workers import headers as hdr
 from workers.http1 import CLOSED, END_OF_MESSAGE, NEED_DATA, REASONS, Data, InformationalResponse, ProtocolError, Request, Response
 from workers.netio import SocketTransport, Transport, TransportClosed
 from workers.paths import normalize_path, split_target
+from workers.tcp_proxy import splice_transports
 from workers.route_policies import FAULT_ABORT_BODY, PREFLIGHT_FORWARD, cors_preflight, cors_response_headers, decide_fault, grpc_abort_headers, hash_for_request
 from workers.upstream import ConnectFailure, Overflow, UpstreamConnection
 
@@ -1303,7 +1304,6 @@ async def _send_mirror(worker, cluster_rt, method: bytes, target: bytes, host: b
 # ---------------------------------------------------------------------------------------------------------
 
 UPGRADE_RESPONSE_HOP_BY_HOP = hdr.HOP_BY_HOP - {b"upgrade", b"connection"}
-SPLICE_BYTES = 64 * 1024
 
 
 async def _forward_upgrade(ex: Exchange) -> bool:
@@ -1368,38 +1368,14 @@ async def _splice_upgraded(ex: Exchange, upstream: UpstreamConnection, response:
     log.status = 101
     log.details = "via_upstream"
     try:
-        await down.transport.send_all(down.conn.send_switching(headers))
-        to_upstream = down.conn.take_switched_data()
-        to_client = upstream.codec.take_switched_data()
-        idle_s = worker.options.idle_timeout_s
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pump, down.transport, upstream.transport, to_upstream, idle_s, nursery.cancel_scope, log, False)
-            nursery.start_soon(_pump, upstream.transport, down.transport, to_client, idle_s, nursery.cancel_scope, log, True)
+        # The 101, then whatever the upstream sent behind it, go to the client in one send; what the client
+        # sent behind its handshake opens the upstream direction of the splice (tcp_proxy's, with its idle
+        # watchdog and half-close).
+        await down.transport.send_all(down.conn.send_switching(headers) + upstream.codec.take_switched_data())
+        splice = await splice_transports(down.transport, upstream.transport, worker.options.idle_timeout_s, initial=down.conn.take_switched_data())
+        log.bytes_received += splice.bytes_up
+        log.bytes_sent += splice.bytes_down
     except (ProtocolError, TransportClosed, trio.ClosedResourceError):
         pass
     finally:
         worker.pools.discard(upstream)
-
-
-async def _pump(src: Transport, dst: Transport, pending: bytes, idle_s: float, both: trio.CancelScope, log: RequestLog, to_client: bool) -> None:
-    """src → dst until src ends (then half-close dst). A reset on either side, or no byte for idle_s, ends
-    both directions."""
-    try:
-        if pending:
-            await dst.send_all(pending)
-        while True:
-            with trio.move_on_after(idle_s if idle_s > 0 else math.inf) as idle:
-                data = await src.recv(SPLICE_BYTES)
-            if idle.cancelled_caught:
-                both.cancel()
-                return
-            if not data:
-                await dst.send_eof()
-                return
-            if to_client:
-                log.bytes_sent += len(data)
-            else:
-                log.bytes_received += len(data)
-            await dst.send_all(data)
-    except (TransportClosed, trio.ClosedResourceError):
-        both.cancel()

@@ -217,3 +217,18 @@ async def open_tcp_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def set_tcp_keepalive(sock: socket.socket, keepalive: tuple[int, float, float]) -> None:
+    """DestinationRule tcp.tcpKeepalive: (probes, time_s, interval_s); 0 leaves the OS default."""
+    probes, idle_s, interval_s = keepalive
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if probes:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, int(probes))
+        if idle_s:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle_s)))
+        if interval_s:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(interval_s)))
+    except (OSError, AttributeError):  # a platform without the TCP_KEEP* options keeps its defaults
+        pass

@@ -32,7 +32,7 @@ import trio
 
 from edge.table import PROTO_TCP, L4Route, WeightedCluster
 from workers.access_log import TcpLog
-from workers.netio import SocketTransport, Transport, TransportClosed, open_tcp_socket
+from workers.netio import SocketTransport, Transport, TransportClosed, open_tcp_socket, set_tcp_keepalive
 
 if TYPE_CHECKING:
     from workers.main import Worker
@@ -135,22 +135,8 @@ async def _open_upstream(worker: Worker, compiled: Compiled, route: L4Route, log
     balancer.on_finish(index, STATUS_CONNECTED, trio.current_time())
     balancer.on_start(index)
     if cluster.pool.tcp_keepalive is not None:
-        _set_keepalive(sock, cluster.pool.tcp_keepalive)
+        set_tcp_keepalive(sock, cluster.pool.tcp_keepalive)
     return _Upstream(sock, transport, cluster_rt, index)
-
-
-def _set_keepalive(sock: socket.socket, keepalive: tuple[int, float, float]) -> None:
-    probes, idle_s, interval_s = keepalive
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if probes:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, int(probes))
-        if idle_s:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle_s)))
-        if interval_s:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(interval_s)))
-    except (OSError, AttributeError):
-        pass
 
 
 def _close(sock: socket.socket) -> None:

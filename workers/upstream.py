@@ -20,14 +20,13 @@
 from __future__ import annotations
 
 import math
-import socket
 import ssl
 import time
 
 import trio
 
 from edge.table import UNLIMITED, ConnectionPool
-from workers.netio import SocketTransport, StreamTransport, Transport, open_tcp_socket
+from workers.netio import SocketTransport, StreamTransport, Transport, open_tcp_socket, set_tcp_keepalive
 
 MAX_IDLE_PER_ENDPOINT = 256
 # An idle connection is probed (a non-blocking read) before reuse only when it sat idle this long: a server
@@ -183,7 +182,7 @@ class UpstreamPools:
             with trio.fail_after(connect_timeout_s if connect_timeout_s > 0 else 3600):
                 sock = await open_tcp_socket(address, port)
                 if keepalive is not None:
-                    _set_keepalive(sock, keepalive)
+                    set_tcp_keepalive(sock, keepalive)
                 transport: Transport
                 if tls is None:
                     transport = SocketTransport(sock)
@@ -261,14 +260,3 @@ class UpstreamPools:
             "reuses": sum(p.reuses for p in self.pools.values()),
         }
 
-
-def _set_keepalive(sock: socket.socket, keepalive: tuple) -> None:
-    """DestinationRule tcp.tcpKeepalive: (probes, time_s, interval_s); 0 leaves the OS default."""
-    probes, idle_s, interval_s = keepalive
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    if probes:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, int(probes))
-    if idle_s:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle_s)))
-    if interval_s:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(interval_s)))
