@@ -305,13 +305,11 @@ class Options(Frozen):
     server_header: str = "istio-envoy"  # `server` on every response; "" = pass the upstream's through
     accept_http10: bool = True  # False reproduces Istio's 426 for HTTP/1.0 (PILOT_HTTP10 unset)
     shadow_host_suffix: bool = False  # True = Istio ≤1.27 `-shadow` Host on mirrored requests
-    num_trusted_proxies: int = 0
     max_request_headers_bytes: int = 60 * 1024
     max_connections_per_worker: int = 10_000
     request_headers_timeout_s: float = 10.0
 
     idle_timeout_s: float = 3600.0
-    stream_idle_timeout_s: float = 0.0  # 0 = disabled (Istio sets Envoy's stream_idle_timeout to 0)
     tls_handshake_timeout_s: float = 15.0
     reject_underscore_headers: bool = True
     generate_request_id: bool = True
