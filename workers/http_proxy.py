@@ -55,8 +55,6 @@ BODY_OVERFLOW = b"upstream connect error or disconnect/reset before headers. res
 BODY_TIMEOUT = b"upstream request timeout"
 BODY_PROTOCOL_ERROR = b"upstream connect error or disconnect/reset before headers. reset reason: protocol error"
 
-STATUS_REASONS = REASONS
-
 
 class ClientGone(Exception):
     """The downstream client closed or reset while its request was in flight."""
@@ -65,7 +63,7 @@ class ClientGone(Exception):
 class RequestInfo:
     """The request as the router and the log see it."""
 
-    __slots__ = ("method", "path", "query", "authority", "scheme", "headers", "method_bytes", "target", "path_bytes", "host", "http_version", "port", "body_present", "chunked", "upgrade")
+    __slots__ = ("method", "path", "query", "authority", "scheme", "headers", "path_bytes", "host", "port", "body_present", "chunked", "upgrade")
 
 
 class RequestLog:
@@ -302,12 +300,9 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
     worker = down.worker
     compiled = worker.view.current()
     req = RequestInfo()
-    req.method_bytes = request.method
     req.method = request.method.decode("ascii", "replace")
-    req.http_version = request.http_version
     req.headers = request.headers
     req.scheme = down.scheme
-    req.target = request.target
     authority_from_target, raw_path, raw_query = split_target(request.target)
     # One pass over the headers for everything the gateway itself needs from them.
     host_header = None
@@ -506,7 +501,7 @@ async def _local_reply(
     if request is not None and conn.request_body_pending and not down.must_close:
         if not await _drain_request_body(down, limit=RETRY_BUFFER_BYTES):
             down.must_close = True
-    data = conn.send_response(status, STATUS_REASONS.get(status, b""), headers, close=down.must_close)
+    data = conn.send_response(status, REASONS.get(status, b""), headers, close=down.must_close)
     if body:
         data += conn.send_data(body)
     data += conn.send_end()
@@ -517,7 +512,7 @@ async def _local_reply(
 async def _send_raw_reply(down: Downstream, log: RequestLog, status: int, body: bytes, close: bool = True) -> None:
     """A reply when the codec's state is unusable (after a protocol error)."""
     log.status = status
-    reason = STATUS_REASONS.get(status, b"")
+    reason = REASONS.get(status, b"")
     head = b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\ndate: %s\r\n" % (status, reason, len(body), _http_date())
     if down.worker.server_header:
         head += b"server: " + down.worker.server_header + b"\r\n"

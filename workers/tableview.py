@@ -15,8 +15,8 @@ import re
 import sys
 from typing import Callable
 
+from edge.control import listener_key
 from edge.table import (
-    ACTION_FORWARD,
     Cluster,
     FilterChain,
     Listener,
@@ -27,15 +27,11 @@ from edge.table import (
     decode_table,
 )
 from workers.balance import Balancer
-from workers.headers import CompiledHeaderOps, compile_rules
+from workers.headers import compile_rules
 from workers.route_policies import CompiledCors
 from workers.router import Router
 
 from workers.upstream import Circuit
-
-
-def listener_key(listener: Listener) -> str:
-    return f"{listener.bind}:{listener.port}"
 
 
 class RouteRuntime:
@@ -97,7 +93,7 @@ class ListenerRuntime:
 
     def __init__(self, listener: Listener):
         self.listener = listener
-        self.key = listener_key(listener)
+        self.key = listener_key(listener.bind, listener.port)
         self.router = Router(listener.route_config) if listener.route_config is not None else None
         self.chains = tuple(ChainRuntime(c) for c in listener.filter_chains)
 
@@ -110,7 +106,7 @@ class Compiled:
         self.table = table
         self.options = table.options
         self.server_header = table.options.server_header.encode()
-        self.listeners = {listener_key(l): ListenerRuntime(l) for l in table.listeners}
+        self.listeners = {listener_key(l.bind, l.port): ListenerRuntime(l) for l in table.listeners}
         old_clusters = previous.clusters if previous is not None else {}
         self.clusters = {name: ClusterRuntime(c, old_clusters.get(name), table.options.workers) for name, c in table.clusters.items()}
         self.routes: dict[int, RouteRuntime] = {}
@@ -174,4 +170,3 @@ class TableView:
             self.on_change(compiled)
 
 
-__all__ = ["TableView", "Compiled", "RouteRuntime", "ClusterRuntime", "ListenerRuntime", "listener_key", "ACTION_FORWARD", "CompiledHeaderOps"]

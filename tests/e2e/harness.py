@@ -49,6 +49,7 @@ DEFAULT_WORKERS = 2
 
 _RELOAD_START = re.compile(r"^edge: reload #(\d+) \((.*)\)$", re.MULTILINE)
 _PUBLISHED = re.compile(r"generation (\d+) published")
+_UNCHANGED = re.compile(r"configuration unchanged; generation (\d+) stays")
 _SERVED = re.compile(r"^edge: (?:generation (\d+) is served by every worker|ready: \d+ worker\(s\) serve generation (\d+))$", re.MULTILINE)
 
 
@@ -368,10 +369,19 @@ class EdgeProcess:
         outcome = re.compile(rf"^edge: reload #{start.group(1)}: (.*)$", re.MULTILINE).search(log, start.end())
         if outcome is None:
             return None
+        unchanged = _UNCHANGED.fullmatch(outcome.group(1))
+        if unchanged is not None:
+            # The file watch may have picked up the same edit first (a reload already running when the file
+            # was replaced reads the new text); then that reload's publication is this signal's outcome.
+            earlier = re.compile(rf"^edge: reload #\d+: (generation {unchanged.group(1)} published.*)$", re.MULTILINE)
+            overtaken = earlier.search(log, after, outcome.start())
+            if overtaken is None:
+                return outcome.group(1)
+            outcome = overtaken
         published = _PUBLISHED.search(outcome.group(1))
         if published is None:
             return outcome.group(1)
-        served = [int(a or b) for a, b in _SERVED.findall(log, start.end())]
+        served = [int(a or b) for a, b in _SERVED.findall(log, after)]
         if served and max(served) >= int(published.group(1)):
             return outcome.group(1)
         return None
