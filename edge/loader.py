@@ -54,6 +54,19 @@ class _YamlLoader(_BaseLoader):  # type: ignore[misc, valid-type]
         return tag
 
 
+class _Constructor(yaml.constructor.SafeConstructor):
+    """PyYAML's safe constructor, except that a scalar its explicit tag cannot hold (`!!int x`,
+    `!!timestamp 2026-13-45`) is a YAML error at that scalar's line, not a ValueError from int()."""
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            shown = f"{tag} {node.value}" if isinstance(node, yaml.ScalarNode) else tag
+            raise yaml.constructor.ConstructorError(None, None, f"{shown}: {exc}", node.start_mark) from None
+
+
 # Keys that are mesh- or Kubernetes-only wherever they appear in a spec, with why they do nothing here.
 MESH_ONLY_KEYS: dict[str, str] = {
     "exportTo": "namespace visibility is a Kubernetes mesh setting; every resource is visible here",
@@ -161,9 +174,26 @@ def load_paths(paths: list[str], cache: FileCache | None = None) -> LoadResult:
 
 
 def load_text(text: str, path: str, result: LoadResult) -> None:
-    """Parse one file's text and append its resources and diagnostics to `result`."""
+    """Parse one file's text and append its resources and diagnostics to `result`.
+
+    Documents are composed and converted one at a time (with one of look-ahead, to know whether the file holds
+    several) so a file of thousands of documents never has all its node trees alive at once. A YAML syntax
+    error anywhere in the file fails the whole file with that one diagnostic, as if nothing had been read."""
+    one = LoadResult()
     try:
-        nodes = [n for n in yaml.compose_all(text, Loader=_YamlLoader) if n is not None]
+        documents = (n for n in yaml.compose_all(text, Loader=_YamlLoader) if n is not None)
+        first = next(documents, None)
+        second = next(documents, None)
+        multi = second is not None
+        index = 0
+        for node in (first, second):
+            if node is not None:
+                _load_document(node, path, index, multi, one)
+                index += 1
+        del first, second
+        for node in documents:
+            _load_document(node, path, index, multi, one)
+            index += 1
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else 1
@@ -172,16 +202,19 @@ def load_text(text: str, path: str, result: LoadResult) -> None:
         message = f"invalid YAML: {context + ', ' if context else ''}{reason}"
         result.diagnostics.append(Diagnostic(severity=ERROR, file=path, line=line, message=message))
         return
-    multi = len(nodes) > 1
-    for index, node in enumerate(nodes):
-        try:
-            obj = yaml.constructor.SafeConstructor().construct_document(node)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = mark.line + 1 if mark is not None else node.start_mark.line + 1
-            result.diagnostics.append(Diagnostic(severity=ERROR, file=path, line=line, message=f"invalid YAML: {exc}"))
-            continue
-        _load_object(obj, node, path, index, multi, result)
+    result.resources.extend(one.resources)
+    result.diagnostics.extend(one.diagnostics)
+
+
+def _load_document(node: yaml.Node, path: str, index: int, multi: bool, result: LoadResult) -> None:
+    try:
+        obj = _Constructor().construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else node.start_mark.line + 1
+        result.diagnostics.append(Diagnostic(severity=ERROR, file=path, line=line, message=f"invalid YAML: {exc}"))
+        return
+    _load_object(obj, node, path, index, multi, result)
 
 
 def _load_object(obj: Any, node: yaml.Node, path: str, doc: int, multi: bool, result: LoadResult) -> None:

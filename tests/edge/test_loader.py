@@ -39,6 +39,33 @@ def test_multi_document_files_keep_document_order_and_lines():
     assert [r.api_version for r in result.resources] == ["networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]
 
 
+NAMELESS = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {}\nspec: {}\n"
+
+
+@pytest.mark.parametrize(
+    "text, expected_names, expected_diagnostics",
+    [
+        # One document: no "(document N)" in its messages.
+        (NAMELESS, [], [(ERROR, 3, "Gateway: metadata.name is required")]),
+        # Several: each message says which document (an empty document between two `---` counts).
+        ("---\n" + GW + "---\n---\n" + NAMELESS, ["gw"], [(ERROR, 14, "Gateway (document 3): metadata.name is required")]),
+        (NAMELESS + "---\n" + GW, ["gw"], [(ERROR, 3, "Gateway (document 1): metadata.name is required")]),
+        # A syntax error in a later document fails the whole file with that one message, after earlier documents
+        # (one of them broken) were already converted.
+        (NAMELESS + "---\n" + GW + "---\nkind: [\n", [], [(ERROR, 16, "invalid YAML: while parsing a flow node, did not find expected node content")]),
+        # A value its explicit tag cannot hold, or an unknown tag, loses only its own document.
+        (GW + "---\nkind: Gateway\nport: !!int x\n", ["gw"], [(ERROR, 11, "invalid YAML: !!int x: invalid literal for int() with base 10: 'x'")]),
+        (GW + "---\nkind: Gateway\nwhen: !!timestamp 2026-13-45\n", ["gw"], [(ERROR, 11, "invalid YAML: !!timestamp 2026-13-45: month must be in 1..12")]),
+        (GW + "---\nkind: !thing x\n", ["gw"], [(ERROR, 10, "invalid YAML: could not determine a constructor for the tag '!thing'")]),
+    ],
+    ids=["single", "multi-later", "multi-first", "late-syntax-error", "bad-int", "bad-timestamp", "unknown-tag"],
+)
+def test_documents_are_converted_one_at_a_time_with_the_same_outcome(text, expected_names, expected_diagnostics):
+    result = load(text)
+    assert [r.name for r in result.resources] == expected_names
+    assert [(d.severity, d.line, d.message.split("\n")[0]) for d in result.diagnostics] == expected_diagnostics
+
+
 def test_kubectl_lists_are_flattened():
     text = """\
     apiVersion: v1
