@@ -95,22 +95,29 @@ def format_start_time(t: float) -> str:
 _WANTED_HEADERS = {b"host": 0, b"user-agent": 1, b"x-request-id": 2, b"x-forwarded-for": 3}
 
 
-def request_headers(log) -> tuple[str, str, str, str]:
-    """(authority, user agent, request id, x-forwarded-for) of a RequestLog, "-" when absent.
+def request_headers(log, missing="-") -> tuple:
+    """(authority, user agent, request id, x-forwarded-for) of a RequestLog, `missing` when absent.
 
     One pass over the request's headers instead of one scan per field (RequestLog derives each field lazily,
     which is what a request that is not logged wants; a logged one wants all four). Repeated headers are
     joined with ", " as RequestLog does. Records without a request (tests, TCP) use their attributes."""
     request = getattr(log, "request", None)
     if request is None or not request.target.startswith(b"/"):  # absolute-form: RequestLog knows the rules
-        return log.authority, log.user_agent, log.request_id, log.x_forwarded_for
+        found = (log.authority, log.user_agent, log.request_id, log.x_forwarded_for)
+        return found if missing == "-" else tuple(_NULL.get(v, v) for v in found)
     found: list = [None, None, None, None]
     wanted = _WANTED_HEADERS
     for name, value in request.headers:
         index = wanted.get(name)
         if index is not None:
             found[index] = value if found[index] is None else found[index] + b", " + value
-    return tuple(v.decode("latin-1") if v is not None else "-" for v in found)  # type: ignore[return-value]
+    a, u, r, x = found
+    return (
+        a.decode("latin-1") if a is not None else missing,
+        u.decode("latin-1") if u is not None else missing,
+        r.decode("latin-1") if r is not None else missing,
+        x.decode("latin-1") if x is not None else missing,
+    )
 
 
 def format_text(log) -> str:
@@ -134,38 +141,45 @@ def format_tcp_text(log: TcpLog) -> str:
     )
 
 
+# JSON writes a missing value ("-" in the TEXT format, or empty) as null; a dict probe costs less than a call.
+_NULL = {"-": None, "": None}
+
+
 def _null(value: str):
-    return None if value == "-" or not value else value
+    return _NULL.get(value, value)
 
 
 def json_record(log) -> dict:
     service = log.service_time_ms
-    authority, user_agent, request_id, xff = request_headers(log)
+    authority, user_agent, request_id, xff = request_headers(log, None)
+    null = _NULL.get
+    route, flags, details, host, cluster = log.route_name, log.flags, log.details, log.upstream_host, log.upstream_cluster
+    local, remote, sni, method, path = log.downstream_local, log.downstream_remote, log.sni, log.method, log.path
     return {
         "start_time": _clock.format(log.start),
-        "route_name": _null(log.route_name),
-        "method": _null(log.method),
-        "path": _null(log.path),
-        "protocol": _null(log.protocol),
+        "route_name": null(route, route),
+        "method": null(method, method),
+        "path": null(path, path),
+        "protocol": log.protocol,
         "response_code": log.status,
-        "response_flags": _null(log.flags),
-        "response_code_details": _null(log.details),
+        "response_flags": null(flags, flags),
+        "response_code_details": null(details, details),
         "connection_termination_details": None,
         "upstream_transport_failure_reason": None,
         "bytes_received": log.bytes_received,
         "bytes_sent": log.bytes_sent,
         "duration": log.duration_ms,
         "upstream_service_time": service if service >= 0 else None,
-        "x_forwarded_for": _null(xff),
-        "user_agent": _null(user_agent),
-        "request_id": _null(request_id),
-        "authority": _null(authority),
-        "upstream_host": _null(log.upstream_host),
-        "upstream_cluster": _null(log.upstream_cluster),
+        "x_forwarded_for": xff,
+        "user_agent": user_agent,
+        "request_id": request_id,
+        "authority": authority,
+        "upstream_host": null(host, host),
+        "upstream_cluster": null(cluster, cluster),
         "upstream_local_address": None,
-        "downstream_local_address": _null(log.downstream_local),
-        "downstream_remote_address": _null(log.downstream_remote),
-        "requested_server_name": _null(log.sni),
+        "downstream_local_address": null(local, local),
+        "downstream_remote_address": null(remote, remote),
+        "requested_server_name": null(sni, sni),
     }
 
 
