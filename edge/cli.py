@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", default=None, metavar="SECONDS", help="close client connections idle this long (default 3600, Envoy's)")
     p.add_argument("--max-connections-per-worker", default=None, metavar="N", help="stop accepting above this many client connections per worker (default 10000)")
     p.add_argument("--http-codec", default=None, choices=("h11", "httptools"), help="HTTP/1.1 engine: h11 (default, the reference) or httptools (faster; pip install 'edge[fast]')")
+    p.add_argument("--num-trusted-proxies", default=None, metavar="N", help="proxies in front of edge whose X-Forwarded-For entries are trusted (Istio's gatewayTopology.numTrustedProxies; default 0)")
+    p.add_argument("--preserve-external-request-id", action="store_true", default=None, help="keep a client's x-request-id instead of replacing it (Envoy's preserve_external_request_id)")
     p.set_defaults(handler=cmd_run)
     return parser
 
@@ -485,6 +487,8 @@ def cmd_run(args) -> int:
         "idle_timeout": args.idle_timeout,
         "max_connections_per_worker": args.max_connections_per_worker,
         "http_codec": args.http_codec,
+        "num_trusted_proxies": args.num_trusted_proxies,
+        "preserve_external_request_id": args.preserve_external_request_id,
 
     }
 

@@ -25,6 +25,7 @@ ACCESS_LOG_STDOUT = "-"
 ACCESS_LOG_FORMATS = ("text", "json")
 HTTP10_MODES = ("accept", "reject")
 HTTP_CODECS = ("h11", "httptools")
+MAX_TRUSTED_PROXIES = 64  # an X-Forwarded-For longer than the head limit allows is no use
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -56,6 +57,8 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     idle_timeout_s: float = 3600.0  # client connections with no request in flight (Envoy's default)
     max_connections_per_worker: int = 10_000
     http_codec: str = "h11"  # "h11" (the reference) or "httptools" (the accelerated codec, edge[fast])
+    num_trusted_proxies: int = 0  # Istio's gatewayTopology.numTrustedProxies: X-Forwarded-For hops trusted
+    preserve_external_request_id: bool = False  # Envoy's option: keep a client's x-request-id
 
     def table_options(self):
         """The per-table switches workers read (edge.table.Options)."""
@@ -69,6 +72,8 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
             request_headers_timeout_s=self.request_headers_timeout_s,
             idle_timeout_s=self.idle_timeout_s,
             max_connections_per_worker=self.max_connections_per_worker,
+            num_trusted_proxies=self.num_trusted_proxies,
+            preserve_external_request_id=self.preserve_external_request_id,
             workers=self.workers,
         )
 
@@ -236,6 +241,17 @@ def build_settings(flags: Mapping[str, object], environ: Mapping[str, str] | Non
     value, where = pick("server_header", "--server-header")
     if value is not None:
         kw["server_header"] = str(value)
+    value, where = pick("num_trusted_proxies", "--num-trusted-proxies")
+    if value is not None:
+        try:
+            kw["num_trusted_proxies"] = int(value)
+        except ValueError:
+            raise SettingsError(f"{where}: {value!r} is not a number") from None
+        if not 0 <= kw["num_trusted_proxies"] <= MAX_TRUSTED_PROXIES:
+            raise SettingsError(f"{where}: must be between 0 and {MAX_TRUSTED_PROXIES}")
+    value, where = pick("preserve_external_request_id", "--preserve-external-request-id")
+    if value is not None:
+        kw["preserve_external_request_id"] = value if isinstance(value, bool) else parse_bool(str(value), where)
     value, where = pick("cluster_domain", "--cluster-domain")
     if value is not None:
         if not str(value) or str(value).startswith(".") or str(value).endswith("."):

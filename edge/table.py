@@ -313,6 +313,8 @@ class Options(Frozen):
     tls_handshake_timeout_s: float = 15.0
     reject_underscore_headers: bool = True
     generate_request_id: bool = True
+    num_trusted_proxies: int = 0  # X-Forwarded-For entries from the right that trusted proxies appended
+    preserve_external_request_id: bool = False  # keep a client's x-request-id (Envoy's option; Istio: off)
     cluster_domain: str = "cluster.local"
     workers: int = 1  # worker processes sharing per-gateway limits (circuit breakers are divided by it)
 

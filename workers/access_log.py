@@ -100,7 +100,8 @@ def request_headers(log, missing="-") -> tuple:
 
     One pass over the request's headers instead of one scan per field (RequestLog derives each field lazily,
     which is what a request that is not logged wants; a logged one wants all four). Repeated headers are
-    joined with ", " as RequestLog does. Records without a request (tests, TCP) use their attributes."""
+    joined with ", " as RequestLog does; X-Request-Id and X-Forwarded-For are the values sent upstream once the
+    request got that far. Records without a request (tests, TCP) use their attributes."""
     request = getattr(log, "request", None)
     if request is None or not request.target.startswith(b"/"):  # absolute-form: RequestLog knows the rules
         found = (log.authority, log.user_agent, log.request_id, log.x_forwarded_for)
@@ -112,6 +113,9 @@ def request_headers(log, missing="-") -> tuple:
         if index is not None:
             found[index] = value if found[index] is None else found[index] + b", " + value
     a, u, r, x = found
+    forwarded = getattr(log, "forwarded", None)
+    if forwarded is not None:  # logged as forwarded upstream, like Envoy's %REQ(...)% after its header changes
+        r, x = forwarded.request_id, forwarded.xff
     return (
         a.decode("latin-1") if a is not None else missing,
         u.decode("latin-1") if u is not None else missing,

@@ -4,10 +4,16 @@
 # - Hop-by-hop headers never cross the proxy, in either direction: Connection and every name it lists,
 #   Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding and Upgrade. Message framing is re-done by
 #   the codec on each side (Content-Length is kept and checked by the codec; chunked is re-chunked).
-# - Requests going upstream: X-Forwarded-For gets the peer address appended, X-Forwarded-Proto is set to the
-#   downstream scheme, X-Request-Id is generated when absent, X-Envoy-Attempt-Count counts tries, Expect is
-#   dropped (the gateway answers 100-continue itself, as Envoy does by default), the Host is the request's
-#   or the route's rewrite.
+# - Requests going upstream are edge requests, as at an Istio gateway (Envoy's HCM with use_remote_address and,
+#   since Envoy 1.33, no address counted internal): X-Forwarded-For gets the peer address appended (","),
+#   X-Envoy-External-Address is the trusted client address, X-Forwarded-Proto is the downstream scheme (a
+#   client's value is kept only with trusted proxies), X-Request-Id is replaced by a fresh UUID unless
+#   --preserve-external-request-id, Envoy's control headers (x-envoy-retry-on, …-rq-timeout-ms, …) are
+#   stripped, X-Envoy-Attempt-Count counts tries, Expect is dropped (the gateway answers 100-continue itself,
+#   as Envoy does by default), the Host is the request's or the route's rewrite.
+# - The trusted client address (gatewayTopology.numTrustedProxies = N, --num-trusted-proxies): with N = 0 the
+#   peer; with N > 0 the N-th address from the right of the X-Forwarded-For the request arrived with, or the
+#   peer when that entry is missing or not an IP address (Envoy's getLastAddressFromXFF).
 # - Route header operations run after the proxy's own, route level first and destination level second, so
 #   a destination `set` wins (Istio appends destination operations after the route's).
 # - Responses going downstream: `server` is overwritten with the configured name, x-envoy-upstream-service-time
@@ -16,6 +22,7 @@
 #   or encodes on the request path except values the request itself brings.
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Iterable
 
@@ -27,7 +34,16 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
 # Request headers the proxy sets itself, so a client's copy is dropped first.
-PROXY_SET_REQUEST = frozenset({b"host", b"expect", b"x-forwarded-proto", b"x-envoy-attempt-count", b"x-envoy-expected-rq-timeout-ms", b"x-envoy-original-path", b"x-envoy-internal", b"x-envoy-external-address", b"x-forwarded-client-cert"})
+PROXY_SET_REQUEST = frozenset({b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", b"x-envoy-attempt-count", b"x-envoy-expected-rq-timeout-ms", b"x-envoy-original-path", b"x-envoy-internal", b"x-envoy-external-address", b"x-forwarded-client-cert"})
+# Envoy's control headers, which an edge request may not carry (Envoy's cleanInternalHeaders).
+EDGE_STRIPPED_REQUEST = frozenset({
+    b"x-envoy-decorator-operation", b"x-envoy-downstream-service-cluster", b"x-envoy-downstream-service-node",
+    b"x-envoy-retriable-status-codes", b"x-envoy-retriable-header-names", b"x-envoy-retry-on", b"x-envoy-retry-grpc-on",
+    b"x-envoy-max-retries", b"x-envoy-upstream-alt-stat-name", b"x-envoy-upstream-rq-timeout-ms",
+    b"x-envoy-upstream-rq-per-try-timeout-ms", b"x-envoy-upstream-rq-timeout-alt-response",
+    b"x-envoy-force-trace", b"x-envoy-ip-tags", b"x-envoy-original-url", b"x-envoy-hedge-on-per-try-timeout",
+})  # fmt: skip
+_DROPPED_REQUEST = PROXY_SET_REQUEST | EDGE_STRIPPED_REQUEST
 PROXY_SET_RESPONSE = frozenset({b"x-envoy-upstream-service-time"})
 
 _EMPTY: frozenset[bytes] = frozenset()
@@ -86,47 +102,99 @@ def new_request_id(rng=None) -> bytes:
     return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
+class Forwarded:
+    """Where a request came from, as the gateway tells the upstream and the access log; decided once per request
+    by forwarded_for()."""
+
+    __slots__ = ("client_ip", "client_from_xff", "xff", "proto", "scheme", "request_id")
+
+    client_ip: bytes  # the trusted client address: x-envoy-external-address, consistent hashing by source IP
+    client_from_xff: bool  # client_ip was taken from X-Forwarded-For (then it has no port: Envoy logs "ip:0")
+    xff: bytes  # X-Forwarded-For sent upstream
+    proto: bytes  # X-Forwarded-Proto sent upstream
+    scheme: str  # the request's scheme for routing and redirects ("http" or "https")
+    request_id: bytes | None  # X-Request-Id sent upstream (None: generation disabled and the client sent none)
+
+
+def trusted_client_address(xff: bytes, trusted_hops: int) -> bytes | None:
+    """The `trusted_hops`-th address from the right of an X-Forwarded-For value, normalised, or None when the
+    list is shorter or that entry is not an IP address."""
+    parts = xff.split(b",")
+    if trusted_hops < 1 or len(parts) < trusted_hops:
+        return None
+    candidate = parts[-trusted_hops].strip()
+    try:
+        address = ipaddress.ip_address(candidate.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if getattr(address, "scope_id", None):  # inet_pton, which Envoy uses, takes no "%zone"
+        return None
+    return address.compressed.encode()
+
+
+def forwarded_for(
+    client_xff: bytes | None,
+    client_xfp: bytes | None,
+    client_request_id: bytes | None,
+    *,
+    peer_ip: bytes,
+    scheme: bytes,
+    trusted_hops: int = 0,
+    generate_request_id: bool = True,
+    preserve_request_id: bool = False,
+    rng=None,
+) -> Forwarded:
+    """The edge-request decisions for one request (see the module comment), from the client's own
+    X-Forwarded-For / X-Forwarded-Proto / X-Request-Id values (repeated headers joined with ",")."""
+    out = Forwarded()
+    client_ip = trusted_client_address(client_xff, trusted_hops) if trusted_hops and client_xff is not None else None
+    out.client_from_xff = client_ip is not None
+    out.client_ip = client_ip if client_ip is not None else peer_ip
+    out.xff = peer_ip if client_xff is None else client_xff + b"," + peer_ip
+    # Only a trusted proxy's X-Forwarded-Proto survives; the scheme follows it when it names one.
+    proto = client_xfp if trusted_hops and client_xfp is not None else scheme
+    out.proto = proto
+    lowered = proto.lower()
+    out.scheme = "https" if lowered == b"https" else "http" if lowered == b"http" else scheme.decode("ascii")
+    if not generate_request_id or (preserve_request_id and client_request_id is not None):
+        out.request_id = client_request_id
+    else:
+        out.request_id = new_request_id(rng)
+    return out
+
+
 def upstream_request_headers(
     headers: list[Header],
     *,
     host: bytes,
-    peer_ip: bytes,
-    scheme: bytes,
+    forwarded: Forwarded,
     attempt: int = 1,
     timeout_ms: int = 0,
     original_path: bytes | None = None,
     chunked: bool = False,
     content_length: int | None = None,
-    generate_request_id: bool = True,
-    rng=None,
-
     route_ops: CompiledHeaderOps | None = None,
     destination_ops: CompiledHeaderOps | None = None,
 ) -> list[Header]:
     """The header list sent upstream for one try; `headers` is the client's list (not modified)."""
     out: list[Header] = [(b"host", host)]
-    xff: bytes | None = None
-    has_request_id = False
     connection: list[bytes] | None = None
+    dropped = _DROPPED_REQUEST
     for name, value in headers:
-        if name in HOP_BY_HOP or name in PROXY_SET_REQUEST:
+        if name in HOP_BY_HOP or name in dropped:
             if name == b"connection":
                 (connection := connection or []).append(value)
             continue
-        if name == b"x-forwarded-for":
-            xff = value if xff is None else xff + b", " + value
-            continue
-        if name == b"x-request-id":
-            has_request_id = True
         out.append((name, value))
     if connection is not None:
         listed = connection_tokens((b"connection", v) for v in connection) - HOP_BY_HOP
         if listed:  # names the client marked hop-by-hop (usually only keep-alive, which is one anyway)
             out = [h for h in out if h[0] not in listed]
-    out.append((b"x-forwarded-for", peer_ip if xff is None else xff + b", " + peer_ip))
-    out.append((b"x-forwarded-proto", scheme))
-    if not has_request_id and generate_request_id:
-        out.append((b"x-request-id", new_request_id(rng)))
+    out.append((b"x-forwarded-for", forwarded.xff))
+    out.append((b"x-forwarded-proto", forwarded.proto))
+    out.append((b"x-envoy-external-address", forwarded.client_ip))
+    if forwarded.request_id is not None:
+        out.append((b"x-request-id", forwarded.request_id))
     if attempt:
         out.append((b"x-envoy-attempt-count", str(attempt).encode()))
     if timeout_ms:

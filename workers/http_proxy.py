@@ -63,7 +63,7 @@ class ClientGone(Exception):
 class RequestInfo:
     """The request as the router and the log see it."""
 
-    __slots__ = ("method", "path", "query", "authority", "scheme", "headers", "path_bytes", "host", "port", "body_present", "chunked", "upgrade")
+    __slots__ = ("method", "path", "query", "authority", "scheme", "headers", "path_bytes", "host", "port", "body_present", "chunked", "upgrade", "forwarded")
 
 
 class RequestLog:
@@ -83,6 +83,7 @@ class RequestLog:
     attempts = 0
     duration_ms = 0
     original_path = "-"
+    forwarded: "hdr.Forwarded | None" = None  # once the request got that far: what went upstream
 
     def __init__(self, start: float, down: "Downstream | None" = None, request: "Request | None" = None):
         self.start = start
@@ -119,16 +120,26 @@ class RequestLog:
     def user_agent(self) -> str:
         return self._header(b"user-agent")
 
+    # X-Forwarded-For, X-Request-Id and the remote address are logged as the gateway forwarded them
+    # (Envoy's access log reads the request headers after its connection manager changed them).
     @property
     def request_id(self) -> str:
-        return self._header(b"x-request-id")
+        fwd = self.forwarded
+        if fwd is None:
+            return self._header(b"x-request-id")
+        return fwd.request_id.decode("latin-1") if fwd.request_id is not None else "-"
 
     @property
     def x_forwarded_for(self) -> str:
-        return self._header(b"x-forwarded-for")
+        fwd = self.forwarded
+        return fwd.xff.decode("latin-1") if fwd is not None else self._header(b"x-forwarded-for")
 
     @property
     def downstream_remote(self) -> str:
+        fwd = self.forwarded
+        if fwd is not None and fwd.client_from_xff:
+            ip = fwd.client_ip.decode("latin-1")
+            return f"[{ip}]:0" if ":" in ip else f"{ip}:0"
         down = self.down
         return f"{down.peer[0]}:{down.peer[1]}" if down is not None and down.peer else "-"
 
@@ -302,14 +313,13 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
     req = RequestInfo()
     req.method = request.method.decode("ascii", "replace")
     req.headers = request.headers
-    req.scheme = down.scheme
     authority_from_target, raw_path, raw_query = split_target(request.target)
     # One pass over the headers for everything the gateway itself needs from them.
     host_header = None
     head_size = len(request.target)
     content_length = None
     chunked = underscore = False
-    upgrade = None
+    upgrade = xff = xfp = request_id = None
     for name, value in request.headers:
         head_size += len(name) + len(value) + 4
         if name == b"host":
@@ -320,6 +330,12 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
             chunked = True
         elif name == b"upgrade":
             upgrade = value
+        elif name == b"x-forwarded-for":
+            xff = value if xff is None else xff + b"," + value
+        elif name == b"x-forwarded-proto":
+            xfp = value if xfp is None else xfp + b"," + value
+        elif name == b"x-request-id":
+            request_id = value if request_id is None else request_id + b"," + value
         if b"_" in name:
             underscore = True
     # WebSocket is the upgrade Istio's gateways enable (Envoy upgrade_configs); others are plain requests.
@@ -331,6 +347,19 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
         await _local_reply(down, request, log, 503, BODY_NO_HEALTHY_UPSTREAM, flags="UH", details="no_table")
         return False
     opts = compiled.options
+    # Decided before routing, as Envoy's connection manager does: the scheme can come from a trusted proxy.
+    req.forwarded = log.forwarded = fwd = hdr.forwarded_for(
+        xff,
+        xfp,
+        request_id,
+        peer_ip=down.peer_ip,
+        scheme=down.scheme_bytes,
+        trusted_hops=opts.num_trusted_proxies,
+        generate_request_id=opts.generate_request_id,
+        preserve_request_id=opts.preserve_external_request_id,
+        rng=worker.rng,
+    )
+    req.scheme = fwd.scheme
     # Codecs bound a head that arrives in pieces; one that arrives whole is measured here.
     if head_size > worker.max_header_bytes:
         status = 414 if len(request.target) > worker.max_header_bytes else 431
@@ -376,7 +405,7 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
     if vhost is None:
         await _local_reply(down, request, log, 404, b"", flags="NR", details="route_not_found")
         return True
-    if vhost.require_tls and down.scheme == "http":
+    if vhost.require_tls and req.scheme == "http":
         # Envoy's createSslRedirectPath: the Host as the client sent it, then the normalised path and query.
         location = b"https://" + authority + path + (b"?" + raw_query if raw_query else b"")
 
@@ -423,7 +452,7 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
 
 def _redirect_location(route: Route, req: RequestInfo, down: Downstream, listener_port: int) -> bytes:
     r = route.redirect
-    scheme = r.scheme or down.scheme
+    scheme = r.scheme or req.scheme
     host = r.authority or req.host
     port = 0
     if r.port:
@@ -679,19 +708,15 @@ class Exchange:
         self.hash_value: int | None = None
         self.extra_response_headers: list = []
         # Every try sends these plus its x-envoy-attempt-count (the x-request-id stays the same across tries).
-        worker = down.worker
         self.upstream_headers = hdr.upstream_request_headers(
             request.headers,
             host=self.host,
-            peer_ip=down.peer_ip,
-            scheme=down.scheme_bytes,
+            forwarded=req.forwarded,
             attempt=0,
             timeout_ms=rt.timeout_ms,
             original_path=self.original_path,
             chunked=self.body.chunked,
             content_length=self.body.bytes if self.body.dechunked else None,
-            generate_request_id=worker.options.generate_request_id,
-            rng=worker.rng,
             route_ops=rt.request_ops,
             destination_ops=dest.request_ops,
         )
@@ -790,7 +815,7 @@ async def _forward(down: Downstream, request: Request, req: RequestInfo, compile
     ex.extra_response_headers = extra_response_headers
     hash_policy = dest.wc.hash_policy or dest.cluster_runtime.cluster.hash_policy
     if hash_policy is not None:
-        ex.hash_value, set_cookie = hash_for_request(hash_policy, request.headers, req.query, down.peer_ip)
+        ex.hash_value, set_cookie = hash_for_request(hash_policy, request.headers, req.query, req.forwarded.client_ip)
         if set_cookie is not None:
             ex.extra_response_headers.append((b"set-cookie", set_cookie))
     circuit = ex.cluster_rt.circuit

@@ -164,12 +164,73 @@ def test_proxy_headers_reach_the_backend(stack):
         headers={"X-Forwarded-For": "203.0.113.9", "Connection": "keep-alive, x-secret", "x-secret": "1", "Keep-Alive": "300"},
     )
     seen = json.loads(body)["headers"]
-    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert seen["x-forwarded-for"] == "203.0.113.9,127.0.0.1"  # appended; untrusted, so not the client
+    assert seen["x-envoy-external-address"] == "127.0.0.1"
     assert seen["x-forwarded-proto"] == "http"
     assert len(seen["x-request-id"]) == 36
     assert "x-secret" not in seen and "keep-alive" not in seen and "connection" not in seen
-    status, body, _ = http_get(edge.port(80), "/headers", host="app.example.com", headers={"x-request-id": "given-id"})
-    assert json.loads(body)["headers"]["x-request-id"] == "given-id"
+    # An edge request's id is replaced and Envoy's control headers stop here, as at an Istio gateway.
+    status, body, _ = http_get(
+        edge.port(80), "/headers", host="app.example.com",
+        headers={"x-request-id": "given-id", "x-envoy-retry-on": "5xx", "x-envoy-upstream-rq-timeout-ms": "1", "x-forwarded-proto": "https"},
+    )
+    seen = json.loads(body)["headers"]
+    assert seen["x-request-id"] != "given-id" and len(seen["x-request-id"]) == 36
+    assert "x-envoy-retry-on" not in seen and "x-envoy-upstream-rq-timeout-ms" not in seen
+    assert seen["x-forwarded-proto"] == "http"
+
+
+TRUSTED_GATEWAY = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+    tls: {httpsRedirect: true}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: app}
+spec:
+  hosts: ["app.example.com"]
+  gateways: [gw]
+  http:
+  - route: [{destination: {host: app.local}}]
+"""
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["no-trusted-proxies", "one-trusted-proxy"])
+def test_a_load_balancer_in_front_is_trusted_only_when_configured(tmp_path, trusted):
+    """Behind a TLS-terminating load balancer that appends X-Forwarded-For and sets X-Forwarded-Proto:
+    with --num-trusted-proxies 1 the client address and scheme come from it (Istio's numTrustedProxies)."""
+    log_path = tmp_path / "access.log"
+    args = ["--access-log", str(log_path), "--access-log-format", "json"]
+    if trusted:
+        args += ["--num-trusted-proxies", "1", "--preserve-external-request-id"]
+    with SampleBackends(tmp_path, http=["a"]) as backends:
+        config = {"gw.yaml": TRUSTED_GATEWAY, "se.yaml": _service_entry("app", "app.local", [(backends.port("a"), "a")])}
+        with EdgeProcess(tmp_path, config, gateway_ports=(80,), workers=1, extra_args=tuple(args)) as edge:
+            lb_headers = {"X-Forwarded-For": "198.51.100.4, 203.0.113.9", "X-Forwarded-Proto": "https", "x-request-id": "lb-id"}
+            status, body, headers = http_get(edge.port(80), "/headers", host="app.example.com", headers=lb_headers)
+            if not trusted:
+                # The client's X-Forwarded-Proto is not believed: httpsRedirect answers, nothing is forwarded.
+                assert status == 301
+                assert dict(headers)["location"] == "https://app.example.com/headers"
+                return
+            assert status == 200, body
+            seen = json.loads(body)["headers"]
+            assert seen["x-envoy-external-address"] == "203.0.113.9"  # the entry the trusted proxy appended
+            assert seen["x-forwarded-for"] == "198.51.100.4, 203.0.113.9,127.0.0.1"
+            assert seen["x-forwarded-proto"] == "https"
+            assert seen["x-request-id"] == "lb-id"
+            edge.stop()
+    [record] = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert record["downstream_remote_address"] == "203.0.113.9:0"  # from X-Forwarded-For: no port, as Envoy logs it
+    assert record["x_forwarded_for"] == "198.51.100.4, 203.0.113.9,127.0.0.1"
+    assert record["request_id"] == "lb-id"
 
 
 # ------------------------------------------------------------------------------------------------ bodies

@@ -374,7 +374,9 @@ def test_json_access_log_on_stdout(tmp_path, backends):
         [probe] = [r for r in records if r["path"] == "/x?y=1"]
         assert probe["method"] == "GET" and probe["protocol"] == "HTTP/1.1"
         assert probe["response_code"] == 200 and probe["response_flags"] is None
-        assert probe["user_agent"] == "probe/1" and probe["request_id"] == "rid-7"
+        assert probe["user_agent"] == "probe/1"
+        assert probe["request_id"] != "rid-7" and len(probe["request_id"]) == 36  # the id sent upstream: a new one
+        assert probe["x_forwarded_for"] == "127.0.0.1"  # as sent upstream, the peer appended
         assert probe["authority"] == "app.example.com" and probe["route_name"] == "app-route"
         assert probe["upstream_cluster"] == "outbound|80||app.local"
         assert isinstance(probe["duration"], int) and isinstance(probe["upstream_service_time"], int)

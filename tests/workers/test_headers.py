@@ -18,6 +18,7 @@ from workers.headers import (
     downstream_response_headers,
     has_underscore_name,
     header_value,
+    forwarded_for,
     new_request_id,
     upstream_request_headers,
 )
@@ -26,12 +27,26 @@ PEER = b"10.0.0.9"
 HOST = b"svc.example.com"
 
 
-def upstream(headers, **kw):
+def joined(headers, name):
+    found = [v for n, v in headers if n == name]
+    return b",".join(found) if found else None
+
+
+def upstream(headers, *, peer_ip=PEER, scheme=b"http", trusted_hops=0, generate_request_id=False, preserve_request_id=False, **kw):
+    """The proxy's upstream headers for a client's list, with the edge decisions made as the proxy makes them.
+    The request id is not generated unless the test is about it (deterministic output)."""
+    fwd = forwarded_for(
+        joined(headers, b"x-forwarded-for"),
+        joined(headers, b"x-forwarded-proto"),
+        joined(headers, b"x-request-id"),
+        peer_ip=peer_ip,
+        scheme=scheme,
+        trusted_hops=trusted_hops,
+        generate_request_id=generate_request_id,
+        preserve_request_id=preserve_request_id,
+    )
     kw.setdefault("host", HOST)
-    kw.setdefault("peer_ip", PEER)
-    kw.setdefault("scheme", b"http")
-    kw.setdefault("generate_request_id", False)  # deterministic unless the test is about the id
-    return upstream_request_headers(headers, **kw)
+    return upstream_request_headers(headers, forwarded=fwd, **kw)
 
 
 def names(headers):
@@ -58,6 +73,7 @@ def test_plain_request_exact_output():
         (b"accept", b"*/*"),
         (b"x-forwarded-for", PEER),
         (b"x-forwarded-proto", b"http"),
+        (b"x-envoy-external-address", PEER),
         (b"x-envoy-attempt-count", b"1"),
     ]
 
@@ -94,7 +110,7 @@ HOP_CASES = [
 def test_hop_by_hop_removed_upstream(given, kept):
     out = upstream(given)
     assert [h for h in out if h[0] not in {b"host", b"x-forwarded-for", b"x-forwarded-proto",
-                                           b"x-envoy-attempt-count"}] == kept
+                                           b"x-envoy-external-address", b"x-envoy-attempt-count"}] == kept
     assert not set(names(out)) & HOP_BY_HOP
 
 
@@ -126,11 +142,12 @@ def test_connection_tokens(headers, tokens):
     ("client", "xff"),
     [
         ([], PEER),
-        ([(b"x-forwarded-for", b"1.1.1.1")], b"1.1.1.1, " + PEER),
-        ([(b"x-forwarded-for", b"1.1.1.1, 2.2.2.2")], b"1.1.1.1, 2.2.2.2, " + PEER),
-        ([(b"x-forwarded-for", b"1.1.1.1"), (b"x-forwarded-for", b"2.2.2.2")], b"1.1.1.1, 2.2.2.2, " + PEER),
+        # Envoy appends with "," (no space) and joins repeated headers the same way.
+        ([(b"x-forwarded-for", b"1.1.1.1")], b"1.1.1.1," + PEER),
+        ([(b"x-forwarded-for", b"1.1.1.1, 2.2.2.2")], b"1.1.1.1, 2.2.2.2," + PEER),
+        ([(b"x-forwarded-for", b"1.1.1.1"), (b"x-forwarded-for", b"2.2.2.2")], b"1.1.1.1,2.2.2.2," + PEER),
         ([(b"x-forwarded-for", b"1.1.1.1"), (b"accept", b"*/*"), (b"x-forwarded-for", b"2.2.2.2"),
-          (b"x-forwarded-for", b"3.3.3.3")], b"1.1.1.1, 2.2.2.2, 3.3.3.3, " + PEER),
+          (b"x-forwarded-for", b"3.3.3.3")], b"1.1.1.1,2.2.2.2,3.3.3.3," + PEER),
     ],
     ids=["absent", "one", "one-with-list", "two-headers", "three-headers"],
 )
@@ -152,17 +169,67 @@ def test_x_forwarded_proto_overwritten(client, scheme):
     assert values(upstream(client, scheme=scheme), b"x-forwarded-proto") == [scheme]
 
 
+# gatewayTopology.numTrustedProxies: (id, hops, client XFF, client XFP, connection scheme,
+#   expected client address, taken from XFF?, X-Forwarded-Proto sent, scheme for routing)
+TRUSTED_CASES = [
+    ("untrusted-ignores-xff", 0, b"203.0.113.7", None, b"http", PEER, False, b"http", "http"),
+    ("untrusted-overwrites-xfp", 0, b"203.0.113.7", b"https", b"http", PEER, False, b"http", "http"),
+    ("one-hop", 1, b"203.0.113.7", None, b"http", b"203.0.113.7", True, b"http", "http"),
+    ("one-hop-last-entry", 1, b"198.51.100.1, 203.0.113.7", None, b"http", b"203.0.113.7", True, b"http", "http"),
+    ("two-hops", 2, b"198.51.100.1, 203.0.113.7", None, b"http", b"198.51.100.1", True, b"http", "http"),
+    ("two-hops-spoofed-left-ignored", 2, b"6.6.6.6,198.51.100.1,203.0.113.7", None, b"http", b"198.51.100.1", True, b"http", "http"),
+    ("too-few-entries", 2, b"203.0.113.7", None, b"http", PEER, False, b"http", "http"),
+    ("not-an-address", 1, b"unknown", None, b"http", PEER, False, b"http", "http"),
+    ("address-with-port", 1, b"203.0.113.7:4711", None, b"http", PEER, False, b"http", "http"),
+    ("empty-entry", 1, b"203.0.113.7,", None, b"http", PEER, False, b"http", "http"),
+    ("ipv6-normalised", 1, b" 2001:DB8:0:0::1 ", None, b"http", b"2001:db8::1", True, b"http", "http"),
+    ("ipv6-bracketed", 1, b"[2001:db8::1]", None, b"http", PEER, False, b"http", "http"),
+    ("no-xff-peer", 1, None, None, b"http", PEER, False, b"http", "http"),
+    ("trusted-xfp-kept", 1, b"203.0.113.7", b"https", b"http", b"203.0.113.7", True, b"https", "https"),
+    ("trusted-xfp-kept-without-xff", 1, None, b"https", b"http", PEER, False, b"https", "https"),
+    ("trusted-xfp-odd-value-kept-scheme-not", 1, b"203.0.113.7", b"ftp", b"https", b"203.0.113.7", True, b"ftp", "https"),
+    ("trusted-xfp-case", 1, b"203.0.113.7", b"HTTP", b"https", b"203.0.113.7", True, b"HTTP", "http"),
+]
+
+
+@pytest.mark.parametrize(
+    ("hops", "xff", "xfp", "scheme", "client_ip", "from_xff", "proto", "routing_scheme"),
+    [c[1:] for c in TRUSTED_CASES],
+    ids=[c[0] for c in TRUSTED_CASES],
+)
+def test_trusted_proxies(hops, xff, xfp, scheme, client_ip, from_xff, proto, routing_scheme):
+    fwd = forwarded_for(xff, xfp, None, peer_ip=PEER, scheme=scheme, trusted_hops=hops, generate_request_id=False)
+    assert (fwd.client_ip, fwd.client_from_xff, fwd.proto, fwd.scheme) == (client_ip, from_xff, proto, routing_scheme)
+    assert fwd.xff == (PEER if xff is None else xff + b"," + PEER)  # appended whatever is trusted
+    client = ([(b"x-forwarded-for", xff)] if xff is not None else []) + ([(b"x-forwarded-proto", xfp)] if xfp else [])
+    out = upstream(client, trusted_hops=hops, scheme=scheme)
+    assert values(out, b"x-envoy-external-address") == [client_ip]
+    assert values(out, b"x-forwarded-proto") == [proto]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Headers the proxy owns: client copies dropped, ours added
 
 @pytest.mark.parametrize(
     "name",
     [b"host", b"expect", b"x-forwarded-proto", b"x-envoy-attempt-count", b"x-envoy-expected-rq-timeout-ms",
-     b"x-envoy-original-path", b"x-envoy-internal", b"x-envoy-external-address", b"x-forwarded-client-cert"],
+     b"x-envoy-original-path", b"x-envoy-internal", b"x-envoy-external-address", b"x-forwarded-client-cert",
+     # Envoy's control headers, stripped from edge requests (cleanInternalHeaders)
+     b"x-envoy-retry-on", b"x-envoy-retry-grpc-on", b"x-envoy-max-retries", b"x-envoy-upstream-rq-timeout-ms",
+     b"x-envoy-upstream-rq-per-try-timeout-ms", b"x-envoy-retriable-status-codes", b"x-envoy-retriable-header-names",
+     b"x-envoy-upstream-alt-stat-name", b"x-envoy-upstream-rq-timeout-alt-response", b"x-envoy-force-trace",
+     b"x-envoy-ip-tags", b"x-envoy-original-url", b"x-envoy-hedge-on-per-try-timeout", b"x-envoy-decorator-operation",
+     b"x-envoy-downstream-service-cluster", b"x-envoy-downstream-service-node"],
 )
 def test_client_copy_of_proxy_header_dropped(name):
     out = upstream([(name, b"forged")])
     assert (name, b"forged") not in out
+
+
+def test_other_x_envoy_headers_pass():
+    out = upstream([(b"x-envoy-custom", b"1"), (b"x-envoy-peer-metadata-id", b"p")])
+    assert values(out, b"x-envoy-custom") == [b"1"]
+    assert values(out, b"x-envoy-peer-metadata-id") == [b"p"]
 
 
 def test_host_is_the_given_one_and_first():
@@ -199,10 +266,21 @@ def test_new_request_id_is_uuid4():
         assert str(parsed).encode() == rid
 
 
-@pytest.mark.parametrize("generate", [True, False])
-def test_request_id_kept_when_present(generate):
-    out = upstream([(b"x-request-id", b"client-chosen")], generate_request_id=generate)
+def test_request_id_replaced_at_the_edge():
+    # Istio does not set Envoy's preserve_external_request_id: an edge request's id is always a fresh one.
+    (rid,) = values(upstream([(b"x-request-id", b"client-chosen")], generate_request_id=True), b"x-request-id")
+    assert uuid.UUID(rid.decode()).version == 4
+
+
+@pytest.mark.parametrize(("generate", "preserve"), [(True, True), (False, False), (False, True)])
+def test_request_id_kept_when_preserved_or_not_generated(generate, preserve):
+    out = upstream([(b"x-request-id", b"client-chosen")], generate_request_id=generate, preserve_request_id=preserve)
     assert values(out, b"x-request-id") == [b"client-chosen"]
+
+
+def test_request_id_generated_when_preserving_and_absent():
+    (rid,) = values(upstream([], generate_request_id=True, preserve_request_id=True), b"x-request-id")
+    assert uuid.UUID(rid.decode()).version == 4
 
 
 def test_request_id_not_generated_when_disabled():
@@ -251,10 +329,11 @@ def test_full_upstream_order():
     )
     assert out == [
         (b"host", HOST),
-        (b"x-request-id", b"r1"),
         (b"a", b"1"),
         (b"x-forwarded-for", PEER),
         (b"x-forwarded-proto", b"https"),
+        (b"x-envoy-external-address", PEER),
+        (b"x-request-id", b"r1"),
         (b"x-envoy-attempt-count", b"2"),
         (b"x-envoy-expected-rq-timeout-ms", b"500"),
         (b"x-envoy-original-path", b"/o"),
