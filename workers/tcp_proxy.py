@@ -6,6 +6,10 @@
 #   max_connect_attempts default), bounded by the cluster's connectTimeout; failure, no cluster or no healthy
 #   endpoint → the client connection is closed. A connect failure counts against the endpoint (outlier
 #   detection, status 0); a success resets its error streak and keeps it "active" until the connection ends.
+# - Circuit breaking (DestinationRule connectionPool.tcp.maxConnections, per worker as for HTTP, and shared with
+#   the cluster's HTTP connections, as Envoy's cluster-wide limit is): at the limit a new connection waits as a
+#   pending one while fewer than http1MaxPendingRequests wait, else it is closed at once (flag UO). The wait for
+#   a slot counts against the cluster's connectTimeout; running out of it closes the client too (UO).
 # - Bytes already read from the client (the ClientHello of a passthrough connection) go upstream first.
 # - Splice: two pumps, one per direction. Between raw sockets each pump owns a reusable SPLICE_BUFFER_BYTES
 #   buffer and does try-first recv_into/send, waiting only when a call would block, with a checkpoint every
@@ -33,6 +37,7 @@ import trio
 from edge.table import PROTO_TCP, L4Route, WeightedCluster
 from workers.access_log import TcpLog
 from workers.netio import SocketTransport, Transport, TransportClosed, open_tcp_socket, set_tcp_keepalive
+from workers.upstream import Circuit
 
 if TYPE_CHECKING:
     from workers.main import Worker
@@ -90,9 +95,29 @@ class _Upstream:
 
     def finish(self) -> None:
         self.cluster_rt.balancer.on_cancel(self.index)
+        self.cluster_rt.circuit.connection_closed()
         if self.transport is not None:
             self.transport.close()
         _close(self.sock)
+
+
+async def reserve_connection(circuit: Circuit, deadline: float) -> bool:
+    """Count one upstream connection against the cluster's maxConnections, waiting as a pending connection
+    while it is full; False when too many already wait or the deadline passed (the caller's flag: UO)."""
+    with trio.move_on_at(deadline):
+        while circuit.connections >= circuit.max_connections:
+            if circuit.pending >= circuit.max_pending:
+                circuit.overflows += 1
+                return False
+            circuit.pending += 1
+            try:
+                await circuit.lot.park()
+            finally:
+                circuit.pending -= 1
+        circuit.connections += 1
+        return True
+    circuit.overflows += 1
+    return False
 
 
 async def _open_upstream(worker: Worker, compiled: Compiled, route: L4Route, log: TcpLog) -> _Upstream | None:
@@ -105,32 +130,46 @@ async def _open_upstream(worker: Worker, compiled: Compiled, route: L4Route, log
         log.flags = "NC"  # unknown host or subset
         return None
     cluster = cluster_rt.cluster
+    timeout = cluster.pool.connect_timeout_s if cluster.pool.connect_timeout_s > 0 else math.inf
+    deadline = trio.current_time() + timeout
+    circuit = cluster_rt.circuit
+    if not await reserve_connection(circuit, deadline):
+        log.flags = "UO"
+        return None
     balancer = cluster_rt.balancer
     index = balancer.choose(trio.current_time())
     if index is None:
+        circuit.connection_closed()
         log.flags = "UH"
         return None
     endpoint = balancer.states[index].endpoint
     log.upstream_host = f"{endpoint.address}:{endpoint.port}"
     balancer.on_start(index)
-    timeout = cluster.pool.connect_timeout_s if cluster.pool.connect_timeout_s > 0 else math.inf
     sock: socket.socket | None = None
     transport: Transport | None = None
+    connected = failed = False
     try:
-        with trio.fail_after(timeout):
+        with trio.fail_at(deadline):
             sock = await open_tcp_socket(endpoint.address, endpoint.port)
             if cluster.tls is not None:
                 transport = await worker.tls.connect_l4(sock, cluster.tls)
                 if transport is None:
                     raise OSError("upstream TLS handshake failed")
+        connected = True
     except (OSError, trio.TooSlowError):
-        if transport is not None:
-            transport.close()
-        if sock is not None:
-            _close(sock)
+        failed = True
         balancer.on_finish(index, STATUS_CONNECT_FAILURE, trio.current_time())
         log.flags = "UF"
         return None
+    finally:
+        if not connected:  # failed, or cancelled (drain, shutdown): give back what this attempt took
+            if transport is not None:
+                transport.close()
+            if sock is not None:
+                _close(sock)
+            circuit.connection_closed()
+            if not failed:
+                balancer.on_cancel(index)
     # The connect verdict (resets the endpoint's failure streak); the endpoint stays active until the end.
     balancer.on_finish(index, STATUS_CONNECTED, trio.current_time())
     balancer.on_start(index)

@@ -324,3 +324,79 @@ spec:
 def test_tcp_server_without_route_is_not_opened(tmp_path):
     with EdgeProcess(tmp_path, {"gw.yaml": NO_ROUTE}, gateway_ports=(31400, 80)) as edge, pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", edge.port(31400)), timeout=TIMEOUT_S)
+
+
+LIMITED = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  tcp:
+  - route: [{destination: {host: echo.example, port: {number: 9000}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo}
+spec:
+  hosts: [echo.example]
+  resolution: STATIC
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  endpoints: [{address: 127.0.0.1, ports: {tcp: ECHO_PORT}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo.example
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1}
+"""
+
+
+def test_tcp_max_connections_queues_one_then_overflows(tmp_path, echo_backends):
+    """DestinationRule connectionPool.tcp.maxConnections on a TCP route, as Envoy's cluster circuit breaker:
+    one connection open, one waiting for its slot, the next closed at once (UO)."""
+    config = LIMITED.replace("ECHO_PORT", str(echo_backends.port("v1")))
+    with EdgeProcess(tmp_path, {"gw.yaml": config}, gateway_ports=(31400,), workers=1, extra_args=("--access-log", "-")) as edge:
+        port = edge.port(31400)
+        first = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
+        try:
+            assert first.recv(100) == b"v1\n"
+            waiting = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
+            try:
+                waiting.settimeout(0.5)
+                with pytest.raises(TimeoutError):
+                    waiting.recv(100)  # pending: no upstream connection yet, so no greeting
+                with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as refused:
+                    start = time.monotonic()
+                    try:
+                        assert refused.recv(100) == b""
+                    except ConnectionResetError:
+                        pass
+                    assert time.monotonic() - start < 2
+                first.close()  # frees the slot: the waiting connection goes through
+                waiting.settimeout(TIMEOUT_S)
+                assert waiting.recv(100) == b"v1\n"
+                waiting.sendall(b"late\n")
+                waiting.shutdown(socket.SHUT_WR)
+                assert recv_until_eof(waiting) == b"late\n"
+            finally:
+                waiting.close()
+        finally:
+            first.close()
+        log = wait_for(lambda: (t := edge.out_path.read_text()).count('"- - -" 0 ') >= 3 and t, "3 access log lines")
+        assert log.count('"- - -" 0 UO - - "-" 0 0 ') == 1  # the overflowed one: closed, nothing spliced
+        assert log.count('"- - -" 0 - ') == 2

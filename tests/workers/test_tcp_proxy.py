@@ -14,8 +14,10 @@ import trio.testing
 
 from edge.table import WeightedCluster
 from workers.netio import SocketTransport
+from workers.upstream import Circuit
 from workers.tcp_proxy import (
     SPLICE_BUFFER_BYTES,
+    reserve_connection,
     pick_weighted,
     splice_sockets,
     splice_transports,
@@ -210,3 +212,55 @@ async def test_splice_transports_half_close():
                 proxy_c.close()  # what the caller does when the splice ends
         assert received == {"server": b"data", "client": b"bye"}
         assert (splice.bytes_up, splice.bytes_down) == (4, 3)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Circuit breaking: a connection slot under maxConnections (autojump clock)
+
+
+def _circuit(max_connections: int, max_pending: int, open_now: int) -> Circuit:
+    circuit = Circuit()
+    circuit.max_connections, circuit.max_pending, circuit.connections = max_connections, max_pending, open_now
+    return circuit
+
+
+@pytest.mark.parametrize(
+    "max_connections, max_pending, open_now, reserved, overflows",
+    [
+        (2, 5, 0, True, 0),  # room
+        (2, 5, 1, True, 0),  # the last slot
+        (1, 0, 1, False, 1),  # full, no pending allowed: overflow at once
+    ],
+)
+async def testreserve_connection_without_waiting(max_connections, max_pending, open_now, reserved, overflows):
+    circuit = _circuit(max_connections, max_pending, open_now)
+    with trio.fail_after(0.001):  # none of these waits (autojump would make a wait look instant otherwise)
+        assert await reserve_connection(circuit, trio.current_time() + 10) is reserved
+    assert circuit.connections == open_now + (1 if reserved else 0)
+    assert circuit.overflows == overflows
+
+
+async def test_a_pending_connection_takes_the_slot_a_closing_one_frees(autojump_clock):
+    circuit = _circuit(1, 1, 1)
+    results = []
+
+    async def pending():
+        results.append(await reserve_connection(circuit, trio.current_time() + 10))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pending)
+        await trio.sleep(3)
+        assert results == [] and circuit.pending == 1
+        # A second waiter finds the pending slot taken: overflow, at once.
+        assert await reserve_connection(circuit, trio.current_time() + 10) is False
+        circuit.connection_closed()
+    assert results == [True]
+    assert (circuit.connections, circuit.pending, circuit.overflows) == (1, 0, 1)
+
+
+async def test_a_pending_connection_gives_up_at_the_connect_deadline(autojump_clock):
+    circuit = _circuit(1, 1, 1)
+    start = trio.current_time()
+    assert await reserve_connection(circuit, start + 10) is False
+    assert trio.current_time() - start == pytest.approx(10)
+    assert (circuit.connections, circuit.pending, circuit.overflows) == (1, 0, 1)
