@@ -3,7 +3,8 @@
 #
 # Covered: the istio.io task "TCP Traffic Shifting" with its YAML (all to v1, then 80/20, counted), half-close
 # in both directions, a large payload checked by hash, connect failure (connection closed, nothing hangs),
-# DestinationRule tcp.idleTimeout, a listener with no route (not opened), and a worker that stays healthy.
+# DestinationRule tcp.idleTimeout and tcp.maxConnections (one pending, the next closed: UO), a listener with no
+# route (not opened), and a worker that stays healthy.
 from __future__ import annotations
 
 import hashlib
