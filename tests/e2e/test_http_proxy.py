@@ -180,15 +180,7 @@ def test_proxy_headers_reach_the_backend(stack):
     assert seen["x-forwarded-proto"] == "http"
 
 
-TRUSTED_GATEWAY = """\
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
-    hosts: ["*"]
+TRUSTED_GATEWAY = GATEWAY + """\
     tls: {httpsRedirect: true}
 ---
 apiVersion: networking.istio.io/v1
