@@ -429,7 +429,7 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
         if preflight is None:
             extra = cors_response_headers(rt.cors, origin)
     if route.action == ACTION_REDIRECT:
-        location = _redirect_location(route, req, down, listener_rt.listener.port)
+        location = _redirect_location(route, req, listener_rt.listener.port)
         await _local_reply(down, request, log, route.redirect.code, b"", extra=[(b"location", location), *extra], response_ops=rt.response_ops, flags="-", details="redirect")
         return True
     if route.action == ACTION_DIRECT:
@@ -450,7 +450,7 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
     return await _forward(down, request, req, compiled, rt, log, extra)
 
 
-def _redirect_location(route: Route, req: RequestInfo, down: Downstream, listener_port: int) -> bytes:
+def _redirect_location(route: Route, req: RequestInfo, listener_port: int) -> bytes:
     r = route.redirect
     scheme = r.scheme or req.scheme
     host = r.authority or req.host
