@@ -5,9 +5,12 @@ exact output (or the part of it that the rule under test owns)."""
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.table import HeaderOps, HeaderRules
 from workers.headers import (
@@ -503,3 +506,26 @@ def test_has_underscore_name(headers, found):
 )
 def test_header_value(headers, name, value):
     assert header_value(headers, name) == value
+
+
+# Any X-Forwarded-For a client can send: never an exception, and the client address is either the peer or a
+# well-formed address that the trusted hop put at its place in the list.
+_XFF_ENTRY = st.one_of(
+    st.ip_addresses().map(lambda a: str(a).encode()),
+    st.binary(max_size=12),
+    st.sampled_from([b"", b" ", b"unknown", b"[::1]", b"1.2.3.4:80", b"01.2.3.4", b"fe80::1%eth0", b"\xff\xfe"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=st.lists(_XFF_ENTRY, min_size=1, max_size=6), hops=st.integers(min_value=0, max_value=8), spaces=st.booleans())
+def test_any_forwarded_for_gives_the_peer_or_the_trusted_entry(entries, hops, spaces):
+    xff = (b", " if spaces else b",").join(entries)
+    fwd = forwarded_for(xff, None, None, peer_ip=PEER, scheme=b"http", trusted_hops=hops, generate_request_id=False)
+    assert fwd.xff == xff + b"," + PEER
+    if not fwd.client_from_xff:
+        assert fwd.client_ip == PEER
+        return
+    parts = xff.split(b",")
+    assert 1 <= hops <= len(parts)
+    assert fwd.client_ip == str(ipaddress.ip_address(parts[-hops].strip().decode())).encode()
