@@ -19,9 +19,9 @@ from workers.headers import (
     compile_rules,
     connection_tokens,
     downstream_response_headers,
+    forwarded_for,
     has_underscore_name,
     header_value,
-    forwarded_for,
     new_request_id,
     upstream_request_headers,
 )
