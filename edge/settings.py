@@ -59,6 +59,7 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     http_codec: str = "h11"  # "h11" (the reference) or "httptools" (the accelerated codec, edge[fast])
     num_trusted_proxies: int = 0  # Istio's gatewayTopology.numTrustedProxies: X-Forwarded-For hops trusted
     preserve_external_request_id: bool = False  # Envoy's option: keep a client's x-request-id
+    proxy_protocol: bool = False  # Istio's gatewayTopology.proxyProtocol: a PROXY header starts every connection
 
     def table_options(self):
         """The per-table switches workers read (edge.table.Options)."""
@@ -74,6 +75,7 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
             max_connections_per_worker=self.max_connections_per_worker,
             num_trusted_proxies=self.num_trusted_proxies,
             preserve_external_request_id=self.preserve_external_request_id,
+            proxy_protocol=self.proxy_protocol,
             workers=self.workers,
         )
 
@@ -252,6 +254,9 @@ def build_settings(flags: Mapping[str, object], environ: Mapping[str, str] | Non
     value, where = pick("preserve_external_request_id", "--preserve-external-request-id")
     if value is not None:
         kw["preserve_external_request_id"] = value if isinstance(value, bool) else parse_bool(str(value), where)
+    value, where = pick("proxy_protocol", "--proxy-protocol")
+    if value is not None:
+        kw["proxy_protocol"] = value if isinstance(value, bool) else parse_bool(str(value), where)
     value, where = pick("cluster_domain", "--cluster-domain")
     if value is not None:
         if not str(value) or str(value).startswith(".") or str(value).endswith("."):

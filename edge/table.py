@@ -315,6 +315,7 @@ class Options(Frozen):
     generate_request_id: bool = True
     num_trusted_proxies: int = 0  # X-Forwarded-For entries from the right that trusted proxies appended
     preserve_external_request_id: bool = False  # keep a client's x-request-id (Envoy's option; Istio: off)
+    proxy_protocol: bool = False  # every connection starts with a PROXY protocol header (gatewayTopology.proxyProtocol)
     cluster_domain: str = "cluster.local"
     workers: int = 1  # worker processes sharing per-gateway limits (circuit breakers are divided by it)
 

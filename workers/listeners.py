@@ -8,6 +8,10 @@
 # - At most Options.max_connections_per_worker connections at a time; above that the loop stops accepting
 #   and the kernel's backlog holds new connections until one ends.
 # - Every connection task lives in the worker's connection nursery, so drain can wait for all of them.
+# - With --proxy-protocol (Istio's gatewayTopology.proxyProtocol) every connection must start with a PROXY
+#   protocol header (workers/proxy_protocol.py), read within PROXY_HEADER_TIMEOUT_S before the protocol handler
+#   runs; its addresses replace the connection's own for everything downstream (X-Forwarded-For, logs,
+#   hashing). The header is consumed exactly (peeked first), so the handler sees the connection's own bytes.
 from __future__ import annotations
 
 import socket
@@ -18,6 +22,7 @@ import trio
 from edge.table import PROTO_HTTP, PROTO_HTTPS, PROTO_TCP, PROTO_TLS
 from workers.http_proxy import Downstream, serve_http_connection
 from workers.netio import SocketTransport
+from workers.proxy_protocol import MAX_HEADER_BYTES, NEED_MORE, ProxyProtocolError, parse_header
 from workers.tcp_proxy import serve_tcp_connection
 from workers.tls import serve_tls_connection
 
@@ -25,6 +30,61 @@ if TYPE_CHECKING:
     from workers.main import Worker
 
 ACCEPT_BURST = 64
+PROXY_HEADER_TIMEOUT_S = 15.0  # Envoy's listener_filters_timeout default
+PROXY_HEADER_RETRY_S = 0.005  # a partial header is peeked again after this (the socket stays readable)
+
+
+class ProxiedSocket(socket.socket):
+    """A client socket that reports the addresses its PROXY protocol header announced."""
+
+    def adopt(self, peer: tuple, local: tuple) -> "ProxiedSocket":
+        self._peer, self._local = peer, local
+        return self
+
+    def getpeername(self):
+        return self._peer
+
+    def getsockname(self):
+        return self._local
+
+
+async def accept_proxy_header(sock: socket.socket) -> socket.socket | None:
+    """Consume the PROXY protocol header at the start of `sock`: the socket to serve (a ProxiedSocket when the
+    header carries addresses, `sock` itself for LOCAL/UNKNOWN), or None when the connection must be closed
+    (no valid header, closed, or too slow)."""
+    with trio.move_on_after(PROXY_HEADER_TIMEOUT_S):
+        while True:
+            try:
+                data = sock.recv(MAX_HEADER_BYTES, socket.MSG_PEEK)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError:
+                return None
+            if not data:
+                return None
+            try:
+                header = parse_header(data)
+            except ProxyProtocolError:
+                return None
+            if header is NEED_MORE:
+                await trio.sleep(PROXY_HEADER_RETRY_S)
+                continue
+            taken = 0
+            while taken < header.length:  # already peeked, so these reads do not wait
+                try:
+                    chunk = sock.recv(header.length - taken)
+                except OSError:
+                    return None
+                if not chunk:
+                    return None
+                taken += len(chunk)
+            if header.source is None or header.destination is None:
+                return sock
+            proxied = ProxiedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+            proxied.setblocking(False)
+            return proxied.adopt(header.source, header.destination)
+    return None
 
 
 async def serve_plain_http(worker: "Worker", sock: socket.socket, key: str) -> None:

@@ -30,7 +30,7 @@ from edge.table import Cluster, Options
 from workers.access_log import AccessLog, TcpLog
 from workers.http1 import codec_classes
 from workers.http_proxy import STATE_IDLE
-from workers.listeners import serve_accept_loop
+from workers.listeners import accept_proxy_header, serve_accept_loop
 from workers.stats import WorkerStats
 from workers.tableview import Compiled, TableView
 from workers.tls import TLSConfigError, TLSContexts
@@ -116,14 +116,19 @@ class Worker:
 
     async def run_connection(self, handler, sock: socket.socket, key: str) -> None:
         # active_connections was incremented by the accept loop.
+        served: socket.socket | None = sock
         try:
-
-            await handler(self, sock, key)
+            if self.options.proxy_protocol:
+                served = await accept_proxy_header(sock)
+                if served is None:
+                    return
+            await handler(self, served, key)
         finally:
             self.active_connections -= 1
             self._slot_free.set()
-            if sock.fileno() >= 0:
-                sock.close()
+            for each in (sock, served):
+                if each is not None and each.fileno() >= 0:
+                    each.close()
 
     # ------------------------------------------------------------------ control channel
 

@@ -764,6 +764,42 @@ def test_terminate_passthrough_and_tls_tcp_on_one_port(tmp_path, pki, backends, 
                 assert received == b"echo-v1\nhello over tls\n"
 
 
+def _tls_get_after_proxy_header(port: int, ctx: ssl.SSLContext, sni: str, path: str) -> tuple[int, dict, dict]:
+    """A load balancer's connection: a PROXY v1 header in clear, then TLS. (status, JSON body, peer certificate)."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
+    raw.sendall(b"PROXY TCP4 203.0.113.7 10.0.0.1 56324 443\r\n")
+    with ctx.wrap_socket(raw, server_hostname=sni) as sock:
+        peer = sock.getpeercert()
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body), peer
+
+
+def test_proxy_protocol_before_tls_termination_and_passthrough(tmp_path, pki, backends, tls_backends):
+    """--proxy-protocol on a TLS port: the header is read before the ClientHello, for terminated and
+    passthrough chains alike; a connection that starts with a ClientHello is closed."""
+    creds = tmp_path / "creds"
+    install_credential(creds, "httpbin-credential", pki.root / "httpbin1.crt", pki.root / "httpbin1.key")
+    install_credential(creds, "echo-credential", *pki.leaf("echo", "echo.example.com"))
+    with SampleBackends(tmp_path, tcp=["echo-v1"]) as tcp:
+        config = {"gateway.yaml": MIXED_PORT, **backend_entries(backends), **passthrough_entries(tls_backends),
+                  "se-echo.yaml": service_entry("echo", "echo.default.svc.cluster.local", 9000, tcp.port("echo-v1"), "TCP")}
+        args = ("--credentials-dir", str(creds), "--proxy-protocol")
+        with EdgeProcess(tmp_path, config, gateway_ports=(443,), workers=1, extra_args=args) as edge:
+            port = edge.port(443)
+            ctx = client_context(pki.ca1_file)
+            status, body, peer = _tls_get_after_proxy_header(port, ctx, "httpbin.example.com", "/headers")
+            assert status == 200 and subject_cn(peer) == "httpbin.example.com"
+            assert body["headers"]["x-envoy-external-address"] == "203.0.113.7"
+            assert body["headers"]["x-forwarded-proto"] == "https"
+            status, body, peer = _tls_get_after_proxy_header(port, ctx, "nginx.example.com", "/")
+            assert status == 200 and body["instance"] == "nginx" and subject_cn(peer) == "nginx.example.com"
+            assert refused(port, "httpbin.example.com", "/headers", ca=pki.ca1_file)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # TLS origination (DestinationRule trafficPolicy.tls)
 

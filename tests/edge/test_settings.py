@@ -33,20 +33,21 @@ def test_every_flag_has_a_variable():
         "EDGE_GATEWAY_LABELS": "app=edge", "EDGE_CREDENTIALS_DIR": "/c", "EDGE_ACCESS_LOG_FORMAT": "json",
         "EDGE_DRAIN_TIMEOUT": "2.5", "EDGE_DRAIN_DELAY": "1", "EDGE_SHADOW_HOST_SUFFIX": "yes", "EDGE_SERVER_HEADER": "",
         "EDGE_CLUSTER_DOMAIN": "corp", "EDGE_NUM_TRUSTED_PROXIES": "2", "EDGE_PRESERVE_EXTERNAL_REQUEST_ID": "on",
+        "EDGE_PROXY_PROTOCOL": "true",
     }
     s = build_settings({}, env)
     assert s == RunSettings(
         workers=s.workers, status_port=1, metrics_port=2, admin_port=3, admin_bind="::1", gateway_labels={"app": "edge"},
         credentials_dir="/c", access_log_format="json", drain_timeout_s=2.5, drain_delay_s=1.0, shadow_host_suffix=True,
-        server_header="", cluster_domain="corp", num_trusted_proxies=2, preserve_external_request_id=True,
+        server_header="", cluster_domain="corp", num_trusted_proxies=2, preserve_external_request_id=True, proxy_protocol=True,
     )
 
 
 def test_settings_become_table_and_compile_options():
-    s = build_settings({"http10": "reject", "server_header": "edge", "gateway_labels": "a=b", "workers": "3", "num_trusted_proxies": "1", "preserve_external_request_id": True}, {})
+    s = build_settings({"http10": "reject", "server_header": "edge", "gateway_labels": "a=b", "workers": "3", "num_trusted_proxies": "1", "preserve_external_request_id": True, "proxy_protocol": True}, {})
     options = s.table_options()
     assert (options.server_header, options.accept_http10, options.workers) == ("edge", False, 3)
-    assert (options.num_trusted_proxies, options.preserve_external_request_id) == (1, True)
+    assert (options.num_trusted_proxies, options.preserve_external_request_id, options.proxy_protocol) == (1, True, True)
     assert s.compile_options().table_options == options
     assert s.compile_options().gateway_labels == {"a": "b"}
 
