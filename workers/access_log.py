@@ -116,6 +116,9 @@ def request_headers(log, missing="-") -> tuple:
     forwarded = getattr(log, "forwarded", None)
     if forwarded is not None:  # logged as forwarded upstream, like Envoy's %REQ(...)% after its header changes
         r, x = forwarded.request_id, forwarded.xff
+    upstream_authority = getattr(log, "upstream_authority", None)
+    if upstream_authority is not None:
+        a = upstream_authority
     return (
         a.decode("latin-1") if a is not None else missing,
         u.decode("latin-1") if u is not None else missing,

@@ -84,6 +84,7 @@ class RequestLog:
     duration_ms = 0
     original_path = "-"
     forwarded: "hdr.Forwarded | None" = None  # once the request got that far: what went upstream
+    upstream_authority: bytes | None = None  # the Host sent upstream (after rewrites), once routed to one
 
     def __init__(self, start: float, down: "Downstream | None" = None, request: "Request | None" = None):
         self.start = start
@@ -111,6 +112,8 @@ class RequestLog:
 
     @property
     def authority(self) -> str:
+        if self.upstream_authority is not None:
+            return self.upstream_authority.decode("latin-1")
         if self.request is None:
             return "-"
         from_target = split_target(self.request.target)[0]
@@ -120,8 +123,9 @@ class RequestLog:
     def user_agent(self) -> str:
         return self._header(b"user-agent")
 
-    # X-Forwarded-For, X-Request-Id and the remote address are logged as the gateway forwarded them
-    # (Envoy's access log reads the request headers after its connection manager changed them).
+    # X-Forwarded-For, X-Request-Id, the authority and the remote address are logged as the gateway forwarded
+    # them (Envoy's access log reads the request headers after its connection manager and router changed them;
+    # the path stays the original, as the default format's %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% does).
     @property
     def request_id(self) -> str:
         fwd = self.forwarded
@@ -701,7 +705,7 @@ class Exchange:
 
         self.log = log
         self.policy = policy
-        self.host = _upstream_host(req, rt.route, dest)
+        self.host = log.upstream_authority = _upstream_host(req, rt.route, dest)
         self.target, self.original_path = _upstream_target(rt.route, rt, req)
         timeout_s = rt.route.timeout_s
         self.deadline = trio.current_time() + timeout_s if timeout_s > 0 else math.inf

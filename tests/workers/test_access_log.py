@@ -189,3 +189,25 @@ def test_a_failing_destination_counts_lost_lines_and_warns_once():
         assert len(warnings) == 1 and "No space left on device" in warnings[0]
     finally:
         log.close()
+
+
+def test_a_routed_request_logs_what_went_upstream_and_the_original_path():
+    """Envoy's %REQ(...)% reads the request headers after the gateway changed them: the rewritten authority,
+    the X-Forwarded-For with the peer appended, the new x-request-id; the path field stays the original
+    (%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%)."""
+    from workers.headers import forwarded_for
+    from workers.http_proxy import RequestLog
+
+    request = SimpleNamespace(
+        method=b"GET", target=b"/old/path?q=1", http_version=b"1.1",
+        headers=[(b"host", b"client.example"), (b"x-forwarded-for", b"203.0.113.9"), (b"x-request-id", b"client-id"), (b"user-agent", b"ua")],
+    )  # fmt: skip
+    log = RequestLog(T0, None, request)
+    assert al.request_headers(log) == ("client.example", "ua", "client-id", "203.0.113.9")  # not routed yet
+    log.forwarded = forwarded_for(b"203.0.113.9", None, b"client-id", peer_ip=b"10.0.0.5", scheme=b"http")
+    log.upstream_authority = b"rewritten.internal"
+    authority, user_agent, request_id, xff = al.request_headers(log)
+    assert (authority, user_agent, xff) == ("rewritten.internal", "ua", "203.0.113.9,10.0.0.5")
+    assert request_id == log.forwarded.request_id.decode() != "client-id"
+    assert (log.authority, log.x_forwarded_for, log.request_id) == (authority, xff, request_id)
+    assert '"GET /old/path?q=1 HTTP/1.1"' in format_text(log)
