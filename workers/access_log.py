@@ -49,6 +49,7 @@ class TcpLog:
     __slots__ = (
         "start", "listener", "upstream_cluster", "upstream_host", "bytes_received", "bytes_sent", "flags", "details",
         "downstream_local", "downstream_remote", "sni", "route_name", "duration_ms", "termination_details",
+        "upstream_local",
     )  # fmt: skip
 
     def __init__(self, start: float, listener: str = "-"):
@@ -66,6 +67,7 @@ class TcpLog:
         self.route_name = "-"
         self.duration_ms = 0
         self.termination_details = "-"
+        self.upstream_local = "-"
 
 
 class _Clock:
@@ -135,7 +137,7 @@ def format_text(log) -> str:
         f'[{_clock.format(log.start)}] "{log.method} {log.path} {log.protocol}" {log.status} {log.flags} {log.details} - '
         f'"-" {log.bytes_received} {log.bytes_sent} {log.duration_ms} {service if service >= 0 else "-"} '
         f'"{xff}" "{user_agent}" "{request_id}" "{authority}" "{log.upstream_host}" '
-        f"{log.upstream_cluster} - {log.downstream_local} {log.downstream_remote} {log.sni} {log.route_name}\n"
+        f"{log.upstream_cluster} {log.upstream_local} {log.downstream_local} {log.downstream_remote} {log.sni} {log.route_name}\n"
     )
 
 
@@ -144,7 +146,7 @@ def format_tcp_text(log: TcpLog) -> str:
         f'[{_clock.format(log.start)}] "- - -" 0 {log.flags} {log.details} {log.termination_details} '
         f'"-" {log.bytes_received} {log.bytes_sent} {log.duration_ms} - '
         f'"-" "-" "-" "-" "{log.upstream_host}" '
-        f"{log.upstream_cluster} - {log.downstream_local} {log.downstream_remote} {log.sni} {log.route_name}\n"
+        f"{log.upstream_cluster} {log.upstream_local} {log.downstream_local} {log.downstream_remote} {log.sni} {log.route_name}\n"
     )
 
 
@@ -162,6 +164,7 @@ def json_record(log) -> dict:
     null = _NULL.get
     route, flags, details, host, cluster = log.route_name, log.flags, log.details, log.upstream_host, log.upstream_cluster
     local, remote, sni, method, path = log.downstream_local, log.downstream_remote, log.sni, log.method, log.path
+    upstream_local = log.upstream_local
     return {
         "start_time": _clock.format(log.start),
         "route_name": null(route, route),
@@ -183,7 +186,7 @@ def json_record(log) -> dict:
         "authority": authority,
         "upstream_host": null(host, host),
         "upstream_cluster": null(cluster, cluster),
-        "upstream_local_address": None,
+        "upstream_local_address": null(upstream_local, upstream_local),
         "downstream_local_address": null(local, local),
         "downstream_remote_address": null(remote, remote),
         "requested_server_name": null(sni, sni),
@@ -212,7 +215,7 @@ def tcp_json_record(log: TcpLog) -> dict:
         "authority": None,
         "upstream_host": _null(log.upstream_host),
         "upstream_cluster": _null(log.upstream_cluster),
-        "upstream_local_address": None,
+        "upstream_local_address": _null(log.upstream_local),
         "downstream_local_address": _null(log.downstream_local),
         "downstream_remote_address": _null(log.downstream_remote),
         "requested_server_name": _null(log.sni),

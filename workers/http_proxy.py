@@ -85,6 +85,7 @@ class RequestLog:
     original_path = "-"
     forwarded: "hdr.Forwarded | None" = None  # once the request got that far: what went upstream
     upstream_authority: bytes | None = None  # the Host sent upstream (after rewrites), once routed to one
+    upstream_local = "-"  # our end of the upstream connection that carried the last try
 
     def __init__(self, start: float, down: "Downstream | None" = None, request: "Request | None" = None):
         self.start = start
@@ -950,6 +951,7 @@ async def _try_once(ex: Exchange, attempt: int, endpoint, try_deadline: float) -
     if isinstance(acquired, TryResult):
         return acquired
     upstream = acquired
+    ex.log.upstream_local = upstream.local
     down = ex.down
     headers = ex.upstream_headers + [(b"x-envoy-attempt-count", _ATTEMPTS[attempt] if attempt < len(_ATTEMPTS) else b"%d" % attempt)]
     try:
@@ -1358,6 +1360,7 @@ async def _forward_upgrade(ex: Exchange) -> bool:
             verdict = acquired.outlier_status
             return await _answer_failure(ex, acquired, False)
         upstream = acquired
+        log.upstream_local = upstream.local
         headers = ex.upstream_headers + [(b"x-envoy-attempt-count", b"1"), (b"connection", b"upgrade"), (b"upgrade", ex.req.upgrade)]
         try:
             await upstream.transport.send_all(upstream.codec.send_request(request.method, ex.target, headers) + upstream.codec.send_end())

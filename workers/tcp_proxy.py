@@ -37,7 +37,7 @@ import trio
 from edge.table import PROTO_TCP, L4Route, WeightedCluster
 from workers.access_log import TcpLog
 from workers.netio import SocketTransport, Transport, TransportClosed, open_tcp_socket, set_tcp_keepalive
-from workers.upstream import Circuit
+from workers.upstream import Circuit, address_text
 
 if TYPE_CHECKING:
     from workers.main import Worker
@@ -175,6 +175,7 @@ async def _open_upstream(worker: Worker, compiled: Compiled, route: L4Route, log
     balancer.on_start(index)
     if cluster.pool.tcp_keepalive is not None:
         set_tcp_keepalive(sock, cluster.pool.tcp_keepalive)
+    log.upstream_local = address_text(sock)
     return _Upstream(sock, transport, cluster_rt, index)
 
 

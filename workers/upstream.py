@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import math
+import socket
 import ssl
 import time
 
@@ -80,11 +81,21 @@ class Circuit:
             self.lot.unpark()
 
 
-class UpstreamConnection:
-    __slots__ = ("transport", "codec", "key", "requests", "idle_since", "created", "reused", "circuit")
+def address_text(sock) -> str:
+    """A connected socket's own address as the access log prints it ("ip:port", "[ip6]:port"), or "-"."""
+    try:
+        local = sock.getsockname()
+    except OSError:
+        return "-"
+    return f"[{local[0]}]:{local[1]}" if sock.family == socket.AF_INET6 else f"{local[0]}:{local[1]}"
 
-    def __init__(self, transport: Transport, codec, key: tuple, circuit: Circuit | None = None):
+
+class UpstreamConnection:
+    __slots__ = ("transport", "codec", "key", "requests", "idle_since", "created", "reused", "circuit", "local")
+
+    def __init__(self, transport: Transport, codec, key: tuple, circuit: Circuit | None = None, local: str = "-"):
         self.transport = transport
+        self.local = local  # "ip:port" of our end, for the access log's %UPSTREAM_LOCAL_ADDRESS%
         self.codec = codec
         self.key = key
         self.requests = 0
@@ -206,7 +217,7 @@ class UpstreamPools:
             raise ConnectFailure(reason) from None
         pool.connects += 1
         pool.active += 1
-        return UpstreamConnection(transport, self.client_codec(), key)
+        return UpstreamConnection(transport, self.client_codec(), key, local=address_text(sock))
 
     def release(self, conn: UpstreamConnection, reusable: bool, max_requests: int = 0) -> None:
         pool = self.pools.get(conn.key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -345,10 +346,10 @@ def test_text_access_log_in_a_file_follows_logrotate(tmp_path, backends):
         assert '"nowhere.example.com" "-" - - 127.0.0.1:' in nr[0]
         [post] = [line for line in lines if '"POST /echo HTTP/1.1"' in line]
         assert " 200 - via_upstream - \"-\" 1000 1000 " in post
-        assert f'"127.0.0.1:{backends.port("a")}" outbound|80||app.local - ' in post
+        assert re.search(rf'"127\.0\.0\.1:{backends.port("a")}" outbound\|80\|\|app\.local 127\.0\.0\.1:\d+ ', post)  # + our end
         assert post.endswith(" - app-route")
         [uf] = [line for line in lines if " 503 UF " in line]
-        assert "outbound|80||dead.local" in uf
+        assert "outbound|80||dead.local - " in uf  # no upstream connection, no local address
         [tcp] = [line for line in lines if '"- - -" 0 ' in line]
         assert f'"127.0.0.1:{backends.port("echo")}" outbound|9000||echo.local' in tcp
 
@@ -379,12 +380,14 @@ def test_json_access_log_on_stdout(tmp_path, backends):
         assert probe["x_forwarded_for"] == "127.0.0.1"  # as sent upstream, the peer appended
         assert probe["authority"] == "app.example.com" and probe["route_name"] == "app-route"
         assert probe["upstream_cluster"] == "outbound|80||app.local"
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", probe["upstream_local_address"])  # our end of the pooled connection
         assert isinstance(probe["duration"], int) and isinstance(probe["upstream_service_time"], int)
         [post] = [r for r in records if r["method"] == "POST"]
         assert post["bytes_received"] == 1000 and post["bytes_sent"] == 1000
         [tcp] = [r for r in records if r["response_code"] == 0]
         assert tcp["method"] is None and tcp["upstream_cluster"] == "outbound|9000||echo.local"
         assert tcp["bytes_received"] == len(b"hello\n")
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", tcp["upstream_local_address"])
 
 
 def test_access_log_off_writes_nothing(tmp_path, backends):

@@ -22,7 +22,7 @@ def record(**fields) -> SimpleNamespace:
         start=T0, method="-", path="-", protocol="HTTP/1.1", status=0, flags="-", details="-", bytes_received=0,
         bytes_sent=0, upstream_host="-", upstream_cluster="-", route_name="-", authority="-", x_forwarded_for="-",
         user_agent="-", request_id="-", service_time_ms=-1, downstream_local="-", downstream_remote="-", sni="-",
-        listener="-", duration_ms=0,
+        listener="-", duration_ms=0, upstream_local="-",
     )  # fmt: skip
     return SimpleNamespace(**{**defaults, **fields})
 
