@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--credentials-dir", default=None, metavar="DIR", help="one folder per credentialName with tls.crt, tls.key, ca.crt (default /etc/edge/credentials)")
     p.add_argument("--access-log", default=None, metavar="-|PATH|off", help="access log destination (default off)")
     p.add_argument("--access-log-format", default=None, choices=("text", "json"), help="Istio's TEXT format or JSON (default text)")
+    p.add_argument("--access-log-template", default=None, metavar="FORMAT", help="Istio's meshConfig.accessLogFormat: an Envoy format string of %%COMMAND%% operators, or with --access-log-format json a JSON object of key: format string")
     p.add_argument("--drain-timeout", default=None, metavar="SECONDS", help="graceful drain limit on SIGTERM (default 5)")
     p.add_argument("--drain-delay", default=None, metavar="SECONDS", help="keep accepting this long after SIGTERM before draining (default 0)")
     p.add_argument("--http10", default=None, choices=("accept", "reject"), help="HTTP/1.0 requests: accept (default) or reject with 426 as Istio does")
@@ -478,6 +479,7 @@ def cmd_run(args) -> int:
         "credentials_dir": args.credentials_dir,
         "access_log": args.access_log,
         "access_log_format": args.access_log_format,
+        "access_log_template": args.access_log_template,
         "drain_timeout": args.drain_timeout,
         "drain_delay": args.drain_delay,
         "http10": args.http10,

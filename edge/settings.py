@@ -47,6 +47,7 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     credentials_dir: str = DEFAULT_CREDENTIALS_DIR  # <dir>/<credentialName>/{tls.crt,tls.key,ca.crt}
     access_log: str = ACCESS_LOG_OFF  # "off", "-" (stdout) or a file path
     access_log_format: str = "text"  # "text" (Istio's default TEXT format) or "json"
+    access_log_template: str = ""  # Istio's meshConfig.accessLogFormat: Envoy command operators ("" = the default)
     drain_timeout_s: float = 5.0  # SIGTERM: finish in-flight requests for at most this long
     drain_delay_s: float = 0.0  # SIGTERM: keep accepting (readiness already failing) for this long first
     accept_http10: bool = True  # --http10 reject reproduces Istio's 426 for HTTP/1.0
@@ -204,6 +205,15 @@ def build_settings(flags: Mapping[str, object], environ: Mapping[str, str] | Non
         if value not in ACCESS_LOG_FORMATS:
             raise SettingsError(f"{where}: {value!r} is not one of {', '.join(ACCESS_LOG_FORMATS)}")
         kw["access_log_format"] = str(value)
+    value, where = pick("access_log_template", "--access-log-template")
+    if value is not None and str(value):
+        from workers.log_format import TemplateError, compile_template  # pure; the workers render with it
+
+        try:
+            compile_template(str(value), str(kw.get("access_log_format", "text")))
+        except TemplateError as exc:
+            raise SettingsError(f"{where}: {exc}") from None
+        kw["access_log_template"] = str(value)
     for name, flag, field_name in (
         ("drain_timeout", "--drain-timeout", "drain_timeout_s"),
         ("drain_delay", "--drain-delay", "drain_delay_s"),

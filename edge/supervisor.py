@@ -752,6 +752,8 @@ class Supervisor:
         if settings.credentials_dir:
             argv += ["--credentials-dir", settings.credentials_dir]
         argv += ["--access-log", settings.access_log, "--access-log-format", settings.access_log_format]
+        if settings.access_log_template:
+            argv += ["--access-log-template", settings.access_log_template]
         argv += ["--http-codec", settings.http_codec]
 
         if self.stats is not None:

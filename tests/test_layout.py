@@ -18,6 +18,8 @@ PURE_MODULES = [
     "workers/balance.py",
     "workers/headers.py",
     "workers/sni.py",
+    "workers/proxy_protocol.py",
+    "workers/log_format.py",
 ]
 IO_PACKAGES = {"trio", "socket", "multiprocessing", "watchfiles"}
 WORKER_ALLOWED_FROM_EDGE = {"edge.table", "edge.shm", "edge.errors"}

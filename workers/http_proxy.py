@@ -86,6 +86,9 @@ class RequestLog:
     forwarded: "hdr.Forwarded | None" = None  # once the request got that far: what went upstream
     upstream_authority: bytes | None = None  # the Host sent upstream (after rewrites), once routed to one
     upstream_local = "-"  # our end of the upstream connection that carried the last try
+    upstream_path: bytes | None = None  # the request target sent upstream (after rewrites)
+    upstream_original_path: bytes | None = None  # x-envoy-original-path, when the route rewrote the path
+    response_headers: list | None = None  # the response head sent to the client (custom log templates read it)
 
     def __init__(self, start: float, down: "Downstream | None" = None, request: "Request | None" = None):
         self.start = start
@@ -529,6 +532,7 @@ async def _local_reply(
         headers.extend(extra)
     if response_ops is not None:
         headers = response_ops.apply(headers)
+    log.response_headers = headers
     if down.worker.draining or close:
         down.must_close = True
     # A request body we did not read: small ones are drained so the connection stays usable.
@@ -708,6 +712,7 @@ class Exchange:
         self.policy = policy
         self.host = log.upstream_authority = _upstream_host(req, rt.route, dest)
         self.target, self.original_path = _upstream_target(rt.route, rt, req)
+        log.upstream_path, log.upstream_original_path = self.target, self.original_path
         timeout_s = rt.route.timeout_s
         self.deadline = trio.current_time() + timeout_s if timeout_s > 0 else math.inf
         self.hash_value: int | None = None
@@ -1191,6 +1196,7 @@ async def _relay_response(ex: Exchange, upstream: UpstreamConnection, response: 
         destination_ops=ex.dest.response_ops,
         extra=ex.extra_response_headers,
     )
+    log.response_headers = out_headers
     if worker.draining or not ex.body.complete:
         # A request body still arriving when the response starts: the connection cannot be reused (the
         # rest of the body is not read once the response is done), so the response says so.

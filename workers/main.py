@@ -69,7 +69,12 @@ class Worker:
         self.finish_hooks: list = []
         # Operations (issue 6): metrics in the stats segment and the access log, both on finish_hooks.
         self.stats = WorkerStats(stats_writer)
-        self.access_log = AccessLog(getattr(args, "access_log", "off") or "off", getattr(args, "access_log_format", "text"), warn=self.log)
+        self.access_log = AccessLog(
+            getattr(args, "access_log", "off") or "off",
+            getattr(args, "access_log_format", "text"),
+            warn=self.log,
+            template=getattr(args, "access_log_template", "") or "",
+        )
         if self.stats.enabled:
             self.finish_hooks.append(self.stats.record_request)
         if self.access_log.enabled:
@@ -268,6 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--credentials-dir", default=None)
     p.add_argument("--access-log", default="off")
     p.add_argument("--access-log-format", default="text", choices=["text", "json"])
+    p.add_argument("--access-log-template", default="")
     p.add_argument("--http-codec", default="h11", choices=["h11", "httptools"])
     p.add_argument("--stats-shm", default=None, help="stats segment (edge/stats_shm.py); this worker writes its slot")
     return p.parse_args(argv)

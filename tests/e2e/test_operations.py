@@ -390,6 +390,39 @@ def test_json_access_log_on_stdout(tmp_path, backends):
         assert re.fullmatch(r"127\.0\.0\.1:\d+", tcp["upstream_local_address"])
 
 
+def test_custom_access_log_templates_text_and_json(tmp_path, backends):
+    """Istio's meshConfig.accessLogFormat as --access-log-template, in both encodings, for HTTP and TCP lines."""
+    text_path, json_path = tmp_path / "text.log", tmp_path / "json.log"
+    (tmp_path / "t").mkdir()
+    (tmp_path / "j").mkdir()
+    template = '%RESPONSE_CODE% %REQ(:METHOD)% "%REQ(:PATH)%" %REQ(X-MISSING?USER-AGENT)% %UPSTREAM_CLUSTER_RAW% up=%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%'
+    with start(tmp_path / "t", backends, "--access-log", str(text_path), "--access-log-template", template) as edge:
+        drive_traffic(edge)
+        http_get(edge.port(80), "/x?y=1", host="app.example.com", headers={"user-agent": "probe/2"})
+        lines = wait_for(lambda: len(read_lines(text_path)) >= 11 and read_lines(text_path), "11 lines")
+    [probe] = [line for line in lines if '"/x?y=1"' in line]
+    assert re.fullmatch(r'200 GET "/x\?y=1" probe/2 outbound\|80\|\|app\.local up=\d+', probe)
+    assert [line for line in lines if line.startswith("404 GET ")] and all(" outbound|80||app.local " not in line for line in lines if line.startswith("404"))
+    assert [line for line in lines if line.startswith('0 - "-" - outbound|9000||echo.local up=-')]  # the TCP line
+
+    json_template = '{"code": "%RESPONSE_CODE%", "path": "%REQ(:PATH)%", "bytes": "%BYTES_SENT%", "cluster": "%UPSTREAM_CLUSTER_RAW%"}'
+    with start(tmp_path / "j", backends, "--access-log", str(json_path), "--access-log-format", "json", "--access-log-template", json_template) as edge:
+        drive_traffic(edge)
+        records = [orjson.loads(line) for line in wait_for(lambda: len(read_lines(json_path)) >= 10 and read_lines(json_path), "10 lines")]
+    assert all(list(r) == ["code", "path", "bytes", "cluster"] for r in records)
+    [post] = [r for r in records if r["path"] == "/echo"]
+    assert post == {"code": 200, "path": "/echo", "bytes": 1000, "cluster": "outbound|80||app.local"}
+    [tcp] = [r for r in records if r["code"] == 0]
+    assert tcp["path"] is None and tcp["cluster"] == "outbound|9000||echo.local"
+
+
+def test_a_bad_access_log_template_stops_edge_run_before_serving(tmp_path, backends):
+    edge = start(tmp_path, backends, "--access-log", "-", "--access-log-template", "%RESPONSE_CODE% %REQUEST_DURATION%", wait_ready=False)
+    with edge:
+        assert edge.wait(30) == 2
+    assert "--access-log-template: %REQUEST_DURATION% is not a command operator edge supports" in edge.log_text()
+
+
 def test_access_log_off_writes_nothing(tmp_path, backends):
     with start(tmp_path, backends) as edge:  # the default is off
         drive_traffic(edge)

@@ -10,7 +10,6 @@ import pytest
 from edge import table
 from edge.compiler import (
     DEFAULT_RETRY,
-    CompileOptions,
     host_matches,
     intersect_hosts,
     resolve_gateway_name,

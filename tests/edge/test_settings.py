@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 
-from edge import table
 from edge.settings import RunSettings, SettingsError, build_settings, env_name, parse_labels, parse_port_map
 
 
@@ -78,6 +77,19 @@ def test_bad_values_name_their_flag(flags, message):
     with pytest.raises(SettingsError) as raised:
         build_settings(flags, {})
     assert str(raised.value) == message
+
+
+def test_access_log_template_is_validated_against_its_encoding():
+    s = build_settings({"access_log_template": "%RESPONSE_CODE% %REQ(:PATH)%"}, {})
+    assert s.access_log_template == "%RESPONSE_CODE% %REQ(:PATH)%"
+    s = build_settings({"access_log_format": "json", "access_log_template": '{"code": "%RESPONSE_CODE%"}'}, {})
+    assert s.access_log_template == '{"code": "%RESPONSE_CODE%"}'
+    with pytest.raises(SettingsError) as raised:
+        build_settings({"access_log_template": "%NOPE%"}, {})
+    assert str(raised.value).startswith("--access-log-template: %NOPE% is not a command operator edge supports")
+    with pytest.raises(SettingsError) as raised:  # a text template given with the JSON encoding
+        build_settings({}, {"EDGE_ACCESS_LOG_FORMAT": "json", "EDGE_ACCESS_LOG_TEMPLATE": "%RESPONSE_CODE%"})
+    assert str(raised.value).startswith("EDGE_ACCESS_LOG_TEMPLATE: with --access-log-format json the template must be a JSON object")
 
 
 def test_bad_variable_is_named():
