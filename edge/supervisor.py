@@ -753,7 +753,7 @@ class Supervisor:
             argv += ["--credentials-dir", settings.credentials_dir]
         argv += ["--access-log", settings.access_log, "--access-log-format", settings.access_log_format]
         if settings.access_log_template:
-            argv += ["--access-log-template", settings.access_log_template]
+            argv.append(f"--access-log-template={settings.access_log_template}")  # one token, whatever it starts with
         argv += ["--http-codec", settings.http_codec]
 
         if self.stats is not None:
