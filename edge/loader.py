@@ -54,6 +54,44 @@ class _YamlLoader(_BaseLoader):  # type: ignore[misc, valid-type]
         return tag
 
 
+# YAML aliases can make a small document describe an enormous one (the "billion laughs" of CVE-2019-11253 in
+# the Kubernetes API server; go-yaml now refuses "excessive aliasing"). A document is refused when its aliases
+# expand it past both limits; without aliases it is never refused, however large.
+MAX_EXPANDED_NODES = 1_000_000
+MAX_ALIAS_EXPANSION = 10
+
+
+def expanded_size(root: yaml.Node) -> tuple[int, int]:
+    """(nodes once every alias is expanded, distinct nodes) of a composed document, in time linear in the
+    distinct nodes. A node that contains itself (a recursive alias) counts as infinitely large."""
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = ()
+        if children_done:
+            in_progress.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            continue
+        if key in sizes:
+            continue
+        in_progress.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in in_progress:
+                return 1 << 62, len(sizes) + len(in_progress)
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)], len(sizes)
+
+
 class _Constructor(yaml.constructor.SafeConstructor):
     """PyYAML's safe constructor, except that a scalar its explicit tag cannot hold (`!!int x`,
     `!!timestamp 2026-13-45`) is a YAML error at that scalar's line, not a ValueError from int()."""
@@ -180,6 +218,7 @@ def load_text(text: str, path: str, result: LoadResult) -> None:
     several) so a file of thousands of documents never has all its node trees alive at once. A YAML syntax
     error anywhere in the file fails the whole file with that one diagnostic, as if nothing had been read."""
     one = LoadResult()
+    may_alias = "&" in text  # no anchor, no alias: the expansion check is skipped
     try:
         documents = (n for n in yaml.compose_all(text, Loader=_YamlLoader) if n is not None)
         first = next(documents, None)
@@ -188,11 +227,11 @@ def load_text(text: str, path: str, result: LoadResult) -> None:
         index = 0
         for node in (first, second):
             if node is not None:
-                _load_document(node, path, index, multi, one)
+                _load_document(node, path, index, multi, one, may_alias)
                 index += 1
         del first, second
         for node in documents:
-            _load_document(node, path, index, multi, one)
+            _load_document(node, path, index, multi, one, may_alias)
             index += 1
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -206,7 +245,17 @@ def load_text(text: str, path: str, result: LoadResult) -> None:
     result.diagnostics.extend(one.diagnostics)
 
 
-def _load_document(node: yaml.Node, path: str, index: int, multi: bool, result: LoadResult) -> None:
+def _load_document(node: yaml.Node, path: str, index: int, multi: bool, result: LoadResult, may_alias: bool = True) -> None:
+    if may_alias:
+        expanded, unique = expanded_size(node)
+        if expanded > MAX_EXPANDED_NODES and expanded > MAX_ALIAS_EXPANSION * unique:
+            where = f"document {index + 1}: " if multi else ""
+            message = (
+                f"{where}excessive aliasing: {unique:,} YAML nodes expand to {expanded:,} through anchors and aliases "
+                f"(at most {MAX_EXPANDED_NODES:,}, or {MAX_ALIAS_EXPANSION}× the nodes written); the document is skipped"
+            )
+            result.diagnostics.append(Diagnostic(severity=ERROR, file=path, line=node.start_mark.line + 1, message=message))
+            return
     try:
         obj = _Constructor().construct_document(node)
     except yaml.YAMLError as exc:

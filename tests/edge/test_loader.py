@@ -230,3 +230,60 @@ def test_file_cache_reparses_only_changed_files(tmp_path):
     assert [r.order for r in second.resources] == [0, 1]  # load order renumbered
     assert second.resources[1].spec is first.resources[2].spec  # c.yaml was not parsed again
     assert sorted(cache.entries) == [str(tmp_path / "b.yaml"), str(tmp_path / "c.yaml")]
+
+
+def _alias_bomb(width: int) -> str:
+    """A VirtualService whose aliases multiply: width routes of width matches of width headers each."""
+    headers = ", ".join(f"h{i}: {{exact: v}}" for i in range(width))
+    matches = ", ".join(["*m"] * width)
+    routes = "\n".join(["  - *r"] * (width - 1))
+    return (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: bomb}\nspec:\n"
+        "  hosts: [a.example.com]\n  http:\n"
+        f"  - &r\n    match: [&m {{headers: {{{headers}}}}}, {matches}]\n    route: [{{destination: {{host: x}}}}]\n"
+        f"{routes}\n"
+    )
+
+
+def test_excessive_aliasing_is_refused_quickly():
+    # 120 routes × 121 matches × 120 headers ≈ 1.7 million StringMatch objects from a 4 KB file.
+    result = load(_alias_bomb(120))
+    assert result.resources == []
+    [error] = result.diagnostics
+    assert error.severity == ERROR and error.line == 1
+    assert error.message.startswith("excessive aliasing: ")
+    assert "the document is skipped" in error.message
+
+
+@pytest.mark.parametrize(
+    "text, routes",
+    [
+        # Anchors used the way people use them: one retry policy shared by several routes.
+        (
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: shared}\nspec:\n"
+            "  hosts: [a.example.com]\n  http:\n"
+            "  - {match: [{uri: {prefix: /a}}], retries: &retry {attempts: 3, perTryTimeout: 2s}, route: [{destination: {host: x}}]}\n"
+            "  - {match: [{uri: {prefix: /b}}], retries: *retry, route: [{destination: {host: x}}]}\n",
+            2,
+        ),
+        (_alias_bomb(8), 8),  # aliasing that stays small is fine
+        # An "&" that is not an anchor.
+        (
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: amp}\nspec:\n"
+            "  hosts: [a.example.com]\n  http:\n  - {match: [{uri: {exact: '/a&b'}}], route: [{destination: {host: x}}]}\n",
+            1,
+        ),
+    ],
+    ids=["shared-retry-policy", "small-expansion", "ampersand-in-a-string"],
+)
+def test_ordinary_anchors_load(text, routes):
+    result = load(text)
+    assert [d for d in result.diagnostics if d.severity == ERROR] == []
+    [vs] = result.resources
+    assert len(vs.spec.http) == routes
+
+
+def test_a_recursive_alias_is_refused():
+    result = load("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec: &s\n  hosts: [*s]\n")
+    assert result.resources == []
+    assert [d.message.split(":")[0] for d in result.diagnostics] == ["excessive aliasing"]
