@@ -42,6 +42,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+import re2
 
 from edge import istio, table
 from edge.errors import ERROR, NOTE, WARNING, Diagnostic
@@ -397,6 +398,36 @@ _FLAG_GROUP = re.compile(r"\(\?([a-zA-Z]*)(?:-([a-zA-Z]*))?([:)])")
 
 class RegexError(ValueError):
     pass
+
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+@functools.lru_cache(maxsize=4096)
+def regex_problem(pattern: str) -> str | None:
+    """Why Envoy would refuse a regex, or None. RE2 decides (the workers match with it); when RE2 refuses,
+    translate_re2's reason is given where it has one, because it names the construct in words (look-arounds,
+    backreferences, …) where RE2 says "invalid perl operator"."""
+    if pattern == "":
+        return "regex string match should not be empty"
+    if len(pattern) > MAX_REGEX_CHARS:
+        return f"regex is too large, max length allowed is {MAX_REGEX_CHARS}"
+    try:
+        re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        try:
+            translate_re2(pattern)
+        except RegexError as reason:
+            return str(reason)
+        detail = exc.args[0] if exc.args else exc
+        return detail.decode("utf-8", "replace") if isinstance(detail, bytes) else str(detail)
+    return None
+
+
+def regex_groups(pattern: str) -> int:
+    """Capturing groups of an accepted pattern (regex_problem returned None)."""
+    return re2.compile(pattern, _RE2_OPTIONS).groups
 
 
 @functools.lru_cache(maxsize=4096)
@@ -1696,11 +1727,12 @@ class _Compiler:
         return table.StringMatcher(kind=table.MATCH_REGEX, value=pattern) if pattern is not None else None
 
     def _regex(self, w: _Where, pattern: str, sub: str) -> str | None:
-        try:
-            return translate_re2(pattern)
-        except RegexError as exc:
-            w.error(f"invalid regex {pattern!r}: {exc}; Istio uses RE2 syntax (https://github.com/google/re2/wiki/Syntax)", sub)
+        """The pattern as written, once RE2 accepted it (workers/regex.py matches it with RE2, as Envoy does)."""
+        problem = regex_problem(pattern)
+        if problem is not None:
+            w.error(f"invalid regex {pattern!r}: {problem}; Istio uses RE2 syntax (https://github.com/google/re2/wiki/Syntax)", sub)
             return None
+        return pattern
 
     def _translate_header_rules(self, w: _Where, headers: istio.Headers | None, sub: str) -> table.HeaderRules | None:
         """TranslateHeadersOperations: names lowercased; `:authority`/`host` in request set/add is a host
@@ -1772,7 +1804,7 @@ class _Compiler:
             if regex is None:
                 return None
             try:
-                substitution = translate_re2_rewrite(rr.rewrite, re.compile(regex).groups)
+                substitution = translate_re2_rewrite(rr.rewrite, regex_groups(regex))
             except RegexError as exc:
                 ww.error(str(exc), ".uriRegexRewrite.rewrite")
                 return None

@@ -20,6 +20,7 @@ PURE_MODULES = [
     "workers/sni.py",
     "workers/proxy_protocol.py",
     "workers/log_format.py",
+    "workers/regex.py",
 ]
 IO_PACKAGES = {"trio", "socket", "multiprocessing", "watchfiles"}
 WORKER_ALLOWED_FROM_EDGE = {"edge.table", "edge.shm", "edge.errors"}

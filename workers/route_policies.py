@@ -18,11 +18,11 @@
 from __future__ import annotations
 
 import os
-import re
 from typing import Sequence
 
 from edge.table import MATCH_EXACT, MATCH_PREFIX, MATCH_PRESENT, MATCH_REGEX, Cors, Fault, HashPolicy, StringMatcher
 from workers.balance import hash_key
+from workers.regex import Regex
 
 PPM = 1_000_000
 FAULT_ABORT_BODY = b"fault filter abort"
@@ -41,8 +41,8 @@ def string_test(m: StringMatcher):
     if m.kind == MATCH_PRESENT:
         return lambda s: True
     if m.kind == MATCH_REGEX:
-        pattern = re.compile(value, re.IGNORECASE if m.ignore_case else 0)
-        return lambda s: pattern.fullmatch(s) is not None
+        pattern = Regex(value, ignore_case=m.ignore_case)
+        return pattern.fullmatch
     if m.ignore_case:
         value = value.lower()
         if m.kind == MATCH_PREFIX:

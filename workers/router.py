@@ -16,7 +16,6 @@
 #   (and only of the names they use), the query only for routes with query conditions, each at most once.
 from __future__ import annotations
 
-import re
 from urllib.parse import unquote
 
 from edge.table import (
@@ -33,6 +32,7 @@ from edge.table import (
 
     VirtualHost,
 )
+from workers.regex import Regex
 
 # Path tests of a route plan.
 _PATH_ANY = 0
@@ -60,7 +60,7 @@ class _Test:
         self.kind = m.kind
         self.ignore_case = m.ignore_case
         self.value = m.value.lower() if m.ignore_case else m.value
-        self.regex = re.compile(m.value) if m.kind == MATCH_REGEX else None
+        self.regex = Regex(m.value) if m.kind == MATCH_REGEX else None
 
     def __call__(self, value: str) -> bool:
         kind = self.kind
@@ -71,7 +71,7 @@ class _Test:
         if kind == MATCH_PREFIX:
             return value.startswith(self.value)
         if kind == MATCH_REGEX:
-            return self.regex.fullmatch(value) is not None
+            return self.regex.fullmatch(value)
         return True  # MATCH_PRESENT: the caller checked presence
 
 
@@ -111,7 +111,7 @@ class _Plan:
             self.path_kind = _PATH_ANY
         elif p.kind == MATCH_REGEX:
             self.path_kind = _PATH_REGEX
-            self.path_regex = re.compile(p.value)
+            self.path_regex = Regex(p.value)
         elif p.ignore_case:
             self.path_kind = _PATH_EXACT_NOCASE if p.kind == MATCH_EXACT else _PATH_PREFIX_NOCASE
             self.path_value = p.value.lower()
@@ -241,7 +241,7 @@ class Router:
                 if path != plan.path_value:
                     continue
             elif kind == _PATH_REGEX:
-                if plan.path_regex.fullmatch(path) is None:
+                if not plan.path_regex.fullmatch(path):
                     continue
             elif kind != _PATH_ANY:
                 if lowered is None:
@@ -407,7 +407,7 @@ def _why_not(route: Route, request, headers: dict[str, str], query: dict[str, st
             _PATH_PREFIX: lambda: path.startswith(plan.path_value),
             _PATH_EXACT_NOCASE: lambda: path.lower() == plan.path_value,
             _PATH_PREFIX_NOCASE: lambda: path.lower().startswith(plan.path_value),
-            _PATH_REGEX: lambda: plan.path_regex.fullmatch(path) is not None,
+            _PATH_REGEX: lambda: plan.path_regex.fullmatch(path),
         }[plan.path_kind]()
         if not ok:
             return f"path {path!r} does not match {describe_matcher(p)}"

@@ -11,7 +11,6 @@
 # - A table that fails to decode is logged and skipped; the worker keeps serving the snapshot it has.
 from __future__ import annotations
 
-import re
 import sys
 from typing import Callable
 
@@ -28,9 +27,9 @@ from edge.table import (
 )
 from workers.balance import Balancer
 from workers.headers import compile_rules
+from workers.regex import Regex
 from workers.route_policies import CompiledCors
 from workers.router import Router
-
 from workers.upstream import Circuit
 
 
@@ -51,7 +50,7 @@ class RouteRuntime:
         self.cumulative = tuple(cumulative)
         self.total_weight = total
         rw = route.rewrite
-        self.regex_rewrite = re.compile(rw.regex) if rw is not None and rw.regex is not None else None
+        self.regex_rewrite = Regex(rw.regex) if rw is not None and rw.regex is not None else None
         self.timeout_ms = int(route.timeout_s * 1000)
         self.cors = CompiledCors(route.cors) if route.cors is not None else None
         self.mirrors: tuple[tuple[Mirror, "ClusterRuntime | None"], ...] = ()  # bound by Compiled

@@ -65,6 +65,8 @@ spec:
   - {name: exact, match: [{uri: {exact: /exact}}], directResponse: {status: 200, body: {string: exact}}}
   - {name: prefix, match: [{uri: {prefix: /prefix}}], directResponse: {status: 200, body: {string: prefix}}}
   - {name: regex, match: [{uri: {regex: "/items/[0-9]+"}}], directResponse: {status: 200, body: {string: regex}}}
+  # Nested repetition: linear for RE2 (Envoy's engine, and edge's); exponential for a backtracking engine.
+  - {name: nested, match: [{uri: {regex: "/nested/([a-z]+/?)+"}}], directResponse: {status: 200, body: {string: nested}}}
   - name: nocase
     match: [{uri: {exact: /CaseLess}, ignoreUriCase: true}, {uri: {prefix: /NoCase/}, ignoreUriCase: true}]
     directResponse: {status: 200, body: {string: nocase}}
@@ -730,6 +732,9 @@ def body_of(stack: Stack, path: str, host: str = "match.example.com", port: int 
         ("/items/42", {}, "GET", (200, "regex")),
         ("/items/42x", {}, "GET", (404, "")),  # RE2 full match, not a search
         ("/x/items/42", {}, "GET", (404, "")),
+        ("/nested/abc/def/", {}, "GET", (200, "nested")),
+        # 60 letters and a mismatch at the end: Python's re would backtrack ~2^60 times and hang the worker.
+        ("/nested/" + "a" * 60 + "!", {}, "GET", (404, "")),
         ("/caseless", {}, "GET", (200, "nocase")),
         ("/NOCASE/thing", {}, "GET", (200, "nocase")),
         ("/m", {}, "POST", (200, "post")),
