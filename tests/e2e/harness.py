@@ -97,6 +97,14 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+def recv_until_eof(sock: socket.socket) -> bytes:
+    """Everything a peer sends until it closes its side."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def http_get(port: int, path: str = "/", *, host: str = "localhost", headers: Mapping[str, str] | None = None,
              method: str = "GET", body: bytes | None = None, timeout_s: float = HTTP_TIMEOUT_S) -> tuple[int, bytes, dict[str, str]]:
     """One request on a fresh connection: (status, body, lowercase headers)."""

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.e2e.harness import EdgeProcess, SampleBackends
+from tests.e2e.harness import EdgeProcess, SampleBackends, recv_until_eof
 from workers.proxy_protocol import V2_SIGNATURE
 
 pytestmark = pytest.mark.e2e
@@ -91,13 +91,6 @@ def read_response(sock: socket.socket) -> tuple[int, dict]:
     while len(body) < length:
         body += sock.recv(65536)
     return int(lines[0].split()[1]), json.loads(body[:length])
-
-
-def recv_until_eof(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @pytest.fixture(scope="module")

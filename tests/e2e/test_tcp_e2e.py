@@ -17,7 +17,7 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.harness import EdgeProcess, SampleBackends, http_get
+from tests.e2e.harness import EdgeProcess, SampleBackends, http_get, recv_until_eof
 
 pytestmark = pytest.mark.e2e
 
@@ -116,15 +116,6 @@ def tcp_echo_service_entry(backends: SampleBackends) -> str:
         "  ports:\n  - {number: 9000, name: tcp, protocol: TCP}\n"
         f"  endpoints:\n{endpoints}"
     )
-
-
-def recv_until_eof(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
 
 
 def echo_once(port: int, payload: bytes = b"hello\n") -> bytes:
