@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--http-codec", default=None, choices=("h11", "httptools"), help="HTTP/1.1 engine: h11 (default, the reference) or httptools (faster; pip install 'edge[fast]')")
     p.add_argument("--num-trusted-proxies", default=None, metavar="N", help="proxies in front of edge whose X-Forwarded-For entries are trusted (Istio's gatewayTopology.numTrustedProxies; default 0)")
     p.add_argument("--preserve-external-request-id", action="store_true", default=None, help="keep a client's x-request-id instead of replacing it (Envoy's preserve_external_request_id)")
+    p.add_argument("--dns-refresh-rate", default=None, metavar="SECONDS", help="how often ServiceEntry DNS names are resolved again (Istio's meshConfig.dnsRefreshRate; default 60)")
     p.add_argument("--proxy-protocol", action="store_true", default=None, help="every connection starts with a PROXY protocol v1/v2 header, as from AWS NLB (Istio's gatewayTopology.proxyProtocol)")
     p.set_defaults(handler=cmd_run)
     return parser
@@ -493,6 +494,7 @@ def cmd_run(args) -> int:
         "num_trusted_proxies": args.num_trusted_proxies,
         "preserve_external_request_id": args.preserve_external_request_id,
         "proxy_protocol": args.proxy_protocol,
+        "dns_refresh_rate": args.dns_refresh_rate,
 
     }
 

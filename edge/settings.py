@@ -25,6 +25,7 @@ ACCESS_LOG_STDOUT = "-"
 ACCESS_LOG_FORMATS = ("text", "json")
 HTTP10_MODES = ("accept", "reject")
 HTTP_CODECS = ("h11", "httptools")
+MIN_DNS_REFRESH_S = 0.1  # a floor against a busy loop of lookups
 MAX_TRUSTED_PROXIES = 64  # an X-Forwarded-For longer than the head limit allows is no use
 
 _TRUE = ("1", "true", "yes", "on")
@@ -61,6 +62,7 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     num_trusted_proxies: int = 0  # Istio's gatewayTopology.numTrustedProxies: X-Forwarded-For hops trusted
     preserve_external_request_id: bool = False  # Envoy's option: keep a client's x-request-id
     proxy_protocol: bool = False  # Istio's gatewayTopology.proxyProtocol: a PROXY header starts every connection
+    dns_refresh_rate_s: float | None = None  # Istio's meshConfig.dnsRefreshRate (None: each cluster's, 60 s)
 
     def table_options(self):
         """The per-table switches workers read (edge.table.Options)."""
@@ -264,6 +266,12 @@ def build_settings(flags: Mapping[str, object], environ: Mapping[str, str] | Non
     value, where = pick("preserve_external_request_id", "--preserve-external-request-id")
     if value is not None:
         kw["preserve_external_request_id"] = value if isinstance(value, bool) else parse_bool(str(value), where)
+    value, where = pick("dns_refresh_rate", "--dns-refresh-rate")
+    if value is not None:
+        refresh = _seconds(str(value), where)
+        if refresh < MIN_DNS_REFRESH_S:
+            raise SettingsError(f"{where}: {value!r} is below {MIN_DNS_REFRESH_S} s")
+        kw["dns_refresh_rate_s"] = refresh
     value, where = pick("proxy_protocol", "--proxy-protocol")
     if value is not None:
         kw["proxy_protocol"] = value if isinstance(value, bool) else parse_bool(str(value), where)

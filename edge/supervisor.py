@@ -401,7 +401,8 @@ class Supervisor:
         dns_resolve: Resolver | None = None,
     ):
         self.settings = settings
-        self.dns = DnsResolver(dns_resolve, log=log)  # ServiceEntry DNS names → addresses (edge/dns.py)
+        # ServiceEntry DNS names → addresses (edge/dns.py); --dns-refresh-rate replaces every cluster's interval.
+        self.dns = DnsResolver(dns_resolve, log=log, refresh_override_s=settings.dns_refresh_rate_s)
         self.worker_argv = tuple(WORKER_ARGV if worker_argv is None else worker_argv)
         self.config_paths = tuple(settings.config)
         workers = settings.workers

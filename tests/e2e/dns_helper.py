@@ -1,22 +1,19 @@
 """`edge <args>` exactly as the CLI runs it, except that ServiceEntry DNS names are looked up in a JSON file.
 
-    EDGE_TEST_DNS_FILE=answers.json EDGE_TEST_DNS_REFRESH_S=0.2 python dns_helper.py run --config DIR ...
+    EDGE_TEST_DNS_FILE=answers.json python dns_helper.py run --config DIR --dns-refresh-rate 0.2 ...
 
 answers.json maps a name to a list of addresses; any other value, or a name not in it, fails like the system
 resolver does (socket.gaierror EAI_NONAME). The file is read on every lookup, so a test changes DNS by
-rewriting it. EDGE_TEST_DNS_REFRESH_S, when set, replaces every cluster's refresh interval (60 s otherwise).
-The supervisor builds its resolver from edge.dns.DEFAULT_RESOLVER and edge.supervisor.DnsResolver, which this
-process replaces; nothing else differs from `python -m edge`, and no lookup reaches the system resolver.
+rewriting it. The supervisor builds its resolver around edge.dns.DEFAULT_RESOLVER, which this process
+replaces; nothing else differs from `python -m edge`, and no lookup reaches the system resolver.
 """
 
-import functools
 import json
 import os
 import socket
 import sys
 
 import edge.dns
-import edge.supervisor
 from edge import cli
 
 
@@ -30,8 +27,5 @@ def resolve_from_file(name: str) -> list[str]:
 
 if __name__ == "__main__":
     edge.dns.DEFAULT_RESOLVER = resolve_from_file
-    refresh = os.environ.get("EDGE_TEST_DNS_REFRESH_S")
-    if refresh:
-        edge.supervisor.DnsResolver = functools.partial(edge.dns.DnsResolver, refresh_override_s=float(refresh))
     sys.argv = ["edge", *sys.argv[1:]]
     sys.exit(cli.main())

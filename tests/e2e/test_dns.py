@@ -4,8 +4,8 @@
 # - The real `python -m edge` with the system resolver, on the one name every machine resolves without a network:
 #   an endpoint address `localhost` (/etc/hosts, 127.0.0.1).
 # - Everything else through tests/e2e/dns_helper.py: the same CLI and supervisor, with lookups answered from a
-#   JSON file this test rewrites (names that do not resolve, answers that change, refreshed every 0.2 s). No
-#   lookup of these tests reaches a DNS server.
+#   JSON file this test rewrites (names that do not resolve, answers that change, refreshed every 0.2 s with
+#   --dns-refresh-rate). No lookup of these tests reaches a DNS server.
 from __future__ import annotations
 
 import json
@@ -121,8 +121,9 @@ def dns_stack(tmp_path):
             "se-rr.yaml": service_entry("rr", "rr.dns.test", p("rr"), "DNS_ROUND_ROBIN"),
             "se-all.yaml": service_entry("all", "all.dns.test", 80, "DNS", [("rr.dns.test", p("rr"))]),
         }
-        env = {"EDGE_TEST_DNS_FILE": str(answers), "EDGE_TEST_DNS_REFRESH_S": str(REFRESH_S)}
-        with EdgeProcess(tmp_path, config, gateway_ports=(80,), program=HELPER, env=env) as edge:
+        env = {"EDGE_TEST_DNS_FILE": str(answers)}
+        args = ("--dns-refresh-rate", str(REFRESH_S))  # Istio's meshConfig.dnsRefreshRate, here 0.2 s
+        with EdgeProcess(tmp_path, config, gateway_ports=(80,), program=HELPER, env=env, extra_args=args) as edge:
             yield edge, backends, set_answers
 
 

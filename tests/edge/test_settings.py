@@ -32,13 +32,14 @@ def test_every_flag_has_a_variable():
         "EDGE_GATEWAY_LABELS": "app=edge", "EDGE_CREDENTIALS_DIR": "/c", "EDGE_ACCESS_LOG_FORMAT": "json",
         "EDGE_DRAIN_TIMEOUT": "2.5", "EDGE_DRAIN_DELAY": "1", "EDGE_SHADOW_HOST_SUFFIX": "yes", "EDGE_SERVER_HEADER": "",
         "EDGE_CLUSTER_DOMAIN": "corp", "EDGE_NUM_TRUSTED_PROXIES": "2", "EDGE_PRESERVE_EXTERNAL_REQUEST_ID": "on",
-        "EDGE_PROXY_PROTOCOL": "true",
+        "EDGE_PROXY_PROTOCOL": "true", "EDGE_DNS_REFRESH_RATE": "30",
     }
     s = build_settings({}, env)
     assert s == RunSettings(
         workers=s.workers, status_port=1, metrics_port=2, admin_port=3, admin_bind="::1", gateway_labels={"app": "edge"},
         credentials_dir="/c", access_log_format="json", drain_timeout_s=2.5, drain_delay_s=1.0, shadow_host_suffix=True,
         server_header="", cluster_domain="corp", num_trusted_proxies=2, preserve_external_request_id=True, proxy_protocol=True,
+        dns_refresh_rate_s=30.0,
     )
 
 
@@ -71,6 +72,8 @@ def test_parse_port_map_rejects(text):
         ({"num_trusted_proxies": "x"}, "--num-trusted-proxies: 'x' is not a number"),
         ({"num_trusted_proxies": "-1"}, "--num-trusted-proxies: must be between 0 and 64"),
         ({"num_trusted_proxies": "65"}, "--num-trusted-proxies: must be between 0 and 64"),
+        ({"dns_refresh_rate": "soon"}, "--dns-refresh-rate: 'soon' is not a number of seconds"),
+        ({"dns_refresh_rate": "0.05"}, "--dns-refresh-rate: '0.05' is below 0.1 s"),
     ],
 )
 def test_bad_values_name_their_flag(flags, message):
