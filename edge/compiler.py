@@ -42,7 +42,6 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-import re2
 
 from edge import istio, table
 from edge.errors import ERROR, NOTE, WARNING, Diagnostic
@@ -400,10 +399,6 @@ class RegexError(ValueError):
     pass
 
 
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False
-
-
 @functools.lru_cache(maxsize=4096)
 def regex_problem(pattern: str) -> str | None:
     """Why Envoy would refuse a regex, or None. RE2 decides (the workers match with it); when RE2 refuses,
@@ -413,8 +408,10 @@ def regex_problem(pattern: str) -> str | None:
         return "regex string match should not be empty"
     if len(pattern) > MAX_REGEX_CHARS:
         return f"regex is too large, max length allowed is {MAX_REGEX_CHARS}"
+    import re2  # with the first regex: a config without one never loads it
+
     try:
-        re2.compile(pattern, _RE2_OPTIONS)
+        re2.compile(pattern, _re2_options())
     except re2.error as exc:
         try:
             translate_re2(pattern)
@@ -427,7 +424,18 @@ def regex_problem(pattern: str) -> str | None:
 
 def regex_groups(pattern: str) -> int:
     """Capturing groups of an accepted pattern (regex_problem returned None)."""
-    return re2.compile(pattern, _RE2_OPTIONS).groups
+    import re2
+
+    return re2.compile(pattern, _re2_options()).groups
+
+
+@functools.lru_cache(maxsize=1)
+def _re2_options():
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # a refused pattern is a diagnostic, not a line on stderr
+    return options
 
 
 @functools.lru_cache(maxsize=4096)

@@ -11,16 +11,27 @@
 #   the re-compatible wrapper); the wrapper is the fallback and does the substitutions.
 from __future__ import annotations
 
-import re2
+from typing import Any
 
-_OPTIONS = re2.Options()
-_OPTIONS.log_errors = False  # a bad pattern is an exception here, not a line on stderr
-try:
-    _ANCHOR_BOTH = re2._re2.RE2.Anchor.ANCHOR_BOTH
-except AttributeError:  # a binding without the low-level object: the wrapper alone
-    _ANCHOR_BOTH = None
+# google-re2 is loaded with the first pattern, so a table without regexes never pays its memory (~2.5 MiB).
+_RE2: Any = None
+_OPTIONS: Any = None
+_ANCHOR_BOTH: Any = None
 
-error = re2.error
+
+def _re2() -> Any:
+    global _RE2, _OPTIONS, _ANCHOR_BOTH
+    if _RE2 is None:
+        import re2
+
+        options = re2.Options()
+        options.log_errors = False  # a bad pattern is an exception here, not a line on stderr
+        try:
+            _ANCHOR_BOTH = re2._re2.RE2.Anchor.ANCHOR_BOTH
+        except AttributeError:  # a binding without the low-level object: the wrapper alone
+            _ANCHOR_BOTH = None
+        _OPTIONS, _RE2 = options, re2
+    return _RE2
 
 
 class Regex:
@@ -30,7 +41,7 @@ class Regex:
 
     def __init__(self, pattern: str, ignore_case: bool = False):
         self.pattern = pattern
-        self._compiled = re2.compile(("(?i)" if ignore_case else "") + pattern, _OPTIONS)
+        self._compiled = _re2().compile(("(?i)" if ignore_case else "") + pattern, _OPTIONS)
         self.groups = self._compiled.groups
         raw = getattr(self._compiled, "_regexp", None)
         self._raw = raw if _ANCHOR_BOTH is not None and hasattr(raw, "Match") else None
