@@ -92,7 +92,8 @@ class Worker:
 
     def finish_tcp(self, log: TcpLog) -> None:
         """The end of a TCP/TLS-passthrough connection: its access-log line and its closed/bytes counters."""
-        self.stats.tcp_connection_closed(log.listener, log.upstream_cluster, log.bytes_sent, log.bytes_received)
+        sent, received = self.stats.untrack_tcp(log, log.bytes_sent, log.bytes_received)
+        self.stats.tcp_connection_closed(log.listener, log.upstream_cluster, sent, received)
         self.access_log.write_tcp(log)
 
     # ------------------------------------------------------------------ table

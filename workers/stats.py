@@ -7,6 +7,9 @@
 #   stats are enabled:
 #     worker.stats.tcp_connection_opened(listener, cluster)   once the upstream connection is up
 #     worker.stats.tcp_bytes(listener, cluster, sent, received)   optional, progress of a long connection
+#     worker.stats.track_tcp(TcpLog, Splice)   the same, done every publish from the splice's counters (the
+#                                             L4 proxy does this, so long connections show up in the metrics
+#                                             every PUBLISH_INTERVAL_S, not only when they close)
 #     worker.stats.tcp_connection_closed(listener, cluster, sent, received)   at the end, with the bytes not
 #                                                                 yet reported through tcp_bytes
 #     worker.finish_tcp(TcpLog)   the access-log line of a TCP connection (workers/access_log.py); it also
@@ -52,6 +55,9 @@ class WorkerStats:
         self.tcp_active = 0
         self._ejections_seen: dict[str, int] = {}  # cluster → Balancer.ejections_total already counted
         self._log_lost_seen = 0  # access-log lines dropped or failed, already counted
+        # Open TCP connections whose bytes publish() reports as they grow: id(TcpLog) → [log, splice, bytes sent
+        # reported, bytes received reported]. finish_tcp reports only the rest (untrack_tcp).
+        self._tcp_live: dict[int, list] = {}
 
     # ------------------------------------------------------------------------------------------- HTTP
 
@@ -72,6 +78,26 @@ class WorkerStats:
         if self.writer is not None and (sent or received):
             self.writer.tcp_bytes(listener, cluster or "-", sent, received)
 
+    def track_tcp(self, log, splice) -> None:
+        """Report this connection's bytes (splice.bytes_down sent, splice.bytes_up received) every publish."""
+        if self.writer is not None:
+            self._tcp_live[id(log)] = [log, splice, 0, 0]
+
+    def untrack_tcp(self, log, sent: int, received: int) -> tuple[int, int]:
+        """The connection ended with these totals: the part publish() has not reported yet."""
+        entry = self._tcp_live.pop(id(log), None)
+        if entry is None:
+            return sent, received
+        return max(0, sent - entry[2]), max(0, received - entry[3])
+
+    def _publish_tcp_progress(self) -> None:
+        for entry in self._tcp_live.values():
+            log, splice, sent_done, received_done = entry
+            sent, received = splice.bytes_down - sent_done, splice.bytes_up - received_done
+            if sent > 0 or received > 0:
+                self.tcp_bytes(log.listener, log.upstream_cluster, sent, received)
+                entry[2], entry[3] = sent_done + sent, received_done + received
+
     def tcp_connection_closed(self, listener: str, cluster: str, sent: int = 0, received: int = 0) -> None:
         self.tcp_active = max(0, self.tcp_active - 1)
         if self.writer is not None:
@@ -83,6 +109,7 @@ class WorkerStats:
         writer = self.writer
         if writer is None:
             return
+        self._publish_tcp_progress()
         now = trio.current_time()
         compiled = worker.view.compiled
         pool_stats: dict[str, dict[str, int]] = {}

@@ -229,11 +229,13 @@ async def proxy_socket(worker: Worker, compiled: Compiled, client: socket.socket
         if upstream is None:
             return None
         idle_s, max_s = _limits(upstream)
+        splice = Splice()
+        worker.stats.track_tcp(log, splice)  # bytes reach the metrics while the connection lasts
         try:
             if upstream.transport is None:
-                splice = await splice_sockets(client, upstream.sock, idle_s, max_s, initial)
+                await splice_sockets(client, upstream.sock, idle_s, max_s, initial, splice=splice)
             else:
-                splice = await splice_transports(SocketTransport(client), upstream.transport, idle_s, max_s, initial)
+                await splice_transports(SocketTransport(client), upstream.transport, idle_s, max_s, initial, splice=splice)
             return splice
         finally:
             upstream.finish()
@@ -250,8 +252,10 @@ async def proxy_transport(worker: Worker, compiled: Compiled, client: Transport,
             return None
         idle_s, max_s = _limits(upstream)
         target = upstream.transport if upstream.transport is not None else SocketTransport(upstream.sock)
+        splice = Splice()
+        worker.stats.track_tcp(log, splice)
         try:
-            splice = await splice_transports(client, target, idle_s, max_s)
+            await splice_transports(client, target, idle_s, max_s, splice=splice)
             return splice
         finally:
             upstream.finish()
@@ -274,10 +278,10 @@ def _finish_log(worker: Worker, log: TcpLog, splice: Splice | None) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-async def splice_sockets(client: socket.socket, upstream: socket.socket, idle_timeout_s: float = 0.0, max_duration_s: float = 0.0, initial: bytes = b"") -> Splice:
+async def splice_sockets(client: socket.socket, upstream: socket.socket, idle_timeout_s: float = 0.0, max_duration_s: float = 0.0, initial: bytes = b"", splice: Splice | None = None) -> Splice:
     """Copy bytes both ways between two connected non-blocking sockets until both directions saw EOF, one
     side failed, or a timeout fired. Closing the sockets is the caller's business."""
-    splice = Splice()
+    splice = splice if splice is not None else Splice()  # the caller's, to watch the bytes as they go
     with trio.move_on_after(max_duration_s if max_duration_s > 0 else math.inf):
         async with trio.open_nursery() as nursery:
             if idle_timeout_s > 0:
@@ -343,9 +347,9 @@ async def _pump_sockets(src: socket.socket, dst: socket.socket, splice: Splice, 
         scope.cancel()
 
 
-async def splice_transports(client: Transport, upstream: Transport, idle_timeout_s: float = 0.0, max_duration_s: float = 0.0, initial: bytes = b"") -> Splice:
+async def splice_transports(client: Transport, upstream: Transport, idle_timeout_s: float = 0.0, max_duration_s: float = 0.0, initial: bytes = b"", splice: Splice | None = None) -> Splice:
     """splice_sockets for transports (TLS on either side; a TLS side half-closes with close_notify)."""
-    splice = Splice()
+    splice = splice if splice is not None else Splice()
     with trio.move_on_after(max_duration_s if max_duration_s > 0 else math.inf):
         async with trio.open_nursery() as nursery:
             if idle_timeout_s > 0:

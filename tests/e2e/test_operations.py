@@ -165,6 +165,31 @@ def drive_traffic(edge: EdgeProcess) -> None:
 # ------------------------------------------------------------------------------------------------ metrics
 
 
+def test_an_open_tcp_connection_shows_its_bytes_before_it_closes(tmp_path, backends):
+    """istio_tcp_*_bytes_total grow while a long connection lasts (every publish, 1 s), and its close adds only
+    the rest: each byte is counted once."""
+    with start(tmp_path, backends, workers=1) as edge:
+        sock = socket.create_connection(("127.0.0.1", edge.port(TCP_PORT)), timeout=WAIT_S)
+        try:
+            greeting = sock.recv(100)
+            assert greeting == b"echo\n"
+            sock.sendall(b"x" * 1000)
+            echoed = b""
+            while len(echoed) < 1000:
+                echoed += sock.recv(4096)
+            samples = wait_for(lambda: (s := prometheus(edge)) and total(s, "istio_tcp_received_bytes_total") >= 1000 and s, "bytes of the open connection")
+            assert total(samples, "istio_tcp_received_bytes_total") == 1000
+            assert total(samples, "istio_tcp_sent_bytes_total") == len(greeting) + 1000
+            assert total(samples, "istio_tcp_connections_closed_total") == 0  # still open
+            sock.sendall(b"yz")
+            assert sock.recv(100) == b"yz"
+        finally:
+            sock.close()
+        samples = wait_for(lambda: (s := prometheus(edge)) and total(s, "istio_tcp_connections_closed_total") == 1 and s, "the close")
+        assert total(samples, "istio_tcp_received_bytes_total") == 1002
+        assert total(samples, "istio_tcp_sent_bytes_total") == len(greeting) + 1002
+
+
 def test_metrics_port_serves_istio_and_edge_metrics(tmp_path, backends):
     with start(tmp_path, backends) as edge:
         drive_traffic(edge)

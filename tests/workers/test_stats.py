@@ -54,3 +54,38 @@ def test_without_a_segment_everything_is_a_no_op():
     stats.tcp_bytes("l", "c", 1, 1)
     stats.tcp_connection_closed("l", "c", 1, 1)
     assert stats.tcp_active == 0
+
+
+def test_open_tcp_connections_report_their_bytes_as_they_grow_and_the_rest_at_close(segment):
+    from workers.access_log import TcpLog
+    from workers.tcp_proxy import Splice
+
+    writer = SlotWriter.attach(segment.name, 0)
+    stats = WorkerStats(writer)
+    key = ("0.0.0.0:31400", "outbound|9000||echo")
+    log = TcpLog(time.time(), key[0])
+    log.upstream_cluster = key[1]
+    splice = Splice()
+    stats.tcp_connection_opened(*key)
+    stats.track_tcp(log, splice)
+
+    def totals():
+        words = dict(segment.read_slot(0).tcp)[key]
+        return words[E_TCP_SENT], words[E_TCP_RECEIVED], words[E_TCP_CLOSED]
+
+    splice.bytes_up, splice.bytes_down = 10, 100
+    stats._publish_tcp_progress()  # what every publish does
+    assert totals() == (100, 10, 0)  # seen while the connection is open
+    stats._publish_tcp_progress()
+    assert totals() == (100, 10, 0)  # nothing new, nothing added
+    splice.bytes_up, splice.bytes_down = 15, 130
+    stats._publish_tcp_progress()
+    assert totals() == (130, 15, 0)
+    splice.bytes_up, splice.bytes_down = 16, 135  # the last bytes, then the connection closes
+    sent, received = stats.untrack_tcp(log, splice.bytes_down, splice.bytes_up)
+    assert (sent, received) == (5, 1)  # only what the metrics have not seen
+    stats.tcp_connection_closed(*key, sent=sent, received=received)
+    assert totals() == (135, 16, 1)  # each byte counted once
+    stats._publish_tcp_progress()
+    assert totals() == (135, 16, 1)  # a closed connection is no longer reported
+    writer.close()
