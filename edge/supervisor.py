@@ -69,10 +69,9 @@ import trio
 from edge import control
 from edge.admin import admin_routes, metrics_routes
 from edge.compiler import load_and_compile
-from edge.loader import FileCache
-
 from edge.dns import DnsResolver, Resolver
 from edge.errors import ERROR, WARNING, ConfigError, Diagnostic
+from edge.loader import FileCache
 from edge.metrics import LiveHistory, SupervisorView, Totals, live_sample, sum_slots
 from edge.settings import RunSettings
 from edge.shm import ShmError, TableWriter, remove_stale_segments

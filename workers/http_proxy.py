@@ -82,7 +82,6 @@ class RequestLog:
     service_time_ms = -1
     attempts = 0
     duration_ms = 0
-    original_path = "-"
     forwarded: "hdr.Forwarded | None" = None  # once the request got that far: what went upstream
     upstream_authority: bytes | None = None  # the Host sent upstream (after rewrites), once routed to one
     upstream_local = "-"  # our end of the upstream connection that carried the last try
@@ -187,7 +186,6 @@ class Downstream:
         self.local = local
         self.scheme = scheme
         self.scheme_bytes = scheme.encode()
-
         self.listener_key = listener_key
         self.chain_index = chain_index
         self.sni = sni
@@ -416,7 +414,6 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
     if vhost.require_tls and req.scheme == "http":
         # Envoy's createSslRedirectPath: the Host as the client sent it, then the normalised path and query.
         location = b"https://" + authority + path + (b"?" + raw_query if raw_query else b"")
-
         await _local_reply(down, request, log, 301, b"", extra=[(b"location", location)], flags="-", details="via_upstream")
         return True
     route = router.match(vhost, req)
@@ -627,7 +624,6 @@ class TryResult:
 
     def __init__(self, kind: str, status: int = 0, reason: str = "", upstream: UpstreamConnection | None = None, response: Response | None = None):
         self.kind = kind
-
         self.status = status
         self.reason = reason
         self.upstream = upstream  # held only for a retriable response that was not sent
@@ -707,7 +703,6 @@ class Exchange:
         self.body = BodyState(req.body_present, req.chunked)
         if self.body.present:
             _take_parsed_body(down.conn, self.body)
-
         self.log = log
         self.policy = policy
         self.host = log.upstream_authority = _upstream_host(req, rt.route, dest)
@@ -1261,7 +1256,6 @@ def _sni_for(cluster, host: bytes) -> str | None:
 
 MIRROR_TIMEOUT_S = 10.0
 _MIRROR_REPLACED = frozenset({b"host", b"content-length", b"transfer-encoding"})
-
 MAX_MIRRORS_IN_FLIGHT = 256
 
 

@@ -29,7 +29,6 @@ from edge.table import (
     RouteConfig,
     RouteMatch,
     StringMatcher,
-
     VirtualHost,
 )
 from workers.regex import Regex

@@ -276,12 +276,10 @@ def test_connect_failure_closes_and_idle_timeout(tmp_path, echo_backends):
         for _ in range(10):
             with socket.create_connection(("127.0.0.1", edge.port(31400)), timeout=TIMEOUT_S) as sock:
                 sock.sendall(b"anyone?")
-                start = time.monotonic()
                 try:
-                    assert sock.recv(100) == b""
+                    assert sock.recv(100) == b""  # closed, not left hanging (the socket timeout would raise)
                 except ConnectionResetError:
                     pass
-                assert time.monotonic() - start < 2
         # idleTimeout 1s: an open, silent connection is closed after about a second; traffic keeps it open.
         with socket.create_connection(("127.0.0.1", edge.port(31401)), timeout=TIMEOUT_S) as sock:
             assert sock.recv(100) == b"v1\n"
@@ -373,12 +371,12 @@ def test_tcp_max_connections_queues_one_then_overflows(tmp_path, echo_backends):
                 with pytest.raises(TimeoutError):
                     waiting.recv(100)  # pending: no upstream connection yet, so no greeting
                 with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as refused:
-                    start = time.monotonic()
                     try:
+                        # Closed at once: left pending, it would wait out the 10 s connectTimeout and the 5 s
+                        # socket timeout would raise first.
                         assert refused.recv(100) == b""
                     except ConnectionResetError:
                         pass
-                    assert time.monotonic() - start < 2
                 first.close()  # frees the slot: the waiting connection goes through
                 waiting.settimeout(TIMEOUT_S)
                 assert waiting.recv(100) == b"v1\n"
