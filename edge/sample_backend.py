@@ -668,7 +668,7 @@ async def _endpoint_websocket(session: _HttpSession, request: h11.Request, arg: 
         return After.NEXT
     await session.read_body()
     accept = base64.b64encode(hashlib.sha1(key.encode() + WEBSOCKET_GUID).digest())
-    headers = session.served_by((b"upgrade", b"websocket"), (b"connection", b"Upgrade"), (b"sec-websocket-accept", accept))
+    headers = session.served_by((b"upgrade", b"websocket"), (b"connection", b"Upgrade"), (b"sec-websocket-accept", accept), (b"server", b"sample-backend"))
     await session.send(h11.InformationalResponse(status_code=101, headers=headers, reason=b"Switching Protocols"))
     pending, _ = session.conn.trailing_data
     if pending:

@@ -1389,9 +1389,12 @@ async def _splice_upgraded(ex: Exchange, upstream: UpstreamConnection, response:
     down = ex.down
     log = ex.log
     worker = down.worker
-    headers = [(n, v) for n, v in response.headers if n not in UPGRADE_RESPONSE_HOP_BY_HOP and n != b"server"]
-    if worker.server_header:
-        headers.append((b"server", worker.server_header))
+    # `server` as for any response (hdr.downstream_response_headers): ours replaces the upstream's unless the
+    # gateway was told to pass the upstream's through (--server-header "").
+    server = worker.server_header
+    headers = [(n, v) for n, v in response.headers if n not in UPGRADE_RESPONSE_HOP_BY_HOP and not (server and n == b"server")]
+    if server:
+        headers.append((b"server", server))
     log.status = 101
     log.details = "via_upstream"
     try:

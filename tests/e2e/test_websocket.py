@@ -83,6 +83,16 @@ def test_handshake_then_bytes_both_ways(gateway):
         assert sock.recv(1) == b""
 
 
+def test_an_empty_server_header_setting_passes_the_backends_through_on_a_101(tmp_path):
+    with SampleBackends(tmp_path, http=["ws-1"]) as backends:
+        config = {"gw.yaml": GATEWAY, "se.yaml": backends.service_entry("ws.local")}
+        with EdgeProcess(tmp_path, config, gateway_ports=(80,), workers=1, extra_args=("--server-header", "")) as edge:
+            with socket.create_connection(("127.0.0.1", edge.port(80)), timeout=5) as sock:
+                head = _handshake(sock, base64.b64encode(os.urandom(16))).lower()
+    assert head.startswith(b"http/1.1 101")
+    assert b"server: sample-backend" in head and b"istio-envoy" not in head
+
+
 def test_a_refused_upgrade_is_an_ordinary_response(gateway):
     with socket.create_connection(("127.0.0.1", gateway.port(80)), timeout=5) as sock:
         head = _handshake(sock, base64.b64encode(os.urandom(16)), path="/headers")
