@@ -9,8 +9,14 @@
 #   /stats (text; ?format=json, ?filter=REGEX, ?usedonly), /stats/prometheus, /ready (200 LIVE, 503
 #   PRE_INITIALIZING/DRAINING), /server_info. Plus / (the live page, edge/admin_page.py) and /live (its JSON).
 # - Metrics port: /stats/prometheus only (Istio's 15090 listener).
+# - The admin port answers only requests a browser cannot be tricked into sending (admin_guard): the Host must be
+#   an IP address or `localhost` (a DNS-rebinding page reaches the port under its own host name, which is
+#   refused), and a request that changes something (POST) must not come from another origin (an Origin header
+#   other than this Host's, or Sec-Fetch-Site: cross-site). curl, scripts and the admin page itself pass. 403
+#   otherwise.
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from typing import TYPE_CHECKING
@@ -23,6 +29,7 @@ from edge.admin_page import PAGE_HTML
 from edge.metrics import envoy_stats, live_view, render_envoy_stats, render_prometheus
 from edge.status import Request, Response, Routes, text
 from edge.table import to_builtins
+from workers.regex import regex_error
 
 if TYPE_CHECKING:
     from edge.supervisor import Supervisor
@@ -180,6 +187,44 @@ def metrics_routes(supervisor: "Supervisor") -> Routes:
     return {"/stats/prometheus": {"GET": prometheus}}
 
 
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def admin_refusal(request: Request) -> str | None:
+    """Why the admin port refuses this request (see the module comment), or None."""
+    headers = dict(request.headers)
+    host = headers.get("host", "")
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    if name != "localhost":
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return f"Host {host!r} is not an IP address or localhost (the admin port does not answer other names)"
+    if request.method not in _SAFE_METHODS:
+        origin = headers.get("origin")
+        if origin is not None and origin != f"http://{host}":
+            return f"Origin {origin!r} is not this admin port"
+        if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return "a cross-site request"
+    return None
+
+
+def admin_guard(routes: Routes) -> Routes:
+    """Every route behind admin_refusal: 403 with the reason."""
+
+    def guarded(route):
+        async def checked(request: Request) -> Response:
+            refusal = admin_refusal(request)
+            if refusal is not None:
+                return text(403, f"forbidden: {refusal}")
+            return await route(request)
+
+        return checked
+
+    return {path: {method: guarded(route) for method, route in methods.items()} for path, methods in routes.items()}
+
+
 def admin_routes(supervisor: "Supervisor") -> Routes:
     routes = metrics_routes(supervisor)
 
@@ -212,7 +257,7 @@ def admin_routes(supervisor: "Supervisor") -> Routes:
             return json_response(200, {"stats": [{"name": k, "value": v} for k, v in sorted(values.items())]})
         try:
             body = render_envoy_stats(values, filter_regex=query.get("filter", ""), used_only="usedonly" in query)
-        except re.error as exc:
+        except regex_error() as exc:
             return text(400, f"filter: {exc}")
         return Response(200, body.encode())
 
@@ -247,7 +292,7 @@ def admin_routes(supervisor: "Supervisor") -> Routes:
         "/server_info": {"GET": info},
         "/reload": {"POST": reload},
     })  # fmt: skip
-    return routes
+    return admin_guard(routes)
 
 
-__all__ = ["admin_routes", "metrics_routes", "config_dump", "clusters_document", "clusters_text", "server_info", "split_diagnostic"]
+__all__ = ["admin_guard", "admin_refusal", "admin_routes", "metrics_routes", "config_dump", "clusters_document", "clusters_text", "server_info", "split_diagnostic"]

@@ -82,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--server-header", default=None, metavar="NAME", help="server response header (default istio-envoy)")
     p.add_argument("--cluster-domain", default=None, help="domain of short host names (default cluster.local)")
     p.add_argument("--request-headers-timeout", default=None, metavar="SECONDS", help="a request head must arrive within this time once it started (default 10; 408 after)")
+    p.add_argument("--stream-idle-timeout", default=None, metavar="SECONDS", help="a request in flight whose bytes stop moving for this long is ended: 408 while its body was arriving, 504 after (Envoy's stream_idle_timeout; default 300, 0 = off)")
     p.add_argument("--idle-timeout", default=None, metavar="SECONDS", help="close client connections idle this long (default 3600, Envoy's)")
     p.add_argument("--max-connections-per-worker", default=None, metavar="N", help="stop accepting above this many client connections per worker (default 10000)")
     p.add_argument("--http-codec", default=None, choices=("h11", "httptools"), help="HTTP/1.1 engine: h11 (default, the reference) or httptools (faster; pip install 'edge[fast]')")
@@ -488,6 +489,7 @@ def cmd_run(args) -> int:
         "server_header": args.server_header,
         "cluster_domain": args.cluster_domain,
         "request_headers_timeout": args.request_headers_timeout,
+        "stream_idle_timeout": args.stream_idle_timeout,
         "idle_timeout": args.idle_timeout,
         "max_connections_per_worker": args.max_connections_per_worker,
         "http_codec": args.http_codec,

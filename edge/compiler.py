@@ -43,7 +43,7 @@ from typing import Any
 
 import msgspec
 
-from edge import istio, table
+from edge import istio, table, wire
 from edge.errors import ERROR, NOTE, WARNING, Diagnostic
 
 DEFAULT_GATEWAY_LABELS = {"istio": "ingressgateway"}
@@ -121,8 +121,7 @@ RESOLUTIONS = {"STATIC": "STATIC", "NONE": "STATIC", "DNS": "DNS", "DNS_ROUND_RO
 
 _DNS1123_LABEL = re.compile(r"^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 _WILDCARD_LABEL = re.compile(r"^(?:\*|(?:\*|\*-)?[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?)$")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~A-Za-z0-9]+$")
-_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~A-Za-z0-9]+")  # fullmatch: `$` would let a trailing newline through
 _PSEUDO_HEADERS = frozenset({":method", ":scheme", ":authority", ":path", ":status"})
 
 
@@ -649,9 +648,10 @@ def translate_re2_rewrite(substitution: str, groups: int) -> str:
 
 
 def _header_value_problem(value: str) -> str | None:
-    """ValidateHTTPHeaderValue: no control characters; `%` starts an Envoy %VARIABLE% (or is written %%)."""
-    if _HEADER_VALUE_BAD.search(value):
-        return f"header value configuration {value!r} is invalid"
+    """ValidateHTTPHeaderValue: no control characters (edge/wire.py); `%` starts an Envoy %VARIABLE% (or is
+    written %%)."""
+    if problem := wire.header_value_problem(value):
+        return problem
     i = 0
     while i < len(value):
         if value[i] != "%":
@@ -1053,6 +1053,9 @@ class _Compiler:
             w.warn(f"ignoring duplicate cipher suites: {dups}", ".cipherSuites")
         if tls.credential_names and len(tls.credential_names) > 1:
             w.warn("only the first of credentialNames is used", ".credentialNames")
+        for field_name, name in ((".credentialName", tls.credential_name), *((f".credentialNames[{j}]", n) for j, n in enumerate(tls.credential_names or ()))):
+            if name and (problem := wire.credential_name_problem(name)):
+                w.error(problem, field_name)
         if tls.ca_crl:
             if tls.credential_name:
                 w.error("CRL is not supported with credentialName. CRL has to be specified in the credential", ".caCrl")
@@ -1252,13 +1255,24 @@ class _Compiler:
             lw = w.at(".loadBalancer")
             ch = lb.consistent_hash
             if ch is not None:
+                if ch.http_header_name is not None and (problem := wire.header_name_problem(ch.http_header_name)):
+                    lw.error(problem, ".consistentHash.httpHeaderName")
+                if ch.http_query_parameter_name is not None and (problem := wire.query_name_problem(ch.http_query_parameter_name)):
+                    lw.error(problem, ".consistentHash.httpQueryParameterName")
                 if ch.http_cookie is not None:
+                    # Written into Set-Cookie (edge/wire.py).
+                    if problem := wire.cookie_name_problem(ch.http_cookie.name):
+                        lw.error(problem, ".consistentHash.httpCookie.name")
+                    if ch.http_cookie.path and (problem := wire.cookie_attribute_problem(ch.http_cookie.path)):
+                        lw.error(problem, ".consistentHash.httpCookie.path")
                     seen: set[str] = set()
                     for attr in ch.http_cookie.attributes:
                         if not attr.name:
                             lw.error("cookie attribute name cannot be empty", ".consistentHash.httpCookie.attributes")
                         elif attr.name in seen:
                             lw.error(f"duplicate cookie attribute name: {attr.name}", ".consistentHash.httpCookie.attributes")
+                        elif (problem := wire.cookie_name_problem(attr.name)) or (attr.value and (problem := wire.cookie_attribute_problem(attr.value))):
+                            lw.error(problem, ".consistentHash.httpCookie.attributes")
                         seen.add(attr.name)
                     if ch.http_cookie.ttl is not None and ch.http_cookie.ttl < 0:
                         lw.error("cookie ttl cannot be negative", ".consistentHash.httpCookie.ttl")
@@ -1287,6 +1301,10 @@ class _Compiler:
                 lw.warn("slow start (warmup) is not supported here; endpoints take full traffic at once", ".warmup")
         if tls is not None:
             tw = w.at(".tls")
+            if tls.credential_name and (problem := wire.credential_name_problem(tls.credential_name)):
+                tw.error(problem, ".credentialName")
+            if tls.sni and (problem := wire.sni_problem(tls.sni)):
+                tw.error(problem, ".sni")
             if tls.insecure_skip_verify:
                 if tls.mode == "SIMPLE" and (tls.ca_certificates or tls.credential_name or tls.subject_alt_names):
                     tw.error("cannot specify CaCertificates or CredentialName or SubjectAltNames when InsecureSkipVerify is set true")
@@ -1683,7 +1701,7 @@ class _Compiler:
                         continue
                     mw.warn("JWT claims need RequestAuthentication, which is not supported here: this match block never matches and is left out", key)
                     return None
-                if name not in _PSEUDO_HEADERS and not _HEADER_NAME.match(name):
+                if name not in _PSEUDO_HEADERS and not _HEADER_NAME.fullmatch(name):
                     mw.error(f"header name {name} is not a valid header name", key)
                     continue
                 sm = source[name]
@@ -1767,10 +1785,15 @@ class _Compiler:
                         hw.error(problem, key)
                     lname = name.lower()
                     if side == "request" and lname in (":authority", "host"):
+                        if problem := wire.authority_problem(value):
+                            hw.error(problem, key)
                         if kind == "set":
                             set_authority = value
                         else:
                             add_authority = value
+                        continue
+                    if not lname.startswith(":") and (problem := wire.header_name_problem(name)):
+                        hw.error(problem, key)
                         continue
                     if lname.startswith(":") or lname == "host":
                         hw.error(f'invalid header "{name}": ' + ("cannot set Host header" if lname == "host" else 'header cannot have ":" prefix'), key)
@@ -1781,6 +1804,8 @@ class _Compiler:
                 lname = name.lower()
                 if not name:
                     hw.error("header name cannot be empty", f".{side}.remove[{j}]")
+                elif not lname.startswith(":") and (problem := wire.header_name_problem(name)):
+                    hw.error(problem, f".{side}.remove[{j}]")
                 elif lname == "host" or lname.startswith(":"):
                     hw.error(f'invalid header "{name}": ' + ("cannot set Host header" if lname == "host" else 'header cannot have ":" prefix'), f".{side}.remove[{j}]")
                 else:
@@ -1817,7 +1842,16 @@ class _Compiler:
                 ww.error(str(exc), ".uriRegexRewrite.rewrite")
                 return None
         elif rw.uri:
+            if problem := wire.path_problem(rw.uri, "rewrite uri", absolute=False):
+                ww.error(problem, ".uri")
+                return None
             prefix = rw.uri  # per route, an exact or regex path match turns it into full_path (_route_rewrite)
+        if rw.uri_regex_rewrite is not None and (problem := wire.path_problem(rw.uri_regex_rewrite.rewrite, "uriRegexRewrite.rewrite", absolute=False)):
+            ww.error(problem, ".uriRegexRewrite.rewrite")
+            return None
+        if rw.authority and (problem := wire.authority_problem(rw.authority)):
+            ww.error(problem, ".authority")
+            return None
         return table.Rewrite(prefix=prefix, regex=regex, regex_substitution=substitution, authority=rw.authority)
 
     def _validate_redirect(self, w: _Where, r: istio.HTTPRedirect, matches: list[istio.HTTPMatchRequest]) -> bool:
@@ -1836,6 +1870,18 @@ class _Compiler:
             rw.error('invalid redirect scheme, must be "http" or "https"', ".scheme")
         if r.port is not None and not 1 <= r.port <= 65535:
             rw.error(f"port number {r.port} must be in the range 1..65535", ".port")
+        # What becomes the Location header (edge/wire.py): a CR or LF here would split the response.
+        wire_ok = True
+        for field_name, value, check in (
+            (".uri", r.uri, lambda v: wire.path_problem(v, "redirect uri")),
+            (".prefixRewrite", r.prefix_rewrite, lambda v: wire.path_problem(v, "redirect prefixRewrite", absolute=False)),
+            (".authority", r.authority, wire.authority_problem),
+        ):
+            if value and (problem := check(value)):
+                rw.error(problem, field_name)
+                wire_ok = False
+        if not wire_ok:
+            return False
         if r.redirect_code and r.redirect_code not in SUPPORTED_REDIRECT_CODES:
             rw.warn(f"Redirect Code {r.redirect_code} is not yet supported (Envoy takes 301, 302, 303, 307, 308): the rule has no action and is left out", ".redirectCode")
             return False
@@ -1843,7 +1889,7 @@ class _Compiler:
 
     def _translate_direct(self, w: _Where, d: istio.HTTPDirectResponse) -> table.DirectResponse | None:
         dw = w.at(".directResponse")
-        if not 200 <= d.status <= 600:
+        if not 200 <= d.status <= 599:
             dw.error(f"HTTP status {d.status} is not in range 200-599", ".status")
         body = b""
         if d.body is not None:
@@ -1929,7 +1975,7 @@ class _Compiler:
             if problem := _percent_problem(a.percentage):
                 fw.error(problem, ".abort.percentage")
             if a.http_status is not None:
-                if not 200 <= a.http_status <= 600:
+                if not 200 <= a.http_status <= 599:
                     fw.error(f"HTTP status {a.http_status} is not in range 200-599", ".abort.httpStatus")
                 abort_status = a.http_status
             elif a.grpc_status is not None:
@@ -1967,8 +2013,8 @@ class _Compiler:
             for j, name in enumerate(names):
                 if not name:
                     cw.error("header name cannot be empty", f".{field_name}[{j}]")
-                elif name != "*" and not _HEADER_NAME.match(name):
-                    cw.error(f"header name {name} is not a valid header name", f".{field_name}[{j}]")
+                elif name != "*" and (problem := wire.header_name_problem(name)):
+                    cw.error(problem, f".{field_name}[{j}]")
         max_age = ""
         if c.max_age is not None:
             if problem := _duration_problem(c.max_age):
@@ -2903,7 +2949,7 @@ def _upstream_tls(tls: istio.ClientTLSSettings | None, se: istio.ServiceEntry) -
         client_cert_file=tls.client_certificate,
         private_key_file=tls.private_key,
         ca_file=tls.ca_certificates,
-        credential_name=tls.credential_name,
+        credential_name=wire.credential_folder(tls.credential_name),
         subject_alt_names=tuple(tls.subject_alt_names or se.subject_alt_names),
         sni=tls.sni,
         insecure_skip_verify=bool(tls.insecure_skip_verify),
@@ -2929,7 +2975,7 @@ def _server_tls(tls: istio.ServerTLSSettings) -> table.ServerTLS:
         private_key_file=key,
         ca_file=tls.ca_certificates,
         crl_file=tls.ca_crl,
-        credential_name=tls.credential_name or (tls.credential_names[0] if tls.credential_names else ""),
+        credential_name=wire.credential_folder(tls.credential_name or (tls.credential_names[0] if tls.credential_names else "")),
         extra_certificates=extra,
         subject_alt_names=tuple(tls.subject_alt_names),
         verify_certificate_spki=tuple(tls.verify_certificate_spki),

@@ -56,6 +56,7 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     server_header: str = "istio-envoy"  # `server` response header; "" passes the upstream's through
     cluster_domain: str = "cluster.local"  # short host names become <name>.<ns>.svc.<domain>
     request_headers_timeout_s: float = 10.0  # slow-client protection: a started request head must finish
+    stream_idle_timeout_s: float = 300.0  # a request whose bytes stop moving (Envoy's stream_idle_timeout; 0 = off)
     idle_timeout_s: float = 3600.0  # client connections with no request in flight (Envoy's default)
     max_connections_per_worker: int = 10_000
     http_codec: str = "h11"  # "h11" (the reference) or "httptools" (the accelerated codec, edge[fast])
@@ -74,6 +75,7 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
             shadow_host_suffix=self.shadow_host_suffix,
             cluster_domain=self.cluster_domain,
             request_headers_timeout_s=self.request_headers_timeout_s,
+            stream_idle_timeout_s=self.stream_idle_timeout_s,
             idle_timeout_s=self.idle_timeout_s,
             max_connections_per_worker=self.max_connections_per_worker,
             num_trusted_proxies=self.num_trusted_proxies,
@@ -220,6 +222,7 @@ def build_settings(flags: Mapping[str, object], environ: Mapping[str, str] | Non
         ("drain_timeout", "--drain-timeout", "drain_timeout_s"),
         ("drain_delay", "--drain-delay", "drain_delay_s"),
         ("request_headers_timeout", "--request-headers-timeout", "request_headers_timeout_s"),
+        ("stream_idle_timeout", "--stream-idle-timeout", "stream_idle_timeout_s"),
         ("idle_timeout", "--idle-timeout", "idle_timeout_s"),
     ):
         value, where = pick(name, flag)

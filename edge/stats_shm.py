@@ -48,6 +48,7 @@ Slot header words (index = offset / 8):
     15  requests_total           counter, HTTP requests recorded
     16  tcp_connections_active   gauge
     17  access_log_dropped_lines counter, lines dropped because the access log could not keep up or failed
+    18  connection_errors        counter, connections ended by an unexpected error (logged by the worker)
     32  status_sequence          seqlock of the status area: odd while the worker rewrites it
     33  status_length            bytes of JSON in the status area
 
@@ -136,6 +137,7 @@ W_PUBLISHED_AT_MS = 14
 W_REQUESTS_TOTAL = 15
 W_TCP_ACTIVE = 16
 W_ACCESS_LOG_DROPPED = 17
+W_CONNECTION_ERRORS = 18
 W_STATUS_SEQUENCE = 32
 W_STATUS_LENGTH = 33
 GAUGE_WORDS = (W_ACTIVE_CONNECTIONS, W_POOL_ACTIVE, W_POOL_IDLE, W_EJECTED_ENDPOINTS, W_TABLE_GENERATION, W_TCP_ACTIVE)

@@ -8,11 +8,14 @@
 # - Status port: GET /healthz/ready → 200 "ready" while SupervisorState says ready, else 503 with the reason
 #   ("starting: …", "draining"). Like Istio's pilot-agent, readiness, once reached, holds across reloads until
 #   the drain starts (the supervisor owns that rule; this module only asks).
-# - Bounded everything: one request's head about MAX_REQUEST_HEAD_BYTES (h11's incomplete-event limit),
-#   body MAX_REQUEST_BODY_BYTES, each read REQUEST_TIMEOUT_S, and at most MAX_CONNECTIONS at once (more are
-#   closed at once). A malformed request gets h11's status hint (400/414/431), then we half-close and discard
-#   what the client still sends for up to LINGER_S, so the answer is read rather than reset. Keep-alive is
-#   honoured.
+# - Bounded everything: one request's head about MAX_REQUEST_HEAD_BYTES (h11's incomplete-event limit), body
+#   MAX_REQUEST_BODY_BYTES, and a whole request (head and body, or the wait for the next one on a keep-alive
+#   connection) REQUEST_TIMEOUT_S — a deadline for the request, not for each read, so a client trickling a byte
+#   now and then is cut off all the same. At most MAX_CONNECTIONS at once; a new connection beyond that takes
+#   the place of the one that has been waiting longest for its request (ConnectionSlots), so connections that
+#   only hold sockets open can never starve a load balancer's readiness probe. A malformed request gets h11's
+#   status hint (400/414/431), then we half-close and discard what the client still sends for up to LINGER_S,
+#   so the answer is read rather than reset. Keep-alive is honoured.
 # - The port is bound through edge.sockets (the only bind()), without SO_REUSEPORT: a second edge on the same
 #   status port must fail loudly, not share probes with the first.
 from __future__ import annotations
@@ -28,7 +31,7 @@ from edge.sockets import bind_listener
 
 MAX_REQUEST_HEAD_BYTES = 16 * 1024
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
-REQUEST_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 5.0  # a whole request, or the wait for the next one (a probe sends its request at once)
 SEND_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 256
 RECEIVE_BYTES = 16 * 1024
@@ -92,39 +95,96 @@ def bind_status_socket(port: int, bind: str = STATUS_BIND) -> socket.socket:
     return bind_listener(bind, port, reuse_port=False)
 
 
+class Slot:
+    """One admitted connection."""
+
+    __slots__ = ("scope", "evicted")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.evicted = False
+
+
+class ConnectionSlots:
+    """At most `limit` connections. A connection is either waiting for a request (from its accept, or from its
+    previous answer) or answering one. When every slot is taken, a new connection takes the slot of the one that
+    has been waiting longest (whose scope is cancelled); when all of them are answering, the new one is refused."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.count = 0
+        self.waiting: dict[Slot, None] = {}  # insertion order: the longest waiting first
+        self.evictions = 0
+
+    def admit(self) -> Slot | None:
+        if self.count >= self.limit:
+            if not self.waiting:
+                return None
+            oldest = next(iter(self.waiting))
+            del self.waiting[oldest]
+            oldest.evicted = True
+            oldest.scope.cancel()
+            self.evictions += 1
+        else:
+            self.count += 1
+        slot = Slot()
+        self.waiting[slot] = None
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        self.waiting.pop(slot, None)
+        if not slot.evicted:  # an evicted slot was handed over whole to the connection that evicted it
+            self.count -= 1
+
+    def wait_for_request(self, slot: Slot) -> None:
+        self.waiting.pop(slot, None)
+        self.waiting[slot] = None
+
+    def answering(self, slot: Slot) -> None:
+        self.waiting.pop(slot, None)
+
+    def statistics(self) -> dict[str, int]:
+        return {"connections": self.count, "waiting": len(self.waiting), "limit": self.limit, "evictions": self.evictions}
+
+
 async def serve_http(
     sock: socket.socket,
     routes: Routes,
     *,
+    max_connections: int = MAX_CONNECTIONS,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve routes on a bound, listening socket (this function owns it from now on). Started = the port."""
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     port = sock.getsockname()[1]
-    limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
+    slots = ConnectionSlots(max_connections)
 
     async def handle(stream: trio.SocketStream) -> None:
-        try:
-            limiter.acquire_nowait()
-        except trio.WouldBlock:
-            await stream.aclose()
+        slot = slots.admit()
+        if slot is None:
+            await trio.aclose_forcefully(stream)
             return
         try:
-            await _serve_connection(stream, routes)
+            with slot.scope:
+                await _serve_connection(stream, routes, slots, slot)
         finally:
-            limiter.release()
+            slots.release(slot)
+            await trio.aclose_forcefully(stream)
 
     async with listener, trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handle, [listener])
         task_status.started(port)
 
 
-async def _serve_connection(stream: trio.SocketStream, routes: Routes) -> None:
+async def _serve_connection(stream: trio.SocketStream, routes: Routes, slots: ConnectionSlots | None = None, slot: Slot | None = None) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
     try:
         while True:
+            if slots is not None:
+                slots.wait_for_request(slot)
             try:
-                request = await _read_request(stream, conn)
+                with trio.fail_after(REQUEST_TIMEOUT_S):
+                    request = await _read_request(stream, conn)
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     await _send(stream, conn, text(exc.error_status_hint, "bad request"), head_only=False, close=True)
@@ -132,6 +192,8 @@ async def _serve_connection(stream: trio.SocketStream, routes: Routes) -> None:
                 return
             if request is None:
                 return
+            if slots is not None:
+                slots.answering(slot)
             response = await dispatch(routes, request)
             await _send(stream, conn, response, head_only=request.method == "HEAD")
             if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
@@ -163,9 +225,7 @@ async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> Requ
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            with trio.fail_after(REQUEST_TIMEOUT_S):
-                data = await stream.receive_some(RECEIVE_BYTES)
-            conn.receive_data(data)
+            conn.receive_data(await stream.receive_some(RECEIVE_BYTES))  # the caller bounds the whole request
             continue
         if isinstance(event, h11.ConnectionClosed):
             return None

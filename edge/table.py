@@ -308,7 +308,7 @@ class Options(Frozen):
     max_request_headers_bytes: int = 60 * 1024
     max_connections_per_worker: int = 10_000
     request_headers_timeout_s: float = 10.0
-
+    stream_idle_timeout_s: float = 300.0  # Envoy's stream_idle_timeout: 408/504 when a request's bytes stop moving
     idle_timeout_s: float = 3600.0
     tls_handshake_timeout_s: float = 15.0
     reject_underscore_headers: bool = True

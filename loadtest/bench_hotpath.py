@@ -114,6 +114,9 @@ class UpstreamSide:
     def recv_nowait(self, max_bytes: int = 65536) -> bytes | None:
         return None  # an idle pooled connection has nothing to say
 
+    def has_unread(self) -> bool:
+        return False  # the probe before reuse: nothing was said since the last response
+
     def close(self) -> None:
         self.closed = True
 

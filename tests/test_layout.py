@@ -21,6 +21,9 @@ PURE_MODULES = [
     "workers/proxy_protocol.py",
     "workers/log_format.py",
     "workers/regex.py",
+    "workers/http1_framing.py",
+    "workers/paths.py",
+    "workers/overload.py",
 ]
 IO_PACKAGES = {"trio", "socket", "multiprocessing", "watchfiles"}
 WORKER_ALLOWED_FROM_EDGE = {"edge.table", "edge.shm", "edge.errors"}

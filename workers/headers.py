@@ -3,7 +3,9 @@
 # Rules (RFC 9110 §7.6.1, RFC 9112, and what Envoy does at an Istio ingress gateway):
 # - Hop-by-hop headers never cross the proxy, in either direction: Connection and every name it lists,
 #   Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding and Upgrade. Message framing is re-done by
-#   the codec on each side (Content-Length is kept and checked by the codec; chunked is re-chunked).
+#   the proxy on each side: a request goes upstream with the Content-Length or chunked coding the proxy
+#   derived from the body it framed (never the client's header), and a Connection header cannot nominate away
+#   Host, the framing or any header the proxy sets.
 # - Requests going upstream are edge requests, as at an Istio gateway (Envoy's HCM with use_remote_address and,
 #   since Envoy 1.33, no address counted internal): X-Forwarded-For gets the peer address appended (","),
 #   X-Envoy-External-Address is the trusted client address, X-Forwarded-Proto is the downstream scheme (a
@@ -43,7 +45,12 @@ EDGE_STRIPPED_REQUEST = frozenset({
     b"x-envoy-upstream-rq-per-try-timeout-ms", b"x-envoy-upstream-rq-timeout-alt-response",
     b"x-envoy-force-trace", b"x-envoy-ip-tags", b"x-envoy-original-url", b"x-envoy-hedge-on-per-try-timeout",
 })  # fmt: skip
-_DROPPED_REQUEST = PROXY_SET_REQUEST | EDGE_STRIPPED_REQUEST
+# The client's framing never crosses the proxy: the codec framed the body, the proxy re-frames it upstream.
+FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_DROPPED_REQUEST = PROXY_SET_REQUEST | EDGE_STRIPPED_REQUEST | FRAMING
+# What the proxy keeps even when a client's Connection header nominates it (names the proxy has already
+# decided or sets itself); Envoy refuses a request nominating x-forwarded-* (workers/http1_framing.py).
+_NEVER_NOMINATED = PROXY_SET_REQUEST | FRAMING
 PROXY_SET_RESPONSE = frozenset({b"x-envoy-upstream-service-time"})
 
 _EMPTY: frozenset[bytes] = frozenset()
@@ -55,9 +62,11 @@ class CompiledHeaderOps:
     __slots__ = ("set", "add", "remove", "drop")
 
     def __init__(self, ops: HeaderOps):
-        self.set = tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in ops.set)
-        self.add = tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in ops.add)
-        self.remove = frozenset(k.lower().encode("latin-1") for k in ops.remove)
+        # Names are tokens (ASCII) and values hold no control bytes: edge/wire.py checked both at load. Values
+        # go out as UTF-8, as Envoy sends them.
+        self.set = tuple((k.lower().encode("ascii"), v.encode("utf-8")) for k, v in ops.set)
+        self.add = tuple((k.lower().encode("ascii"), v.encode("utf-8")) for k, v in ops.add)
+        self.remove = frozenset(k.lower().encode("ascii") for k in ops.remove)
         self.drop = self.remove | frozenset(k for k, _ in self.set)
 
     def apply(self, headers: list[Header]) -> list[Header]:
@@ -173,23 +182,24 @@ def upstream_request_headers(
     original_path: bytes | None = None,
     chunked: bool = False,
     content_length: int | None = None,
+    nominated: frozenset[bytes] = _EMPTY,
     route_ops: CompiledHeaderOps | None = None,
     destination_ops: CompiledHeaderOps | None = None,
 ) -> list[Header]:
-    """The header list sent upstream for one try; `headers` is the client's list (not modified)."""
+    """The header list sent upstream for one try; `headers` is the client's list (not modified).
+
+    Framing is the proxy's own: the client's Content-Length and Transfer-Encoding never cross; `chunked` or
+    `content_length` (the body as the codec framed it) decide what the upstream is told. `nominated` are the
+    names the client's Connection header listed (workers/http1_framing.Framing.nominated): they are dropped as
+    hop-by-hop, except names the proxy sets itself, which a client cannot nominate away."""
     out: list[Header] = [(b"host", host)]
-    connection: list[bytes] | None = None
     dropped = _DROPPED_REQUEST
+    if nominated:
+        dropped = dropped | (nominated - _NEVER_NOMINATED)
     for name, value in headers:
         if name in HOP_BY_HOP or name in dropped:
-            if name == b"connection":
-                (connection := connection or []).append(value)
             continue
         out.append((name, value))
-    if connection is not None:
-        listed = connection_tokens((b"connection", v) for v in connection) - HOP_BY_HOP
-        if listed:  # names the client marked hop-by-hop (usually only keep-alive, which is one anyway)
-            out = [h for h in out if h[0] not in listed]
     out.append((b"x-forwarded-for", forwarded.xff))
     out.append((b"x-forwarded-proto", forwarded.proto))
     out.append((b"x-envoy-external-address", forwarded.client_ip))

@@ -21,8 +21,10 @@
 # - Bytes the codec rejected never reach a backend: the upstream request is built from parsed events only.
 from __future__ import annotations
 
+import contextvars
 import math
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -30,7 +32,7 @@ import trio
 
 from edge.table import ACTION_DIRECT, ACTION_REDIRECT, Route
 from workers import headers as hdr
-from workers.http1 import CLOSED, END_OF_MESSAGE, NEED_DATA, REASONS, Data, InformationalResponse, ProtocolError, Request, Response
+from workers.http1 import CLOSED, END_OF_MESSAGE, NEED_DATA, REASONS, Data, IncompleteMessage, InformationalResponse, ProtocolError, Request, Response
 from workers.netio import SocketTransport, Transport, TransportClosed
 from workers.paths import normalize_path, split_target
 from workers.tcp_proxy import splice_transports
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from workers.tableview import Compiled, RouteRuntime
 
 BODY_CHUNK_BYTES = 64 * 1024
+SEND_GRACE_S = 1.0  # how long a reply on a failed or timed-out connection may take before the close wins
 # Envoy's default per-connection buffer: a request body up to this size is kept so a retry can replay it.
 RETRY_BUFFER_BYTES = 1024 * 1024
 RETRY_BACKOFF_MAX_FACTOR = 10
@@ -166,17 +169,24 @@ class RequestLog:
 
 # What a connection is doing, for the worker's sweeper (workers/main.py): IDLE connections are closed by the
 # idle timeout and by drain; UPSTREAM_WAIT connections have their client socket checked for a disconnect
-# (a peek), which cancels the exchange. One cancel scope per connection serves both, so the request path
-# sets an attribute instead of entering a scope or starting a watcher task.
+# (a peek), which cancels the exchange; a request in flight (BUSY or UPSTREAM_WAIT) whose bytes stopped moving
+# for the stream idle timeout is cancelled and answered 408/504 (Envoy's stream_idle_timeout). One cancel
+# scope per connection serves all three, so the request path sets attributes instead of entering a scope or
+# starting a watcher task. SPLICED connections (WebSocket) have the splice's own idle timeout.
 STATE_BUSY = 0
 STATE_IDLE = 1
 STATE_UPSTREAM_WAIT = 2
+STATE_SPLICED = 3
+
+# The current connection's Downstream, for the worker's connection boundary (Worker.run_connection): after an
+# unexpected error it answers 500 when no response has started.
+CURRENT_DOWNSTREAM: contextvars.ContextVar["Downstream | None"] = contextvars.ContextVar("CURRENT_DOWNSTREAM", default=None)
 
 
 class Downstream:
     """One client connection: its transport, codec state and where it came from."""
 
-    __slots__ = ("worker", "transport", "conn", "peer_ip", "peer", "local", "scheme", "scheme_bytes", "listener_key", "chain_index", "sni", "must_close", "scope", "state", "since", "client_gone", "fresh")
+    __slots__ = ("worker", "transport", "conn", "peer_ip", "peer", "local", "scheme", "scheme_bytes", "listener_key", "chain_index", "sni", "must_close", "scope", "state", "since", "client_gone", "fresh", "response_started", "activity", "stream_timed_out", "client_cert")
 
     def __init__(self, worker: "Worker", transport: Transport, peer: tuple, local: tuple, scheme: str, listener_key: str, chain_index: int = -1, sni: str = ""):
         self.worker = worker
@@ -196,6 +206,10 @@ class Downstream:
         self.since = 0.0
         self.client_gone = False
         self.fresh = True
+        self.response_started = False  # a response head for the current request went (or is going) out
+        self.activity = 0.0  # monotonic time bytes last moved for the request in flight (the stream idle timeout)
+        self.stream_timed_out = False
+        self.client_cert: bytes | None = None  # x-forwarded-client-cert of a verified client certificate (TLS)
 
     def raw_socket(self) -> socket.socket | None:
         return _raw_socket(self.transport)
@@ -211,6 +225,7 @@ async def serve_http_connection(down: Downstream) -> None:
     conn = down.conn
     transport = down.transport
     worker.connections.add(down)
+    CURRENT_DOWNSTREAM.set(down)
     try:
         with trio.CancelScope() as down.scope:
             while True:
@@ -224,12 +239,41 @@ async def serve_http_connection(down: Downstream) -> None:
                     return  # a body we did not forward, or the end of a body-less request, is left
                 if conn.will_close or not conn.start_next_cycle():
                     return
+        if down.stream_timed_out and not down.response_started:
+            await _send_stream_timeout(down)
     except (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone):
         return
+    except Exception as exc:  # noqa: BLE001 - this connection's boundary: the failure ends this connection only
+        worker.connection_failed(exc, down.listener_key)
+        if not down.response_started:
+            await _send_internal_error(down)
     finally:
         worker.connections.discard(down)
         worker.upstream_waiting.discard(down)
         await transport.aclose()
+
+
+async def _send_internal_error(down: Downstream) -> None:
+    """500 for a request whose handling failed unexpectedly (its log line says so), then the close."""
+    head = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\ndate: %s\r\n" % _http_date()
+    if down.worker.server_header:
+        head += b"server: " + down.worker.server_header + b"\r\n"
+    with trio.move_on_after(SEND_GRACE_S):
+        try:
+            await down.transport.send_all(head + b"connection: close\r\n\r\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+async def _send_stream_timeout(down: Downstream) -> None:
+    """Envoy's stream idle timeout reply: 408 while the request was still arriving, else 504 (the request was
+    whole and nothing came back). The request's log line was written when its handler was cancelled."""
+    status = 408 if down.conn.request_body_pending else 504
+    head = b"HTTP/1.1 %d %s\r\ncontent-length: 14\r\ncontent-type: text/plain\r\ndate: %s\r\n" % (status, REASONS[status], _http_date())
+    if down.worker.server_header:
+        head += b"server: " + down.worker.server_header + b"\r\n"
+    with trio.move_on_after(SEND_GRACE_S):
+        await down.transport.send_all(head + b"connection: close\r\n\r\nstream timeout")
 
 
 async def _read_request_head(down: Downstream) -> Request | None:
@@ -241,6 +285,8 @@ async def _read_request_head(down: Downstream) -> Request | None:
     while True:
         try:
             event = conn.next_event()
+        except IncompleteMessage:
+            return None  # the client closed in the middle of a head: nobody to answer
         except ProtocolError as exc:
             await _reject_malformed(down, exc)
             return None
@@ -288,9 +334,14 @@ async def _recv_for_head(down: Downstream, buffered: bool, header_deadline: floa
         down.state = STATE_BUSY
 
 
+# Envoy's response code details for what its HTTP/1 codec refuses (all flagged DPE, downstream protocol error).
+CODEC_ERROR_DETAILS = {431: "http1.headers_too_large", 414: "http1.headers_too_large", 501: "http1.invalid_transfer_encoding"}
+
+
 async def _reject_malformed(down: Downstream, exc: ProtocolError) -> None:
     log = RequestLog(time.time(), down)
-    log.details = "codec_error"
+    log.flags = "DPE"
+    log.details = CODEC_ERROR_DETAILS.get(exc.status_hint, "http1.codec_error")
     # The codec is in an error state; the answer is written directly.
     await _send_raw_reply(down, log, exc.status_hint, b"")
 
@@ -303,12 +354,23 @@ async def _reject_malformed(down: Downstream, exc: ProtocolError) -> None:
 async def _handle_request(down: Downstream, request: Request) -> bool:
     worker = down.worker
     log = RequestLog(time.time(), down, request)
+    down.response_started = False
+    down.activity = time.monotonic()
     try:
         return await _handle_request_logged(down, request, log)
     finally:
+        down.activity = 0.0  # no request in flight: the stream idle timeout does not apply
         if down.client_gone:
             log.flags = "DC"
             log.details = "downstream_remote_disconnect"
+        elif down.stream_timed_out:
+            if not down.response_started:
+                log.status = 408 if down.conn.request_body_pending else 504
+            log.flags = "SI"
+            log.details = "stream_idle_timeout"
+        elif not down.response_started and isinstance(sys.exc_info()[1], Exception) and not isinstance(sys.exc_info()[1], (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError)):
+            log.status = 500  # the connection's boundary answers it (serve_http_connection)
+            log.details = "internal_error"
         log.duration_ms = int((time.time() - log.start) * 1000)
         worker.finish_request(log)
 
@@ -316,38 +378,16 @@ async def _handle_request(down: Downstream, request: Request) -> bool:
 async def _handle_request_logged(down: Downstream, request: Request, log: RequestLog) -> bool:
     worker = down.worker
     compiled = worker.view.current()
+    head = request.head  # what the codec read from the fields, once (workers/http1_framing.RequestHead)
     req = RequestInfo()
-    req.method = request.method.decode("ascii", "replace")
+    req.method = request.method.decode("ascii")  # a token of KNOWN_METHODS
     req.headers = request.headers
-    authority_from_target, raw_path, raw_query = split_target(request.target)
-    # One pass over the headers for everything the gateway itself needs from them.
-    host_header = None
-    head_size = len(request.target)
-    content_length = None
-    chunked = underscore = False
-    upgrade = xff = xfp = request_id = None
-    for name, value in request.headers:
-        head_size += len(name) + len(value) + 4
-        if name == b"host":
-            host_header = value
-        elif name == b"content-length":
-            content_length = value
-        elif name == b"transfer-encoding":
-            chunked = True
-        elif name == b"upgrade":
-            upgrade = value
-        elif name == b"x-forwarded-for":
-            xff = value if xff is None else xff + b"," + value
-        elif name == b"x-forwarded-proto":
-            xfp = value if xfp is None else xfp + b"," + value
-        elif name == b"x-request-id":
-            request_id = value if request_id is None else request_id + b"," + value
-        if b"_" in name:
-            underscore = True
+    _, raw_path, raw_query = split_target(request.target)
     # WebSocket is the upgrade Istio's gateways enable (Envoy upgrade_configs); others are plain requests.
-    req.upgrade = upgrade if upgrade is not None and upgrade.lower() == b"websocket" and hdr.has_connection_token(request.headers, b"upgrade") else None
-    authority = authority_from_target or host_header or b""
-    req.authority = authority.decode("latin-1")
+    upgrade = head.upgrade
+    req.upgrade = upgrade if upgrade is not None and upgrade.lower() == b"websocket" else None
+    authority = head.authority
+    req.authority = authority.decode("ascii")  # parse_authority admits ASCII only
 
     if compiled is None:
         await _local_reply(down, request, log, 503, BODY_NO_HEALTHY_UPSTREAM, flags="UH", details="no_table")
@@ -355,9 +395,9 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
     opts = compiled.options
     # Decided before routing, as Envoy's connection manager does: the scheme can come from a trusted proxy.
     req.forwarded = log.forwarded = fwd = hdr.forwarded_for(
-        xff,
-        xfp,
-        request_id,
+        head.xff,
+        head.xfp,
+        head.request_id,
         peer_ip=down.peer_ip,
         scheme=down.scheme_bytes,
         trusted_hops=opts.num_trusted_proxies,
@@ -366,22 +406,18 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
         rng=worker.rng,
     )
     req.scheme = fwd.scheme
-    # Codecs bound a head that arrives in pieces; one that arrives whole is measured here.
-    if head_size > worker.max_header_bytes:
-        status = 414 if len(request.target) > worker.max_header_bytes else 431
-        await _local_reply(down, request, log, status, b"", close=True, flags="-", details="http1.headers_too_large")
-        return False
     if request.http_version == b"1.0" and not opts.accept_http10:
-
         await _local_reply(down, request, log, 426, b"", close=True, flags="-", details="http1.0_not_allowed")
         return False
-    if chunked and content_length is not None:
-        await _local_reply(down, request, log, 400, b"", close=True, flags="-", details="http1.content_length_and_chunked_not_allowed")
-        return False
-    req.body_present = chunked or (content_length is not None and content_length.strip() not in (b"0", b""))
-    req.chunked = chunked
-    if underscore and opts.reject_underscore_headers:
+    req.body_present = head.chunked or head.content_length > 0
+    req.chunked = head.chunked
+    if head.underscore and opts.reject_underscore_headers:
         await _local_reply(down, request, log, 400, b"", close=True, flags="-", details="http1.invalid_characters")
+        return False
+    if request.method == b"CONNECT":
+        # No route matches a CONNECT at an Istio gateway (Envoy routes it only by a connect_matcher); whatever
+        # the client sends after it is a tunnel's bytes, so the connection closes after the answer.
+        await _local_reply(down, request, log, 404, b"", close=True, flags="NR", details="route_not_found")
         return False
     path = normalize_path(raw_path)
     if path is None:
@@ -390,14 +426,8 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
     req.path_bytes = path
     req.path = path.decode("latin-1")
     req.query = raw_query.decode("latin-1")
-    host = req.authority
-    colon = host.rfind(":")
-    if colon > 0 and host[colon + 1 :].isdigit() and not host.endswith("]"):
-        req.port = int(host[colon + 1 :])
-        host = host[:colon]
-    else:
-        req.port = 0
-    req.host = host.lower()
+    req.port = head.port
+    req.host = head.host.decode("ascii")
 
     router = None
     listener_rt = compiled.listeners.get(down.listener_key)
@@ -536,6 +566,7 @@ async def _local_reply(
     if request is not None and conn.request_body_pending and not down.must_close:
         if not await _drain_request_body(down, limit=RETRY_BUFFER_BYTES):
             down.must_close = True
+    down.response_started = True
     data = conn.send_response(status, REASONS.get(status, b""), headers, close=down.must_close)
     if body:
         data += conn.send_data(body)
@@ -553,6 +584,7 @@ async def _send_raw_reply(down: Downstream, log: RequestLog, status: int, body: 
         head += b"server: " + down.worker.server_header + b"\r\n"
     head += b"connection: close\r\n\r\n"
     down.must_close = True
+    down.response_started = True
     try:
         await down.transport.send_all(head + body)
     finally:
@@ -645,7 +677,7 @@ class TryResult:
 class BodyState:
     """The client's request body across tries."""
 
-    __slots__ = ("present", "chunked", "complete", "buffer", "replayable", "consumed", "bytes", "client_failed", "upstream_failed", "dechunked")
+    __slots__ = ("present", "chunked", "complete", "buffer", "replayable", "consumed", "bytes", "client_failed", "upstream_failed", "dechunked", "protocol_error")
 
     def __init__(self, present: bool, chunked: bool):
         self.present = present
@@ -658,6 +690,7 @@ class BodyState:
         self.client_failed = False
         self.upstream_failed = False
         self.dechunked = False  # a chunked body read whole before forwarding goes upstream with its length
+        self.protocol_error: ProtocolError | None = None  # the client's body broke the framing rules
 
     @property
     def can_replay(self) -> bool:
@@ -671,8 +704,9 @@ def _take_parsed_body(conn, body: BodyState) -> None:
     while body.bytes < RETRY_BUFFER_BYTES:
         try:
             event = conn.next_event()
-        except ProtocolError:
-            return  # the uploader meets the same error and answers it
+        except ProtocolError as exc:
+            body.protocol_error = exc  # answered before anything goes upstream (_forward)
+            return
         if event is NEED_DATA:
             return
         if event is END_OF_MESSAGE:
@@ -721,7 +755,9 @@ class Exchange:
             timeout_ms=rt.timeout_ms,
             original_path=self.original_path,
             chunked=self.body.chunked,
-            content_length=self.body.bytes if self.body.dechunked else None,
+            # The bytes of a chunked body read whole, else the length the codec framed the request with.
+            content_length=self.body.bytes if self.body.dechunked else (request.head.content_length if request.head.content_length >= 0 else None),
+            nominated=request.head.nominated,
             route_ops=rt.request_ops,
             destination_ops=dest.request_ops,
         )
@@ -817,6 +853,8 @@ async def _forward(down: Downstream, request: Request, req: RequestInfo, compile
         return not down.must_close
     policy = route.retry if route.retry is not None else compiled.table.default_retry
     ex = Exchange(down, request, req, rt, dest, log, policy)
+    if ex.body.protocol_error is not None:  # a broken body already parsed: answered before any upstream sees it
+        return await _answer_body_error(ex)
     ex.extra_response_headers = extra_response_headers
     hash_policy = dest.wc.hash_policy or dest.cluster_runtime.cluster.hash_policy
     if hash_policy is not None:
@@ -876,6 +914,8 @@ async def _forward_with_retries(ex: Exchange) -> bool:
                 log.details = "downstream_remote_disconnect"
                 down.must_close = True
                 return False
+            except RequestBodyError:
+                return await _answer_body_error(ex)
             finally:
                 if verdict >= 0:
                     balancer.on_finish(index, verdict, trio.current_time())
@@ -900,6 +940,24 @@ async def _forward_with_retries(ex: Exchange) -> bool:
         if retrying:
             circuit.retries -= 1
     return await _answer_failure(ex, result, attempt > 1)
+
+
+class RequestBodyError(Exception):
+    """The client's request body broke the framing rules while it was being forwarded (BodyState.protocol_error)."""
+
+
+async def _answer_body_error(ex: Exchange) -> bool:
+    """Envoy's HTTP/1 codec error: 400 (DPE) when no response has started, then the connection closes and the
+    upstream exchange is reset (its connection was discarded by the exchange)."""
+    down = ex.down
+    down.must_close = True
+    error = ex.body.protocol_error
+    if not down.response_started:
+        await _local_reply(down, ex.request, ex.log, error.status_hint if error is not None else 400, b"", close=True, flags="DPE", details="http1.codec_error")
+    else:
+        ex.log.flags = "DPE"
+        ex.log.details = "http1.codec_error"
+    return False
 
 
 async def _answer_failure(ex: Exchange, result: TryResult, retried: bool) -> bool:
@@ -988,7 +1046,7 @@ async def _exchange_buffered(ex: Exchange, upstream: UpstreamConnection, head: b
     for chunk in ex.body.buffer:
         data += codec.send_data(chunk)
     data += codec.send_end()
-    sent_at = time.monotonic()
+    sent_at = ex.down.activity = time.monotonic()
     response = None
     try:
         if try_deadline == math.inf:  # no route or per-try timeout: no cancel scope on the hot path
@@ -1031,7 +1089,7 @@ async def _exchange_streaming(ex: Exchange, upstream: UpstreamConnection, head: 
     except _EXCHANGE_ERRORS as exc:
         pools.discard(upstream)
         return _failure(exc)
-    sent_at = time.monotonic()
+    sent_at = down.activity = time.monotonic()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_upload_body, down, upstream, body, nursery.cancel_scope)
         response = None
@@ -1064,6 +1122,8 @@ async def _exchange_streaming(ex: Exchange, upstream: UpstreamConnection, head: 
     if body.client_failed or client_gone:
         if result is not None and result.upstream is not None:
             pools.discard(result.upstream)
+        if body.protocol_error is not None and not client_gone:
+            raise RequestBodyError()
         raise ClientGone()
     if result is None:  # the upload failed and cancelled the exchange
         pools.discard(upstream)
@@ -1124,7 +1184,8 @@ def _raw_socket(transport: Transport) -> socket.socket | None:
 
 async def _upload_body(down: Downstream, upstream: UpstreamConnection, body: BodyState, exchange: trio.CancelScope) -> None:
     """Client body → upstream with backpressure, keeping a copy for replay while it is small enough.
-    Failures are recorded on `body` and cancel the exchange; nothing is raised into the nursery."""
+    Failures are recorded on `body` and cancel the exchange; nothing is raised into the nursery. Every chunk
+    moved counts as activity for the stream idle timeout (the worker's sweeper enforces it)."""
     conn = down.conn
     codec = upstream.codec
     try:
@@ -1136,6 +1197,7 @@ async def _upload_body(down: Downstream, upstream: UpstreamConnection, body: Bod
             if event is NEED_DATA:
                 data = await down.transport.recv()
                 conn.receive_data(data)
+                down.activity = time.monotonic()
                 continue
             if type(event) is Data:
                 chunk = event.data
@@ -1152,6 +1214,7 @@ async def _upload_body(down: Downstream, upstream: UpstreamConnection, body: Bod
                 except (TransportClosed, trio.ClosedResourceError):
                     body.upstream_failed = True
                     return  # the upstream stopped reading; its response (if any) decides
+                down.activity = time.monotonic()
             elif event is END_OF_MESSAGE:
                 body.complete = True
                 try:
@@ -1165,8 +1228,20 @@ async def _upload_body(down: Downstream, upstream: UpstreamConnection, body: Bod
                 body.client_failed = True
                 exchange.cancel()
                 return
-    except (ProtocolError, TransportClosed, trio.ClosedResourceError):
-        # The client sent a broken body or went away: nothing more goes upstream.
+    except IncompleteMessage:
+        # The client closed its side in the middle of the body: it is gone, as Envoy sees it (DC).
+        body.client_failed = True
+        down.must_close = True
+        exchange.cancel()
+    except ProtocolError as exc:
+        # A broken body (bad chunk size or extension, missing CRLF, bad trailers): nothing more goes upstream,
+        # and the client is answered 400 when no response has started (RequestBodyError).
+        body.protocol_error = exc
+        body.client_failed = True
+        down.must_close = True
+        exchange.cancel()
+    except (TransportClosed, trio.ClosedResourceError):
+        # The client went away: nothing more goes upstream.
         body.client_failed = True
         down.must_close = True
         exchange.cancel()
@@ -1197,6 +1272,7 @@ async def _relay_response(ex: Exchange, upstream: UpstreamConnection, response: 
         # rest of the body is not read once the response is done), so the response says so.
         down.must_close = True
     clean = False
+    down.response_started = True
     try:
         pending = conn.send_response(response.status_code, response.reason, out_headers, close=down.must_close)
         while True:
@@ -1206,6 +1282,7 @@ async def _relay_response(ex: Exchange, upstream: UpstreamConnection, response: 
                     await down.transport.send_all(pending)
                     pending = b""
                 codec.receive_data(await upstream.transport.recv())
+                down.activity = time.monotonic()
                 continue
             if type(event) is Data:
                 log.bytes_sent += len(event.data)
@@ -1397,6 +1474,8 @@ async def _splice_upgraded(ex: Exchange, upstream: UpstreamConnection, response:
         headers.append((b"server", server))
     log.status = 101
     log.details = "via_upstream"
+    down.response_started = True
+    down.state = STATE_SPLICED  # the splice's own idle timeout governs from here
     try:
         # The 101, then whatever the upstream sent behind it, go to the client in one send; what the client
         # sent behind its handshake opens the upstream direction of the splice (tcp_proxy's, with its idle

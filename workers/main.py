@@ -20,6 +20,7 @@ import socket
 import ssl
 import sys
 import time
+import traceback
 
 import trio
 
@@ -29,7 +30,8 @@ from edge.stats_shm import SlotWriter, StatsSegmentError
 from edge.table import Cluster, Options
 from workers.access_log import AccessLog, TcpLog
 from workers.http1 import codec_classes
-from workers.http_proxy import STATE_IDLE
+from workers.http_proxy import STATE_BUSY, STATE_IDLE, STATE_UPSTREAM_WAIT
+from workers.overload import scaled_idle_timeout
 from workers.listeners import accept_proxy_header, serve_accept_loop
 from workers.stats import WorkerStats
 from workers.tableview import Compiled, TableView
@@ -66,6 +68,8 @@ class Worker:
         self.root_nursery: trio.Nursery | None = None
         self.tls = TLSContexts(args.credentials_dir, log=self.log)
         self.requests_total = 0
+        self.connection_errors = 0
+        self._error_signatures: set = set()  # where unexpected errors happened: each is logged with a traceback once
         self.finish_hooks: list = []
         # Operations (issue 6): metrics in the stats segment and the access log, both on finish_hooks.
         self.stats = WorkerStats(stats_writer)
@@ -89,6 +93,23 @@ class Worker:
         self.requests_total += 1
         for hook in self.finish_hooks:
             hook(log)
+
+    def connection_failed(self, exc: BaseException, key: str) -> None:
+        """An unexpected error ended one connection (its boundary caught it): counted, and logged with its
+        traceback the first time it happens at that place, in one line after that, so that a client repeating
+        it cannot flood the log."""
+        self.connection_errors += 1
+        self.stats.connection_error()
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        signature = (type(exc).__name__, where)
+        if signature in self._error_signatures:
+            self.log(f"connection on {key} failed: {type(exc).__name__}: {exc} at {where} (traceback logged before)")
+            return
+        if len(self._error_signatures) < 1000:
+            self._error_signatures.add(signature)
+        text = "".join(traceback.format_exception(exc)).rstrip()
+        self.log(f"connection on {key} failed; the worker goes on:\n{text}")
 
     def finish_tcp(self, log: TcpLog) -> None:
         """The end of a TCP/TLS-passthrough connection: its access-log line and its closed/bytes counters."""
@@ -121,6 +142,9 @@ class Worker:
             await self._slot_free.wait()
 
     async def run_connection(self, handler, sock: socket.socket, key: str) -> None:
+        """One accepted connection, start to end. This is the connection's boundary: an unexpected error is
+        logged, counted and closes this connection only (an HTTP connection's own loop has the same boundary
+        one level down, where it can still answer 500: workers/http_proxy.serve_http_connection)."""
         # active_connections was incremented by the accept loop.
         served: socket.socket | None = sock
         try:
@@ -129,6 +153,8 @@ class Worker:
                 if served is None:
                     return
             await handler(self, served, key)
+        except Exception as exc:  # noqa: BLE001 - the connection boundary (see the docstring)
+            self.connection_failed(exc, key)
         finally:
             self.active_connections -= 1
             self._slot_free.set()
@@ -236,9 +262,22 @@ class Worker:
             if down.state == STATE_IDLE and now - down.since >= idle_timeout_s and down.scope is not None:
                 down.scope.cancel()
 
+    def _expire_streams(self, now: float, stream_idle_timeout_s: float) -> None:
+        """Envoy's stream_idle_timeout: a request in flight whose bytes have not moved for that long is cancelled;
+        its connection answers 408/504 when no response has started (http_proxy.serve_http_connection)."""
+        for down in list(self.connections):
+            if (
+                down.activity
+                and (down.state == STATE_BUSY or down.state == STATE_UPSTREAM_WAIT)
+                and now - down.activity >= stream_idle_timeout_s
+                and down.scope is not None
+            ):
+                down.stream_timed_out = True
+                down.scope.cancel()
+
     async def serve_connection_sweeper(self) -> None:
-        """Client-gone checks for requests waiting on an upstream (every SWEEP_INTERVAL_S), idle timeouts
-        (every IDLE_SWEEP_INTERVAL_S)."""
+        """Client-gone checks for requests waiting on an upstream (every SWEEP_INTERVAL_S); idle timeouts, scaled
+        down under connection pressure, and stream idle timeouts (every IDLE_SWEEP_INTERVAL_S)."""
         next_idle_sweep = time.monotonic() + IDLE_SWEEP_INTERVAL_S
         while True:
             await trio.sleep(SWEEP_INTERVAL_S)
@@ -247,12 +286,16 @@ class Worker:
                     down.client_gone = True
                     if down.scope is not None:
                         down.scope.cancel()
-            now = time.monotonic()  # the clock of Downstream.since
+            now = time.monotonic()  # the clock of Downstream.since and Downstream.activity
             if now >= next_idle_sweep:
                 next_idle_sweep = now + IDLE_SWEEP_INTERVAL_S
-                timeout = self.options.idle_timeout_s
+                options = self.options
+                # Under connection pressure idle connections get less time (workers/overload.py).
+                timeout = scaled_idle_timeout(options.idle_timeout_s, self.active_connections, options.max_connections_per_worker)
                 if timeout > 0:
                     self._close_idle_connections(now, timeout)
+                if options.stream_idle_timeout_s > 0:
+                    self._expire_streams(now, options.stream_idle_timeout_s)
 
     async def _serve_signals(self) -> None:
         # The supervisor owns shutdown; SIGTERM sent to a worker alone drains it. SIGUSR1 (forwarded by the

@@ -72,6 +72,11 @@ class SocketTransport:
             except OSError as exc:
                 raise self._broken(exc) from exc
 
+    def has_unread(self) -> bool:
+        """Whether the peer sent something we have not read (bytes, EOF or a reset), looking without taking it:
+        an idle pooled connection must say nothing before its next request."""
+        return _has_unread(self.sock)
+
     def recv_nowait(self, max_bytes: int = RECV_BYTES) -> bytes | None:
         """Bytes if some are ready now, b"" at EOF, None if the call would block."""
         try:
@@ -135,11 +140,12 @@ class SocketTransport:
 class StreamTransport:
     """Any trio Stream (trio.SSLStream) behind the same recv/send_all surface."""
 
-    __slots__ = ("stream", "closed")
+    __slots__ = ("stream", "closed", "raw")
 
-    def __init__(self, stream: trio.abc.Stream):
+    def __init__(self, stream: trio.abc.Stream, raw: socket.socket | None = None):
         self.stream = stream
         self.closed = False
+        self.raw = raw  # the connected socket under the stream, when the caller has it
 
     async def recv(self, max_bytes: int = RECV_BYTES) -> bytes:
         try:
@@ -151,6 +157,10 @@ class StreamTransport:
 
     def recv_nowait(self, max_bytes: int = RECV_BYTES) -> bytes | None:
         return None
+
+    def has_unread(self) -> bool:
+        """SocketTransport.has_unread, for the socket under the stream (TLS records count: a close_notify too)."""
+        return self.raw is not None and _has_unread(self.raw)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         try:
@@ -191,6 +201,16 @@ class StreamTransport:
 
 
 Transport = SocketTransport | StreamTransport
+
+
+def _has_unread(sock: socket.socket) -> bool:
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True  # bytes, or b"" at EOF
 
 
 async def open_tcp_socket(host: str, port: int) -> socket.socket:

@@ -9,13 +9,25 @@
 #   So normalize_path(normalize_path(p)) == normalize_path(p).
 # - Absolute-form needs a real scheme (RFC 3986 §3.1) before "://"; anything else that does not start with
 #   "/" is handed back as the path, which normalize_path refuses.
+# - An authority (Host, or the one in an absolute-form target) is RFC 3986 `host [ ":" port ]` without userinfo:
+#   an IP-literal holding an IPv6 address, or a reg-name (unreserved, percent-encoded and sub-delims bytes, an
+#   IPv4 address included), and a port of at most 5 ASCII digits. Anything else (a space, "#", "@", a byte
+#   outside ASCII, "x:" followed by 5,000 digits) is refused, so nothing malformed is routed, logged or
+#   forwarded as a host.
 from __future__ import annotations
+
+import ipaddress
+import re
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = b"0123456789ABCDEFabcdef"
 _ALPHA = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _SCHEME_CHARS = _ALPHA | frozenset(b"0123456789+-.")
 _PERCENT = 0x25
+_REG_NAME_AUTHORITY = re.compile(rb"([A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::([0-9]{0,5}))?")
+_IP_LITERAL_AUTHORITY = re.compile(rb"\[([0-9A-Fa-f:.]+)\](?::([0-9]{0,5}))?")
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_REG_NAME_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;="  # without "%"
 
 
 def _is_scheme(name: bytes) -> bool:
@@ -100,3 +112,29 @@ def _remove_dot_segments(path: bytes) -> bytes:
             continue
         out.append(seg)
     return b"/" + b"/".join(out)
+
+
+def parse_authority(authority: bytes) -> tuple[bytes, int] | None:
+    """(host lowercased, port or 0) of a valid authority, None when it is not one (see the module comment).
+    An IPv6 host keeps its brackets, as Host carries it."""
+    if not authority.translate(None, _REG_NAME_BYTES):  # the usual host name, no port: no regex needed
+        return authority.lower(), 0
+    if authority[:1] == b"[":
+        match = _IP_LITERAL_AUTHORITY.fullmatch(authority)
+        if match is None:
+            return None
+        literal, port = match.groups()
+        try:
+            ipaddress.IPv6Address(literal.decode("ascii"))
+        except ValueError:
+            return None
+        host = b"[" + literal.lower() + b"]"
+    else:
+        match = _REG_NAME_AUTHORITY.fullmatch(authority)
+        if match is None:
+            return None
+        host, port = match.groups()
+        if b"%" in host and _BAD_ESCAPE.search(host) is not None:
+            return None
+        host = host.lower()
+    return host, int(port) if port else 0

@@ -55,3 +55,12 @@ class Regex:
 
     def sub(self, template: str, text: str) -> str:
         return self._compiled.sub(template, text)
+
+    def search(self, text: str) -> bool:
+        """Whether the pattern matches anywhere in `text` (the admin /stats?filter= reads it so)."""
+        return self._compiled.search(text) is not None
+
+
+def regex_error() -> type[Exception]:
+    """The exception a pattern RE2 refuses raises (re2.error)."""
+    return _re2().error

@@ -31,6 +31,7 @@ import trio
 
 from edge.stats_shm import (
     W_ACCESS_LOG_DROPPED,
+    W_CONNECTION_ERRORS,
     W_ACTIVE_CONNECTIONS,
     W_EJECTED_ENDPOINTS,
     W_EJECTIONS_TOTAL,
@@ -66,6 +67,11 @@ class WorkerStats:
             log.listener, log.route_name, log.upstream_cluster, log.status, log.flags,
             time.time() - log.start, log.bytes_received, log.bytes_sent,
         )  # fmt: skip
+
+    def connection_error(self) -> None:
+        """One connection ended by an unexpected error (Worker.connection_failed): counted at once."""
+        if self.enabled:
+            self.writer.add_word(W_CONNECTION_ERRORS, 1)
 
     # -------------------------------------------------------------------------------------------- TCP
 

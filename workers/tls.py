@@ -296,8 +296,9 @@ def _first_present(folder: str, names: Sequence[str], exists: Callable[[str], bo
 
 def credential_files(credentials_dir: str | None, name: str, exists: Callable[[str], bool] = os.path.exists) -> ClientFiles:
     """The files of credential `name`: `<dir>/<name>/{tls.crt|cert, tls.key|key, ca.crt|cacert, ca.crl|crl}`;
-    the CA may also come from `<dir>/<name>-cacert/`. Missing files are ""."""
-    if not credentials_dir or not name:
+    the CA may also come from `<dir>/<name>-cacert/`. Missing files are "". The compiler admits only Secret names
+    (edge/wire.py); a name that could leave the directory is refused here too, as if it named nothing."""
+    if not credentials_dir or not name or "/" in name or os.sep in name or name.startswith("."):
         return ClientFiles("", "", "", "")
     folder = os.path.join(credentials_dir, name)
     ca = _first_present(folder, CREDENTIAL_CA_FILES, exists)

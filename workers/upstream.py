@@ -7,8 +7,10 @@
 #   finished and keep-alive holds on both sides) and its request budget (maxRequestsPerConnection) is not spent. Anything else —
 #   an error, a cancelled request, a body not read to the end — closes it: a connection in an unknown
 #   state is never reused.
-# - Before reuse, an idle connection that sat idle for PROBE_AFTER_IDLE_S is probed without blocking:
-#   readable means the server closed it or sent bytes nobody asked for, so it is discarded.
+# - Before every reuse an idle connection is probed without blocking (a peek): readable means the server closed
+#   it or sent bytes nobody asked for (a second response to a smuggled request would be one), so it is
+#   discarded and the request takes another connection. Bytes left over after a response are caught earlier:
+#   the codec does not call such a connection reusable.
 # - Idle connections older than the pool's idle timeout are closed by `serve_idle_reaper`; at most
 #   MAX_IDLE_PER_ENDPOINT idle connections are kept per endpoint.
 # - Connect has its own timeout (DestinationRule connectTimeout, default 10 s); a failure raises
@@ -30,9 +32,6 @@ from edge.table import UNLIMITED, ConnectionPool
 from workers.netio import SocketTransport, StreamTransport, Transport, open_tcp_socket, set_tcp_keepalive
 
 MAX_IDLE_PER_ENDPOINT = 256
-# An idle connection is probed (a non-blocking read) before reuse only when it sat idle this long: a server
-# closes idle keep-alive connections after seconds, not within a moment of its last response.
-PROBE_AFTER_IDLE_S = 0.5
 REAPER_INTERVAL_S = 1.0
 
 
@@ -140,19 +139,11 @@ class UpstreamPools:
         if pool is None:
             return None
         idle = pool.idle
-        now = time.monotonic()
         while idle:
             conn = idle.pop()
             if conn.transport.closed:
                 continue
-            if now - conn.idle_since < PROBE_AFTER_IDLE_S:
-                probe = None  # released a moment ago: not worth a system call
-            else:
-                try:
-                    probe = conn.transport.recv_nowait(1)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    probe = b""
-            if probe is None:  # would block: nothing from the server, the connection is usable
+            if not conn.transport.has_unread():  # the server said nothing since: the connection is usable
                 conn.reused = True
                 conn.codec.start_next_cycle()
                 pool.active += 1
@@ -204,7 +195,7 @@ class UpstreamPools:
                     except BaseException:
                         await trio.aclose_forcefully(stream)
                         raise
-                    transport = StreamTransport(stream)
+                    transport = StreamTransport(stream, raw=sock)
         except trio.TooSlowError:
             raise ConnectFailure("connection timeout") from None
         except (OSError, trio.BrokenResourceError) as exc:

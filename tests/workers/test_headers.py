@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.table import HeaderOps, HeaderRules
+from workers.http1_framing import RequestLine, check_fields
 from workers.headers import (
     HOP_BY_HOP,
     CompiledHeaderOps,
@@ -49,6 +50,10 @@ def upstream(headers, *, peer_ip=PEER, scheme=b"http", trusted_hops=0, generate_
         preserve_request_id=preserve_request_id,
     )
     kw.setdefault("host", HOST)
+    # The Connection tokens as the codec reads them (workers/http1_framing.check_fields).
+    if "nominated" not in kw:
+        fields = [(b"host", b"client.example"), *(h for h in headers if h[0] == b"connection")]
+        kw["nominated"] = check_fields(RequestLine(b"GET", b"/", b"1.1"), fields, None).nominated
     return upstream_request_headers(headers, forwarded=fwd, **kw)
 
 
@@ -106,7 +111,20 @@ HOP_CASES = [
     ("listed-in-second-connection", [(b"connection", b"close"), (b"connection", b"x-a"), (b"x-a", b"1"),
                                      (b"x-c", b"3")], [(b"x-c", b"3")]),
     ("no-connection-keeps-all", [(b"x-a", b"1"), (b"x-b", b"2")], [(b"x-a", b"1"), (b"x-b", b"2")]),
+    # The proxy's own decisions cannot be nominated away: framing is the proxy's, Host is the route's.
+    ("nominated-framing-and-host-kept", [(b"connection", b"content-length, host, x-request-id"), (b"content-length", b"5"),
+                                         (b"x-c", b"3")], [(b"x-c", b"3")]),
 ]
+
+
+def test_client_framing_never_crosses_and_the_proxy_frames_the_body():
+    client = [(b"host", b"a"), (b"connection", b"content-length"), (b"content-length", b"5"), (b"transfer-encoding", b"chunked")]
+    out = upstream(client, content_length=5, nominated=frozenset({b"content-length"}))  # as a codec never hands over
+    assert values(out, b"content-length") == [b"5"] and values(out, b"transfer-encoding") == []
+    assert values(out, b"host") == [HOST]
+    out = upstream([(b"host", b"a"), (b"content-length", b"99")], chunked=True)
+    assert values(out, b"content-length") == [] and values(out, b"transfer-encoding") == [b"chunked"]
+    assert values(upstream([(b"host", b"a"), (b"content-length", b"99")]), b"content-length") == []
 
 
 @pytest.mark.parametrize(("given", "kept"), [c[1:] for c in HOP_CASES], ids=[c[0] for c in HOP_CASES])
@@ -242,7 +260,7 @@ def test_host_is_the_given_one_and_first():
 
 
 def test_expect_dropped():
-    out = upstream([(b"expect", b"100-continue"), (b"content-length", b"5")])
+    out = upstream([(b"expect", b"100-continue"), (b"content-length", b"5")], content_length=5)
     assert b"expect" not in names(out)
     assert values(out, b"content-length") == [b"5"]
 
