@@ -4,9 +4,11 @@
 # - Directories are watched, never file inodes: editors replace files by rename and Kubernetes ConfigMap
 #   mounts swap a `..data` symlink to a fresh `..<timestamp>` directory, so an inode watch would go deaf after
 #   the first update.
-#     * a config directory is watched recursively; every change below it counts except under hidden names
-#       (`.x.tmp`, `.git/…`: the loader skips them too, but not the `..`-prefixed ConfigMap entries), and
-#       watchfiles' DefaultFilter drops editor droppings such as `x~`;
+#     * a config directory is watched recursively; a change below it counts when it is to a file the loader reads
+#       (`.yaml`, `.yml`, `.json`), to a directory, or to something gone that could have been a directory (no
+#       suffix); never under hidden names (`.x.tmp`, `.git/…`: the loader skips them too, but not the
+#       `..`-prefixed ConfigMap entries); watchfiles' DefaultFilter drops editor droppings such as `x~`. So a
+#       log or any other file written beside the config never triggers a reload;
 #     * a config file is watched through its directory, without subdirectories, and only changes to that
 #       file's name or to `..`-prefixed entries (the ConfigMap machinery) count;
 #     * a config path that is itself a symlink also gets its link's directory watched, for the link's name.
@@ -27,6 +29,8 @@ from dataclasses import dataclass, field
 
 import trio
 import watchfiles
+
+from edge.loader import CONFIG_SUFFIXES
 
 WATCH_DEBOUNCE_MS = 30  # longest a burst of changes is grouped before it is reported
 WATCH_STEP_MS = 10  # a burst ends after this long without a new change
@@ -50,12 +54,24 @@ class WatchPlan:
             if path.startswith(prefix):
                 # Hidden entries are skipped by the loader (editor temp files, .git); `..` ones are ConfigMap's.
                 parts = path[len(prefix) :].split(os.sep)
-                return not any(p.startswith(".") and not p.startswith(CONFIGMAP_PREFIX) for p in parts)
+                if any(p.startswith(".") and not p.startswith(CONFIGMAP_PREFIX) for p in parts):
+                    return False
+                return _loader_reads(path)
         directory, name = os.path.split(path)
         names = self.names.get(directory)
         if names is None:
             return False
         return name in names or name.startswith(CONFIGMAP_PREFIX)
+
+
+def _loader_reads(path: str) -> bool:
+    """Could this path, below a watched directory, be (or have held) something the loader reads?"""
+    name = os.path.basename(path)
+    if name.startswith(CONFIGMAP_PREFIX) or name.endswith(CONFIG_SUFFIXES):
+        return True
+    if os.path.isdir(path):
+        return True
+    return not os.path.lexists(path) and "." not in name  # a directory that went away
 
 
 def plan_watch(paths: Iterable[str]) -> WatchPlan:

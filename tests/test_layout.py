@@ -24,6 +24,8 @@ PURE_MODULES = [
     "workers/http1_framing.py",
     "workers/paths.py",
     "workers/overload.py",
+    "workers/xfcc.py",
+    "edge/wire.py",
 ]
 IO_PACKAGES = {"trio", "socket", "multiprocessing", "watchfiles"}
 WORKER_ALLOWED_FROM_EDGE = {"edge.table", "edge.shm", "edge.errors"}

@@ -183,10 +183,13 @@ def upstream_request_headers(
     chunked: bool = False,
     content_length: int | None = None,
     nominated: frozenset[bytes] = _EMPTY,
+    client_cert: bytes | None = None,
     route_ops: CompiledHeaderOps | None = None,
     destination_ops: CompiledHeaderOps | None = None,
 ) -> list[Header]:
     """The header list sent upstream for one try; `headers` is the client's list (not modified).
+    `client_cert` is the x-forwarded-client-cert of a verified client certificate (workers/xfcc.py); a client's
+    own x-forwarded-client-cert is always dropped (SANITIZE_SET).
 
     Framing is the proxy's own: the client's Content-Length and Transfer-Encoding never cross; `chunked` or
     `content_length` (the body as the codec framed it) decide what the upstream is told. `nominated` are the
@@ -203,6 +206,8 @@ def upstream_request_headers(
     out.append((b"x-forwarded-for", forwarded.xff))
     out.append((b"x-forwarded-proto", forwarded.proto))
     out.append((b"x-envoy-external-address", forwarded.client_ip))
+    if client_cert is not None:
+        out.append((b"x-forwarded-client-cert", client_cert))
     if forwarded.request_id is not None:
         out.append((b"x-request-id", forwarded.request_id))
     if attempt:

@@ -168,7 +168,10 @@ class _ServerCodec:
         try:
             request, fields = self._tokenize(head, line)
         except ProtocolError:
-            # The engine refused the head: when one of edge's header rules applies, its status is the answer.
+            # The engine refused the head. The verdict is the one h11's path gives: the byte-level checks first,
+            # then edge's header rules; the engine's own 400 only when neither has a word to say.
+            if not self.RAW_CHECKS:
+                check_head_bytes(head)
             check_fields(line, tokenize_fields(head, head.find(b"\r\n") + 2), absolute)
             raise
         facts = check_fields(line, fields, absolute)

@@ -188,7 +188,7 @@ class Downstream:
 
     __slots__ = ("worker", "transport", "conn", "peer_ip", "peer", "local", "scheme", "scheme_bytes", "listener_key", "chain_index", "sni", "must_close", "scope", "state", "since", "client_gone", "fresh", "response_started", "activity", "stream_timed_out", "client_cert")
 
-    def __init__(self, worker: "Worker", transport: Transport, peer: tuple, local: tuple, scheme: str, listener_key: str, chain_index: int = -1, sni: str = ""):
+    def __init__(self, worker: "Worker", transport: Transport, peer: tuple, local: tuple, scheme: str, listener_key: str, chain_index: int = -1, sni: str = "", client_cert: bytes | None = None):
         self.worker = worker
         self.transport = transport
         self.peer = peer
@@ -209,7 +209,7 @@ class Downstream:
         self.response_started = False  # a response head for the current request went (or is going) out
         self.activity = 0.0  # monotonic time bytes last moved for the request in flight (the stream idle timeout)
         self.stream_timed_out = False
-        self.client_cert: bytes | None = None  # x-forwarded-client-cert of a verified client certificate (TLS)
+        self.client_cert = client_cert  # x-forwarded-client-cert of a verified client certificate (workers/xfcc.py)
 
     def raw_socket(self) -> socket.socket | None:
         return _raw_socket(self.transport)
@@ -758,6 +758,7 @@ class Exchange:
             # The bytes of a chunked body read whole, else the length the codec framed the request with.
             content_length=self.body.bytes if self.body.dechunked else (request.head.content_length if request.head.content_length >= 0 else None),
             nominated=request.head.nominated,
+            client_cert=down.client_cert,
             route_ops=rt.request_ops,
             destination_ops=dest.request_ops,
         )

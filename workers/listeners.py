@@ -152,7 +152,8 @@ async def serve_accept_loop(worker: "Worker", key: str, listen_sock: socket.sock
     try:
         while True:
             await worker.wait_connection_slot()
-            if _accept_ready(worker, key, listen_sock, connections, ACCEPT_BURST):
+            room = worker.options.max_connections_per_worker - worker.active_connections
+            if _accept_ready(worker, key, listen_sock, connections, min(ACCEPT_BURST, room)):
                 await trio.lowlevel.checkpoint()
             else:
                 await trio.lowlevel.wait_readable(listen_sock)

@@ -50,6 +50,7 @@ from workers.http_proxy import Downstream, serve_http_connection
 from workers.netio import FAIRNESS_OPS, TransportClosed
 from workers.sni import ClientHello, ClientHelloReader, SNIParseError
 from workers.tcp_proxy import new_tcp_log, proxy_socket, proxy_transport
+from workers.xfcc import forwarded_client_cert
 
 if TYPE_CHECKING:
     from workers.main import Worker
@@ -924,7 +925,7 @@ async def serve_tls_connection(worker: Worker, sock: socket.socket, key: str) ->
         if not await _handshake(transport, deadline) or _refused_client(transport, chain.tls):
             return
         if chain.route_config is not None:
-            await serve_http_connection(Downstream(worker, transport, peer, local, "https", key, index, server_name or ""))
+            await serve_http_connection(Downstream(worker, transport, peer, local, "https", key, index, server_name or "", _client_cert_header(transport, chain.tls)))
         elif chain.tcp is not None:
             await proxy_transport(worker, compiled, transport, chain.tcp, new_tcp_log(sock, key, server_name))
     finally:
@@ -948,6 +949,17 @@ async def _handshake(transport: TLSTransport, deadline: float) -> bool:
             return False
         return True
     return False  # Options.tls_handshake_timeout_s
+
+
+def _client_cert_header(transport: TLSTransport, tls: ServerTLS) -> bytes | None:
+    """x-forwarded-client-cert for the certificate a MUTUAL/OPTIONAL_MUTUAL client presented (verified by the
+    handshake), None without one."""
+    if tls.mode not in ("MUTUAL", "OPTIONAL_MUTUAL"):
+        return None
+    der = transport.getpeercert(binary_form=True)
+    if not der:
+        return None
+    return forwarded_client_cert(der, transport.getpeercert() or {})
 
 
 def _refused_client(transport: TLSTransport, tls: ServerTLS) -> bool:

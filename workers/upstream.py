@@ -189,7 +189,11 @@ class UpstreamPools:
                 if tls is None:
                     transport = SocketTransport(sock)
                 else:
-                    stream = trio.SSLStream(trio.SocketStream(trio.socket.from_stdlib_socket(sock)), tls, server_hostname=server_hostname, https_compatible=True)
+                    try:
+                        stream = trio.SSLStream(trio.SocketStream(trio.socket.from_stdlib_socket(sock)), tls, server_hostname=server_hostname, https_compatible=True)
+                    except BaseException:
+                        sock.close()
+                        raise
                     try:
                         await stream.do_handshake()
                     except BaseException:
@@ -198,6 +202,10 @@ class UpstreamPools:
                     transport = StreamTransport(stream, raw=sock)
         except trio.TooSlowError:
             raise ConnectFailure("connection timeout") from None
+        except ValueError as exc:
+            # ssl refuses the server name before anything is sent: an auto SNI from a Host such as ".x" or ""
+            # (Envoy's handshake fails the same way). A failure of this request, not of the worker.
+            raise ConnectFailure(f"TLS error: {exc}") from None
         except (OSError, trio.BrokenResourceError) as exc:
             reason = "connection failure"
             if isinstance(exc, trio.BrokenResourceError) and isinstance(exc.__cause__, ssl.SSLError):

@@ -10,7 +10,8 @@ outlier ejection and slow mirrors need one endpoint that fails while the others 
 
 Rules:
 - A ThreadingHTTPServer in a daemon thread of the test process, keep-alive (HTTP/1.1, Content-Length), one
-  handler thread per connection. The body of every request is read in full before the answer.
+  handler thread per connection. The body of every request (Content-Length or chunked) is read in full before
+  the answer; a chunked body that breaks off gets no answer (the connection closes).
 - The answer is JSON {"instance", "method", "path", "status"} with `x-served-by: NAME`, like the sample backend.
 - Every request is recorded (method, path, lowercase headers, body length) under a lock; count() and
   requests() read the record. Nothing here is a mock: the gateway talks to it over a real socket.
@@ -21,6 +22,7 @@ Rules:
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -78,16 +80,43 @@ class FixedBackend:
             def log_message(self, *args) -> None:  # quiet
                 pass
 
+            def _read_chunked(self) -> int | None:
+                """The length of a chunked body read whole, None when it ended early or broke."""
+                total = 0
+                while True:
+                    line = self.rfile.readline(4096)
+                    if not line.endswith(b"\r\n"):
+                        return None
+                    try:
+                        size = int(line.split(b";")[0].strip(), 16)
+                    except ValueError:
+                        return None
+                    if size == 0:
+                        while (trailer := self.rfile.readline(4096)) not in (b"\r\n", b""):
+                            pass
+                        return total if trailer else None
+                    data = self.rfile.read(size + 2)
+                    if len(data) != size + 2:
+                        return None
+                    total += size
+
             def _answer(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                remaining = length
-                while remaining > 0:
-                    chunk = self.rfile.read(min(remaining, 65536))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
+                if self.headers.get("transfer-encoding", "").lower() == "chunked":
+                    received = self._read_chunked()
+                    if received is None:
+                        self.close_connection = True
+                        return
+                else:
+                    length = int(self.headers.get("content-length") or 0)
+                    remaining = length
+                    while remaining > 0:
+                        chunk = self.rfile.read(min(remaining, 65536))
+                        if not chunk:
+                            break
+                        remaining -= len(chunk)
+                    received = length - remaining
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                backend._record(Seen(self.command, self.path, headers, length - remaining))
+                backend._record(Seen(self.command, self.path, headers, received))
                 if backend.delay_s:
                     time.sleep(backend.delay_s)
                 status = backend.status
@@ -102,7 +131,13 @@ class FixedBackend:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_HEAD = do_PATCH = _answer
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address) -> None:
+                # A client (the gateway) that closed its side first is part of many tests; stay quiet about it.
+                if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+                    super().handle_error(request, client_address)
+
+        server = Server(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True, name=f"fixed-backend-{self.name}")

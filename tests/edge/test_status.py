@@ -2,9 +2,11 @@ import h11
 import pytest
 import trio
 
+from edge.admin import admin_refusal
 from edge.status import (
     MAX_REQUEST_HEAD_BYTES,
     READY_PATH,
+    ConnectionSlots,
     Request,
     Response,
     dispatch,
@@ -182,3 +184,49 @@ async def test_dispatch_is_a_table_of_routes():
     assert (await dispatch(routes, Request("HEAD", "/hello"))).status == 200
     assert (await dispatch(routes, Request("PUT", "/hello"))).status == 405
     assert (await dispatch(routes, Request("GET", "/other"))).status == 404
+
+
+# ------------------------------------------------------------------------------------- connection slots
+
+
+def test_slots_evict_the_connection_waiting_longest_when_full():
+    slots = ConnectionSlots(3)
+    a, b, c = slots.admit(), slots.admit(), slots.admit()
+    slots.answering(b)  # b is answering a request: never evicted
+    slots.wait_for_request(a)  # a waits again: now the most recent waiter
+    d = slots.admit()  # full: the longest waiter is c
+    assert c.evicted and c.scope.cancel_called and not a.evicted and not b.evicted
+    assert slots.statistics() == {"connections": 3, "waiting": 2, "limit": 3, "evictions": 1}
+    slots.release(c)  # the evicted task ends: its slot went to d already
+    assert slots.count == 3
+    slots.answering(a)
+    slots.answering(d)
+    assert slots.admit() is None  # every connection is answering: the new one is refused
+    for slot in (a, b, d):
+        slots.release(slot)
+    assert slots.count == 0 and not slots.waiting
+
+
+# ------------------------------------------------------------------------------------------ admin guard
+
+
+@pytest.mark.parametrize(("method", "headers", "refused"), [
+    ("GET", {"host": "127.0.0.1:15000"}, False),
+    ("GET", {"host": "localhost:15000"}, False),
+    ("GET", {"host": "LOCALHOST"}, False),
+    ("GET", {"host": "[::1]:15000"}, False),
+    ("GET", {"host": "10.1.2.3:15000"}, False),
+    ("GET", {"host": "attacker.example:15000"}, True),  # DNS rebinding
+    ("GET", {}, True),
+    ("GET", {"host": "127.0.0.1:15000", "origin": "http://attacker.example"}, False),  # reading needs CORS, which is never given
+    ("POST", {"host": "127.0.0.1:15000"}, False),  # curl
+    ("POST", {"host": "127.0.0.1:15000", "origin": "http://127.0.0.1:15000"}, False),  # the admin page
+    ("POST", {"host": "127.0.0.1:15000", "origin": "http://attacker.example"}, True),
+    ("POST", {"host": "127.0.0.1:15000", "origin": "null"}, True),
+    ("POST", {"host": "127.0.0.1:15000", "sec-fetch-site": "cross-site"}, True),
+    ("POST", {"host": "127.0.0.1:15000", "sec-fetch-site": "same-site"}, True),
+    ("POST", {"host": "127.0.0.1:15000", "sec-fetch-site": "same-origin"}, False),
+])  # fmt: skip
+def test_admin_refusal(method, headers, refused):
+    request = Request(method, "/reload", headers=tuple(headers.items()))
+    assert (admin_refusal(request) is not None) is refused

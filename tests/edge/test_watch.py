@@ -107,6 +107,12 @@ def test_plan_of_a_symlinked_file_watches_the_link_and_its_target(tmp_path):
         ("/srv/conf/.git/index", False),
         ("/srv/conf/..data", True),
         ("/srv/conf/..2024_05_01/c.yaml", True),
+        ("/srv/conf/c.yml", True),
+        ("/srv/conf/c.json", True),
+        # What the loader never reads does not count (an access log written beside the config, issue 10 #13).
+        ("/srv/conf/access.log", False),
+        ("/srv/conf/sub/notes.txt", False),
+        ("/srv/conf/gone-directory", True),  # no suffix and gone: it may have been a directory of configs
     ],
 )
 def test_relevance(path, relevant):
@@ -167,6 +173,20 @@ async def test_a_watched_file_ignores_its_neighbours(tmp_path, nursery):
     await changes.assert_quiet()
     config.write_text(GATEWAY_V2)
     assert await changes.next() == {str(config)}
+
+
+async def test_a_log_written_in_the_config_directory_is_ignored(tmp_path, nursery):
+    """A file the loader does not read (an access log) can be written without end: no reload, ever."""
+    (tmp_path / "gw.yaml").write_text(GATEWAY_V1)
+    changes = Changes()
+    await nursery.start(serve_config_watch, [str(tmp_path)], changes)
+    log = tmp_path / "access.log"
+    for i in range(20):
+        with log.open("a") as f:
+            f.write(f"line {i}\n")
+    await changes.assert_quiet()
+    (tmp_path / "gw.yaml").write_text(GATEWAY_V2)
+    assert await changes.next() == {str(tmp_path / "gw.yaml")}
 
 
 async def test_editor_swap_files_are_ignored(tmp_path, nursery):

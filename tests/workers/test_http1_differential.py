@@ -115,5 +115,6 @@ def check_agree(data: bytes) -> None:
 @example(b"GET / HTTP/1.1\nHost: a\n\n")
 @example(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551621\r\n\r\n")
 @example(b"GET / HTTP/1.1\r\nHost: x:\xb2\r\n\r\n")
+@example(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ch\x00nked\r\n\r\n0\r\n\r\n")  # found by the attack soak
 def test_codecs_agree_on_any_bytes(data):
     check_agree(data)

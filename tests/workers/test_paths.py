@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from workers.paths import normalize_path, split_target
+from workers.paths import normalize_path, parse_authority, split_target
 
 # ---------------------------------------------------------------------------------------------------
 # split_target: (authority or None, path, query)
@@ -252,3 +252,42 @@ def test_split_target_never_raises_and_drops_fragments(data):
     if authority is not None:
         assert b"#" not in authority and b"/" not in authority and b"?" not in authority
         assert path.startswith(b"/")
+
+
+# ------------------------------------------------------------------------------------------ authorities
+
+AUTHORITY_CASES = [
+    (b"app.example.com", (b"app.example.com", 0)),
+    (b"App.Example.COM:8080", (b"app.example.com", 8080)),
+    (b"", (b"", 0)),  # HTTP/1.0 without Host, or an empty Host: routed as "" (the catch-all)
+    (b":80", (b"", 80)),
+    (b"x:", (b"x", 0)),  # RFC 3986: port = *DIGIT
+    (b".x", (b".x", 0)),  # a reg-name may hold dots anywhere
+    (b"10.0.0.1:443", (b"10.0.0.1", 443)),
+    (b"[::1]", (b"[::1]", 0)),
+    (b"[2001:DB8::1]:8443", (b"[2001:db8::1]", 8443)),
+    (b"%41pp.example", (b"%41pp.example", 0)),
+    (b"a-b_c~d!$&'()*+,;=", (b"a-b_c~d!$&'()*+,;=", 0)),
+    (b"x:99999", (b"x", 99999)),  # five digits, as the rule says
+    # Refused:
+    (b"x:123456", None),
+    (b"x:" + b"9" * 5000, None),
+    (b"x:\xb2", None),
+    (b"evil.com#.example.com", None),
+    (b"evil.com/x", None),
+    (b"a b", None),
+    (b"\xc3\xa9.example", None),
+    (b"user@host", None),
+    (b"a:1:2", None),
+    (b"[::1", None),
+    (b"[not-an-ip]", None),
+    (b"[fe80::1%25eth0]", None),
+    (b"%zz", None),
+    (b"%4", None),
+    (b"a\tb", None),
+]
+
+
+@pytest.mark.parametrize(("authority", "expected"), AUTHORITY_CASES, ids=[repr(c[0][:20])[2:-1] or "empty" for c in AUTHORITY_CASES])
+def test_parse_authority(authority, expected):
+    assert parse_authority(authority) == expected
