@@ -42,7 +42,7 @@ LOAD_GRACE_S = 30.0
 WRK_TIMEOUT = "5s"  # a request unanswered this long counts as a wrk timeout error
 ALL_TARGETS = ("direct", "nginx-proxy", "proxy.py", "edge-1w", "edge-2w")
 REFERENCES = ("nginx-proxy", "proxy.py")
-EDGE_TARGET = re.compile(r"^edge-(\d+)w((?:-(?:fast|nostats|text|json|vs\d+))*)$")  # variants: targets.start_edge
+EDGE_TARGET = re.compile(r"^edge-(\d+)w((?:-(?:fast|nostats|text|json|b|vs\d+))*)$")  # variants: targets.start_edge
 VHOSTS_VARIANT = re.compile(r"-vs\d+(?:-|$)")
 WRK_SCRIPTS = {"plain": WRK_DIR / "report.lua", "mix": WRK_DIR / "mix.lua", "mix-get": WRK_DIR / "mix.lua"}
 
@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--proxypy-acceptors", type=int, default=2)
     parser.add_argument("--edge-bin", type=Path, default=targets.default_edge_bin(),
                         help="the edge executable (default: %(default)s)")
+    parser.add_argument("--edge-bin-b", type=Path, default=None,
+                        help="a second edge executable, for targets with the variant -b (edge-2w-fast-b): an A/B in one run")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--no-save", action="store_true", help="do not write the JSON results")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
@@ -202,7 +204,14 @@ def start_target(name: str, args: argparse.Namespace, tmp: Path, backend: Target
         return targets.start_proxypy(tmp, backend.port, args.proxypy_acceptors)
     match = EDGE_TARGET.match(name)
     assert match is not None  # parse_args checked the names
-    return targets.start_edge(name, tmp, backend.port, int(match.group(1)), args.edge_bin, match.group(2) or "")
+    variant = match.group(2) or ""
+    edge_bin = args.edge_bin
+    if "b" in variant.split("-"):
+        if args.edge_bin_b is None:
+            raise targets.StartFailed(f"{name}: the -b variant needs --edge-bin-b")
+        edge_bin = args.edge_bin_b
+        variant = "-".join(p for p in variant.split("-") if p != "b")
+    return targets.start_edge(name, tmp, backend.port, int(match.group(1)), edge_bin, variant)
 
 
 def check_tools(args: argparse.Namespace) -> list[str]:

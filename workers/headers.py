@@ -54,6 +54,8 @@ _NEVER_NOMINATED = PROXY_SET_REQUEST | FRAMING
 PROXY_SET_RESPONSE = frozenset({b"x-envoy-upstream-service-time"})
 
 _EMPTY: frozenset[bytes] = frozenset()
+# Connection values that nominate nothing (most responses carry one of them): no token parsing needed.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
 class CompiledHeaderOps:
@@ -247,7 +249,7 @@ def downstream_response_headers(
         if server and name == b"server":
             continue
         out.append((name, value))
-    if connection is not None:
+    if connection is not None and any(v.lower() not in _PLAIN_CONNECTION for v in connection):
         listed = connection_tokens((b"connection", v) for v in connection) - HOP_BY_HOP
         if listed:  # names the upstream marked hop-by-hop beyond the standard ones
             out = [h for h in out if h[0] not in listed]

@@ -109,6 +109,7 @@ def _has_token(headers, name: bytes, token: bytes) -> bool:
 
 
 _IDLE, _BODY, _DONE = 0, 1, 2  # the request being read (their) / the response being written (ours)
+_OWS = frozenset(b" \t")
 
 
 class _ServerCodec:
@@ -176,9 +177,12 @@ class _ServerCodec:
             raise
         facts = check_fields(line, fields, absolute)
         request.head = self.head_facts = facts
-        framer = self.framer
-        framer.start_body(facts.content_length, facts.chunked)
-        self.their = _DONE if framer.done else _BODY
+        if facts.chunked or facts.content_length > 0:
+            self.framer.start_body(facts.content_length, facts.chunked)
+            self.their = _BODY
+        else:
+            self.framer.start_body(0, False)
+            self.their = _DONE
         self.body_started = False
         self.keep_alive = facts.keep_alive
         self.head_request = line.method == b"HEAD"
@@ -367,8 +371,8 @@ class H11Client:
 # ---------------------------------------------------------------------------------------------------------
 
 class FastServer(_ServerCodec):
-    """The server side on llhttp (httptools): a fresh parser tokenises each checked head (about 0.2 µs to create);
-    responses are serialised with one join."""
+    """The server side on llhttp (httptools): a fresh parser tokenises each checked head (about 0.2 µs to create;
+    it is never given a body); responses are serialised with one join."""
 
     __slots__ = ("response_chunked", "response_has_body", "fields")
     RAW_CHECKS = False
@@ -382,8 +386,11 @@ class FastServer(_ServerCodec):
         self.fields: list = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """llhttp's only callback here: a field line (OWS around the value removed, as h11 does)."""
-        self.fields.append((name.lower(), value.rstrip(b" \t")))
+        """llhttp's only callback here: a field line (OWS around the value removed, as h11 does; llhttp drops
+        the leading OWS itself)."""
+        if value and value[-1] in _OWS:
+            value = value.rstrip(b" \t")
+        self.fields.append((name.lower(), value))
 
     def _tokenize(self, head: bytes, line: RequestLine):
         self.fields = fields = []

@@ -98,6 +98,12 @@ _CHUNK_EXTENSIONS = re.compile(
 )
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _NO_NAMES: frozenset[bytes] = frozenset()
+_F_HOST, _F_CONTENT_LENGTH, _F_TRANSFER_ENCODING, _F_CONNECTION, _F_XFF, _F_XFP, _F_REQUEST_ID, _F_EXPECT, _F_UPGRADE = range(9)
+_FIELD_KINDS = {
+    b"host": _F_HOST, b"content-length": _F_CONTENT_LENGTH, b"transfer-encoding": _F_TRANSFER_ENCODING,
+    b"connection": _F_CONNECTION, b"x-forwarded-for": _F_XFF, b"x-forwarded-proto": _F_XFP,
+    b"x-request-id": _F_REQUEST_ID, b"expect": _F_EXPECT, b"upgrade": _F_UPGRADE,
+}  # fmt: skip
 _USUAL_HOST_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."  # a reg-name subset
 
 
@@ -204,21 +210,20 @@ def check_fields(line: RequestLine, fields: list[tuple[bytes, bytes]], absolute_
     hosts = connection_tokens = 0
     close = expect = upgrade_token = underscore = False
     for name, value in fields:
-        if name == b"host":
+        kind = _FIELD_KINDS.get(name)
+        if kind is None:  # a field the gateway does not act on (one dict lookup for each of them)
+            if b"_" in name:
+                underscore = True
+        elif kind == _F_HOST:
             hosts += 1
             host = value
-        elif name == b"content-length":
+        elif kind == _F_CONTENT_LENGTH:
             if length is not None:
                 raise ProtocolError("more than one Content-Length")
-            if not value.isdigit() or not value.isascii():
-                raise ProtocolError("invalid Content-Length")
-            digits = value.lstrip(b"0")
-            if len(digits) > 19 or int(digits or b"0") > MAX_CONTENT_LENGTH:
-                raise ProtocolError("Content-Length too large")
-            length = int(digits or b"0")
-        elif name == b"transfer-encoding":
+            length = _content_length(value)
+        elif kind == _F_TRANSFER_ENCODING:
             codings = (codings or []) + [c.strip().lower() for c in value.split(b",")]
-        elif name == b"connection":
+        elif kind == _F_CONNECTION:
             tokens = value.split(b",")
             connection_tokens += len(tokens)
             for token in tokens:
@@ -231,24 +236,63 @@ def check_fields(line: RequestLine, fields: list[tuple[bytes, bytes]], absolute_
                     if token in _UNNOMINATABLE or token[0] == 0x3A:
                         raise ProtocolError("Connection nominates a header the proxy sets")
                     (nominated := nominated or set()).add(token)
-        elif name == b"x-forwarded-for":
+        elif kind == _F_XFF:
             xff = value if xff is None else xff + b"," + value
-        elif name == b"x-forwarded-proto":
+        elif kind == _F_XFP:
             xfp = value if xfp is None else xfp + b"," + value
-        elif name == b"x-request-id":
+        elif kind == _F_REQUEST_ID:
             request_id = value if request_id is None else request_id + b"," + value
-        elif name == b"expect":
+        elif kind == _F_EXPECT:
             expect = value.lower() == b"100-continue"
-        elif name == b"upgrade":
+        else:  # upgrade
             upgrade = value
-        elif b"_" in name:
-            underscore = True
     if connection_tokens > MAX_CONNECTION_TOKENS:
         raise ProtocolError("too many Connection tokens")
     version = line.version
     if hosts > 1 or (hosts == 0 and version == b"1.1"):
         raise ProtocolError("a request needs exactly one Host" if version == b"1.1" else "more than one Host")
     out = RequestHead()
+    authority = absolute_authority if absolute_authority is not None else (host or b"")
+    if absolute_authority is None and not authority.translate(None, _USUAL_HOST_BYTES):
+        out.host = authority.lower()  # the usual host name without a port, inline
+        out.port = 0
+        out.authority = authority
+    else:
+        _read_authority(out, host, absolute_authority)
+    out.nominated = frozenset(nominated) if nominated else _NO_NAMES
+    out.chunked = codings is not None and _chunked(codings, length, version)
+    out.content_length = -1 if length is None else length
+    out.keep_alive = not close and version == b"1.1"
+    out.expect_continue = expect and version == b"1.1"
+    out.upgrade = upgrade if upgrade_token else None
+    out.underscore = underscore
+    out.xff = xff
+    out.xfp = xfp
+    out.request_id = request_id
+    return out
+
+
+def _content_length(value: bytes) -> int:
+    if not value.isdigit() or not value.isascii():
+        raise ProtocolError("invalid Content-Length")
+    digits = value.lstrip(b"0")
+    if len(digits) > 19 or int(digits or b"0") > MAX_CONTENT_LENGTH:
+        raise ProtocolError("Content-Length too large")
+    return int(digits or b"0")
+
+
+def _chunked(codings: list[bytes], length: int | None, version: bytes) -> bool:
+    """The Transfer-Encoding rules (True: a chunked body), in Envoy's order."""
+    if version != b"1.1":
+        raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
+    if length is not None:
+        raise ProtocolError("both Content-Length and Transfer-Encoding")
+    if codings != [b"chunked"]:
+        raise ProtocolError("unsupported Transfer-Encoding (only chunked is)", 501)
+    return True
+
+
+def _read_authority(out: RequestHead, host: bytes | None, absolute_authority: bytes | None) -> None:
     authority = absolute_authority if absolute_authority is not None else (host or b"")
     if not authority.translate(None, _USUAL_HOST_BYTES):  # the usual host name without a port, inline
         out.host = authority.lower()
@@ -261,25 +305,6 @@ def check_fields(line: RequestLine, fields: list[tuple[bytes, bytes]], absolute_
     if host is not None and absolute_authority is not None and parse_authority(host) is None:
         raise ProtocolError("invalid authority")
     out.authority = authority
-    out.nominated = frozenset(nominated) if nominated else _NO_NAMES
-    out.chunked = False
-    if codings is not None:
-        if version != b"1.1":
-            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
-        if length is not None:
-            raise ProtocolError("both Content-Length and Transfer-Encoding")
-        if codings != [b"chunked"]:
-            raise ProtocolError("unsupported Transfer-Encoding (only chunked is)", 501)
-        out.chunked = True
-    out.content_length = -1 if length is None else length
-    out.keep_alive = not close and version == b"1.1"
-    out.expect_continue = expect and version == b"1.1"
-    out.upgrade = upgrade if upgrade_token else None
-    out.underscore = underscore
-    out.xff = xff
-    out.xfp = xfp
-    out.request_id = request_id
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -353,7 +378,7 @@ class RequestFramer:
         buf = self.buffer
         if not buf:  # between requests, the usual case when a keep-alive connection asks
             return CLOSED if self.eof else NEED_DATA
-        if buf[:2] == b"\r\n":  # empty lines before a request line are skipped (RFC 9112 §2.2)
+        if buf.startswith(b"\r\n"):  # empty lines before a request line are skipped (RFC 9112 §2.2)
             skip = 2
             while buf.startswith(b"\r\n", skip):
                 skip += 2

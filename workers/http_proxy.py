@@ -66,7 +66,7 @@ class ClientGone(Exception):
 class RequestInfo:
     """The request as the router and the log see it."""
 
-    __slots__ = ("method", "path", "query", "authority", "scheme", "headers", "path_bytes", "host", "port", "body_present", "chunked", "upgrade", "forwarded")
+    __slots__ = ("method", "path", "query", "authority", "scheme", "headers", "path_bytes", "query_bytes", "host", "port", "body_present", "chunked", "upgrade", "forwarded")
 
 
 class RequestLog:
@@ -425,6 +425,7 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
         return False
     req.path_bytes = path
     req.path = path.decode("latin-1")
+    req.query_bytes = raw_query
     req.query = raw_query.decode("latin-1")
     req.port = head.port
     req.host = head.host.decode("ascii")
@@ -834,10 +835,10 @@ def _upstream_target(route: Route, rt: "RouteRuntime", req: RequestInfo) -> tupl
         elif rt.regex_rewrite is not None:
             new_path = rt.regex_rewrite.sub(rewrite.regex_substitution, req.path)
         if new_path is not None:
-            original = req.path_bytes + (b"?" + req.query.encode("latin-1") if req.query else b"")
+            original = req.path_bytes + (b"?" + req.query_bytes if req.query_bytes else b"")
             path = new_path.encode("latin-1")
-    if req.query:
-        return path + b"?" + req.query.encode("latin-1"), original
+    if req.query_bytes:
+        return path + b"?" + req.query_bytes, original
     return path, original
 
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import errno
+import select
 import socket
 
 import trio
@@ -29,13 +30,14 @@ class TransportClosed(trio.BrokenResourceError):
 class SocketTransport:
     """A connected non-blocking socket.socket used without trio's stream wrappers."""
 
-    __slots__ = ("sock", "_fast_ops", "closed")
+    __slots__ = ("sock", "_fast_ops", "closed", "_poller")
 
     def __init__(self, sock: socket.socket):
         sock.setblocking(False)
         self.sock = sock
         self._fast_ops = 0
         self.closed = False
+        self._poller: select.poll | None = None
 
     async def _fairness(self) -> None:
         self._fast_ops += 1
@@ -74,8 +76,12 @@ class SocketTransport:
 
     def has_unread(self) -> bool:
         """Whether the peer sent something we have not read (bytes, EOF or a reset), looking without taking it:
-        an idle pooled connection must say nothing before its next request."""
-        return _has_unread(self.sock)
+        an idle pooled connection must say nothing before its next request. A poll with no wait on a poller
+        kept for this socket: one system call, no exception (a peeking recv costs an exception when empty)."""
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = _poller_for(self.sock)
+        return bool(poller.poll(0))
 
     def recv_nowait(self, max_bytes: int = RECV_BYTES) -> bytes | None:
         """Bytes if some are ready now, b"" at EOF, None if the call would block."""
@@ -140,12 +146,13 @@ class SocketTransport:
 class StreamTransport:
     """Any trio Stream (trio.SSLStream) behind the same recv/send_all surface."""
 
-    __slots__ = ("stream", "closed", "raw")
+    __slots__ = ("stream", "closed", "raw", "_poller")
 
     def __init__(self, stream: trio.abc.Stream, raw: socket.socket | None = None):
         self.stream = stream
         self.closed = False
         self.raw = raw  # the connected socket under the stream, when the caller has it
+        self._poller: select.poll | None = None
 
     async def recv(self, max_bytes: int = RECV_BYTES) -> bytes:
         try:
@@ -160,7 +167,11 @@ class StreamTransport:
 
     def has_unread(self) -> bool:
         """SocketTransport.has_unread, for the socket under the stream (TLS records count: a close_notify too)."""
-        return self.raw is not None and _has_unread(self.raw)
+        if self.raw is None:
+            return False
+        if self._poller is None:
+            self._poller = _poller_for(self.raw)
+        return bool(self._poller.poll(0))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         try:
@@ -203,14 +214,11 @@ class StreamTransport:
 Transport = SocketTransport | StreamTransport
 
 
-def _has_unread(sock: socket.socket) -> bool:
-    try:
-        sock.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    return True  # bytes, or b"" at EOF
+def _poller_for(sock: socket.socket) -> select.poll:
+    """A poll object watching `sock` for input (bytes, EOF, errors and hang-ups are always reported)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return poller
 
 
 async def open_tcp_socket(host: str, port: int) -> socket.socket:
