@@ -705,6 +705,8 @@ def _take_parsed_body(conn, body: BodyState) -> None:
     while body.bytes < RETRY_BUFFER_BYTES:
         try:
             event = conn.next_event()
+        except IncompleteMessage:
+            return  # the client closed mid-body: the uploader meets it again and the client is gone (DC)
         except ProtocolError as exc:
             body.protocol_error = exc  # answered before anything goes upstream (_forward)
             return
@@ -1365,7 +1367,9 @@ def _start_mirrors(ex: Exchange) -> None:
 
 
 async def _send_mirror(worker, cluster_rt, method: bytes, target: bytes, host: bytes, headers: list, body: bytes) -> None:
-    """One mirrored request; its response is read and dropped, and nothing about it reaches the client."""
+    """One mirrored request; its response is read and dropped, and nothing about it reaches the client. A task of
+    its own in the worker's root nursery, so it has its own boundary: an unexpected error is logged and counted
+    like a connection's, and the worker goes on."""
     upstream = None
     try:
         with trio.move_on_after(MIRROR_TIMEOUT_S):
@@ -1398,6 +1402,8 @@ async def _send_mirror(worker, cluster_rt, method: bytes, target: bytes, host: b
                     return
     except (ConnectFailure, Overflow, ProtocolError, TransportClosed, trio.ClosedResourceError, OSError):
         pass
+    except Exception as exc:  # noqa: BLE001 - a mirror's boundary: it runs in the worker's root nursery
+        worker.connection_failed(exc, "mirror")
     finally:
         worker.mirrors_in_flight -= 1
         if upstream is not None:

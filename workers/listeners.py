@@ -134,9 +134,13 @@ def _accept_ready(worker: "Worker", key: str, listen_sock: socket.socket, connec
             worker.log(f"accept on {key} failed: {exc}")
             break
         accepted += 1
-        sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # the client reset it already: nothing to serve, and the accept loop goes on
+            sock.close()
+            continue
         compiled = worker.view.current()
         listener_rt = compiled.listeners.get(key) if compiled is not None else None
         if listener_rt is None:
