@@ -257,6 +257,10 @@ def build_settings(flags: Mapping[str, object], environ: Mapping[str, str] | Non
         kw["shadow_host_suffix"] = value if isinstance(value, bool) else parse_bool(str(value), where)
     value, where = pick("server_header", "--server-header")
     if value is not None:
+        from edge.wire import header_value_problem  # pure: what may go on the wire
+
+        if problem := header_value_problem(str(value)):
+            raise SettingsError(f"{where}: {problem}")
         kw["server_header"] = str(value)
     value, where = pick("num_trusted_proxies", "--num-trusted-proxies")
     if value is not None:

@@ -37,10 +37,11 @@ def hash_key(value: bytes) -> int:
 
 
 class EndpointState:
-    __slots__ = ("endpoint", "weight", "active", "current", "consecutive_5xx", "consecutive_gateway", "ejected_until", "times_ejected", "total", "failures")
+    __slots__ = ("endpoint", "address_text", "weight", "active", "current", "consecutive_5xx", "consecutive_gateway", "ejected_until", "times_ejected", "total", "failures")
 
     def __init__(self, endpoint: Endpoint):
         self.endpoint = endpoint
+        self.address_text = f"{endpoint.address}:{endpoint.port}"  # the access log's %UPSTREAM_HOST%, made once
         self.weight = max(1, endpoint.weight)
         self.active = 0  # requests in flight (LEAST_REQUEST)
         self.current = 0  # smooth weighted round-robin credit

@@ -91,7 +91,10 @@ def _join_headers(headers) -> bytes:
     """The header lines of a head, each ending in CRLF (one join per line, one for the block)."""
     if not headers:
         return b""
-    return b"\r\n".join([b": ".join(field) for field in headers]) + b"\r\n"
+    return b"\r\n".join(map(_FIELD_JOIN, headers)) + b"\r\n"
+
+
+_FIELD_JOIN = b": ".join
 
 
 def _has_token(headers, name: bytes, token: bytes) -> bool:

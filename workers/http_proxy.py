@@ -66,7 +66,7 @@ class ClientGone(Exception):
 class RequestInfo:
     """The request as the router and the log see it."""
 
-    __slots__ = ("method", "path", "query", "authority", "scheme", "headers", "path_bytes", "query_bytes", "host", "port", "body_present", "chunked", "upgrade", "forwarded")
+    __slots__ = ("method", "path", "query", "authority", "authority_bytes", "scheme", "headers", "path_bytes", "query_bytes", "host", "port", "body_present", "chunked", "upgrade", "forwarded")
 
 
 class RequestLog:
@@ -386,7 +386,7 @@ async def _handle_request_logged(down: Downstream, request: Request, log: Reques
     # WebSocket is the upgrade Istio's gateways enable (Envoy upgrade_configs); others are plain requests.
     upgrade = head.upgrade
     req.upgrade = upgrade if upgrade is not None and upgrade.lower() == b"websocket" else None
-    authority = head.authority
+    req.authority_bytes = authority = head.authority
     req.authority = authority.decode("ascii")  # parse_authority admits ASCII only
 
     if compiled is None:
@@ -820,7 +820,7 @@ def _upstream_host(req: RequestInfo, route: Route, dest) -> bytes:
         return dest.host_rewrite
     if route.headers is not None and route.headers.authority:
         return route.headers.authority.encode("latin-1")
-    return req.authority.encode("latin-1")
+    return req.authority_bytes
 
 
 def _upstream_target(route: Route, rt: "RouteRuntime", req: RequestInfo) -> tuple[bytes, bytes | None]:
@@ -905,8 +905,9 @@ async def _forward_with_retries(ex: Exchange) -> bool:
                 await _local_reply(down, ex.request, log, 503, BODY_NO_HEALTHY_UPSTREAM, flags="UH", details="no_healthy_upstream", close=not ex.body.can_replay)
                 return not down.must_close
             tried.append(index)
-            endpoint = balancer.states[index].endpoint
-            log.upstream_host = f"{endpoint.address}:{endpoint.port}"
+            state = balancer.states[index]
+            endpoint = state.endpoint
+            log.upstream_host = state.address_text
             try_deadline = min(ex.deadline, trio.current_time() + per_try) if per_try > 0 else ex.deadline
             balancer.on_start(index)
             verdict = -1  # stays -1 when the client left: no verdict on the endpoint
@@ -1435,7 +1436,7 @@ async def _forward_upgrade(ex: Exchange) -> bool:
         await _local_reply(down, request, log, 503, BODY_NO_HEALTHY_UPSTREAM, flags="UH", details="no_healthy_upstream", close=True)
         return False
     endpoint = balancer.states[index].endpoint
-    log.upstream_host = f"{endpoint.address}:{endpoint.port}"
+    log.upstream_host = balancer.states[index].address_text
     log.attempts = 1
     balancer.on_start(index)
     verdict = -1

@@ -143,7 +143,7 @@ async def _open_upstream(worker: Worker, compiled: Compiled, route: L4Route, log
         log.flags = "UH"
         return None
     endpoint = balancer.states[index].endpoint
-    log.upstream_host = f"{endpoint.address}:{endpoint.port}"
+    log.upstream_host = balancer.states[index].address_text
     balancer.on_start(index)
     sock: socket.socket | None = None
     transport: Transport | None = None

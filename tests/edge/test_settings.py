@@ -32,14 +32,14 @@ def test_every_flag_has_a_variable():
         "EDGE_GATEWAY_LABELS": "app=edge", "EDGE_CREDENTIALS_DIR": "/c", "EDGE_ACCESS_LOG_FORMAT": "json",
         "EDGE_DRAIN_TIMEOUT": "2.5", "EDGE_DRAIN_DELAY": "1", "EDGE_SHADOW_HOST_SUFFIX": "yes", "EDGE_SERVER_HEADER": "",
         "EDGE_CLUSTER_DOMAIN": "corp", "EDGE_NUM_TRUSTED_PROXIES": "2", "EDGE_PRESERVE_EXTERNAL_REQUEST_ID": "on",
-        "EDGE_PROXY_PROTOCOL": "true", "EDGE_DNS_REFRESH_RATE": "30",
+        "EDGE_PROXY_PROTOCOL": "true", "EDGE_DNS_REFRESH_RATE": "30", "EDGE_STREAM_IDLE_TIMEOUT": "60",
     }
     s = build_settings({}, env)
     assert s == RunSettings(
         workers=s.workers, status_port=1, metrics_port=2, admin_port=3, admin_bind="::1", gateway_labels={"app": "edge"},
         credentials_dir="/c", access_log_format="json", drain_timeout_s=2.5, drain_delay_s=1.0, shadow_host_suffix=True,
         server_header="", cluster_domain="corp", num_trusted_proxies=2, preserve_external_request_id=True, proxy_protocol=True,
-        dns_refresh_rate_s=30.0,
+        dns_refresh_rate_s=30.0, stream_idle_timeout_s=60.0,
     )
 
 
@@ -105,3 +105,16 @@ def test_parse_labels():
     assert parse_labels("istio=ingressgateway, app = edge") == {"istio": "ingressgateway", "app": "edge"}
     with pytest.raises(SettingsError):
         parse_labels("=x")
+
+
+def test_stream_idle_timeout_reaches_the_table():
+    assert build_settings({}, {}).table_options().stream_idle_timeout_s == 300.0  # Envoy's default
+    assert build_settings({"stream_idle_timeout": "0"}, {}).table_options().stream_idle_timeout_s == 0.0  # off
+    with pytest.raises(SettingsError, match="--stream-idle-timeout"):
+        build_settings({"stream_idle_timeout": "soon"}, {})
+
+
+@pytest.mark.parametrize("value", ["edge\r\nSet-Cookie: a=b", "a\x00b"])
+def test_a_server_header_that_would_split_the_response_is_refused(value):
+    with pytest.raises(SettingsError, match="--server-header: .*control character"):
+        build_settings({"server_header": value}, {})
