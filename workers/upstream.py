@@ -11,10 +11,11 @@
 #   buffer). Before reuse, an idle connection is probed without blocking (a poll): readable means the server
 #   closed it, or sent bytes nobody asked for (an idle-timeout 408, a second response to one request), so it is
 #   discarded and the request takes another connection. A connection reused within PROBE_AFTER_IDLE_S of its
-#   release is not probed: under load, where that is nearly every reuse, a system call per request costs about
-#   3 % of throughput (loadtest, 3 µs of kernel time per request), and in that moment a well-behaved server has
-#   nothing to say. No client can make a backend send more responses than requests: the framing upstream is
-#   edge's own (workers/http1_framing.py).
+#   release is not probed: under load that is nearly every reuse, and the probe's system call then costs 2–3 %
+#   of throughput (loadtest: with a 10 ms threshold, +2 µs of kernel time per request); servers close idle
+#   keep-alive connections (and send their idle-timeout 408s) after seconds, not within half of one. No client
+#   can make a backend send more responses than requests: the framing upstream is edge's own
+#   (workers/http1_framing.py).
 # - Idle connections older than the pool's idle timeout are closed by `serve_idle_reaper`; at most
 #   MAX_IDLE_PER_ENDPOINT idle connections are kept per endpoint.
 # - Connect has its own timeout (DestinationRule connectTimeout, default 10 s); a failure raises
@@ -36,7 +37,7 @@ from edge.table import UNLIMITED, ConnectionPool
 from workers.netio import SocketTransport, StreamTransport, Transport, open_tcp_socket, set_tcp_keepalive
 
 MAX_IDLE_PER_ENDPOINT = 256
-PROBE_AFTER_IDLE_S = 0.01
+PROBE_AFTER_IDLE_S = 0.5
 REAPER_INTERVAL_S = 1.0
 
 

@@ -22,6 +22,7 @@ import pytest
 from tests.e2e.fixed_backend import FixedBackend
 from tests.e2e.harness import EdgeProcess, http_get
 from tests.security.tools import codec, codec_args, exchange, gateway, route_all, static_service, status, statuses
+from workers.upstream import PROBE_AFTER_IDLE_S
 
 pytestmark = pytest.mark.e2e
 
@@ -212,15 +213,15 @@ class PoisoningBackend:
 
 @codec
 def test_a_pooled_connection_that_speaks_unasked_is_never_reused(tmp_path, codec):
-    """The unasked response arrives while the connection sits in the pool: the probe before reuse sees it and
-    the next request takes a fresh connection. (One that crosses the next request on the wire cannot be told
-    from a real answer: HTTP/1.1 has no request ids. That is why the smuggling that makes a backend do it is
-    stopped at the framing, above.)"""
+    """The unasked response arrives while the connection sits in the pool: the probe before reuse (of a connection
+    idle for workers/upstream.PROBE_AFTER_IDLE_S or more) sees it and the next request takes a fresh connection.
+    (One that crosses the next request on the wire cannot be told from a real answer: HTTP/1.1 has no request
+    ids. That is why the smuggling that makes a backend do it is stopped at the framing, above.)"""
     with PoisoningBackend() as backend, EdgeProcess(
         tmp_path, config(backend.port), gateway_ports=(80,), workers=1, extra_args=codec_args(codec)
     ) as edge:
         port = edge.port(80)
-        for i in range(8):
+        for i in range(5):
             code, body, _ = http_get(port, f"/r{i}", host=HOST)
             assert (code, body) == (200, f"answer for /r{i}".encode())
-            time.sleep(0.2)  # the unasked response arrives meanwhile
+            time.sleep(PROBE_AFTER_IDLE_S + 0.1)  # the unasked response arrives meanwhile
