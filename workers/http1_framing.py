@@ -4,26 +4,30 @@
 # and ends, and whether its head is acceptable, is decided here, once, from edge's own parse:
 # - A head is the bytes up to the first CRLF CRLF, after any empty lines (RFC 9112 §2.2: a server SHOULD ignore
 #   them). It must be complete within max_head_bytes: 431, or 414 while the request line itself is unfinished.
-#   check_head_bytes(): no bare CR or LF, no control character other than HTAB, no obs-fold (a line starting
-#   with SP or HTAB), and a request line of `method SP request-target SP HTTP/d.d` (400; several SP between the
-#   parts are taken, as Envoy's codec takes them). A version other than HTTP/1.0 or HTTP/1.1 is 505; a method
-#   outside KNOWN_METHODS is 400 (Envoy's codec takes no custom methods by default); a request-target with a
-#   byte outside visible ASCII, or in a form its method does not allow, is 400 (a fragment is allowed here and
-#   dropped by the router, as at an Istio gateway, whose bootstrap turns Envoy's fragment rejection off).
-# - The engine (h11 or llhttp) then tokenises that head into fields. check_fields() decides the rest from the
+#   The request line is judged first, as soon as it is whole (check_request_line): `method SP request-target SP
+#   HTTP/d.d`, several SP between the parts taken as Envoy's codec takes them (400 otherwise); a version other
+#   than HTTP/1.0 or HTTP/1.1 is 505; a method outside KNOWN_METHODS is 400 (Envoy takes no custom methods by
+#   default); a request-target with a byte outside visible ASCII, or in a form its method does not allow, is
+#   400 (a fragment is allowed here and dropped by the router, as at an Istio gateway, whose bootstrap turns
+#   Envoy's fragment rejection off). Then the bytes (check_head_bytes): no bare CR or LF, no control character
+#   other than HTAB, no obs-fold (a line starting with SP or HTAB): 400. llhttp refuses those bytes itself,
+#   with the same 400, so the httptools codec skips that pass (RAW_CHECKS); h11 would take some of them.
+# - The engine (h11 or llhttp) then tokenises the head into fields. check_fields() decides the rest from the
 #   fields, reading in the same pass the few the gateway acts on (RequestHead): at most MAX_HEADERS fields
-#   (431); exactly one Host on HTTP/1.1, at most one on HTTP/1.0, and a valid authority (workers/paths.parse_authority) in it or in an absolute-form target (400); Content-Length
-#   as one field of digits no larger than 2^63−1 (400); no Transfer-Encoding on HTTP/1.0 (400), never with
-#   Content-Length (400), and nothing but `chunked` (501, as Envoy); at most MAX_CONNECTION_TOKENS Connection
-#   tokens, none naming an x-forwarded-* field (400, Envoy's http1.connection_header_rejected). When the engine
-#   refuses a head, these rules still pick the status if one of them applies, so the engines' own preferences
-#   (h11 says 501 where llhttp says 400) never show.
-# - The body is framed by BodyFramer from those two values only: Content-Length bytes, or chunks (size in hex
+#   (431); exactly one Host on HTTP/1.1, at most one on HTTP/1.0, and a valid authority
+#   (workers/paths.parse_authority) in it or in an absolute-form target (400); Content-Length as one field of
+#   digits no larger than 2^63−1 (400); no Transfer-Encoding on HTTP/1.0 (400), never with Content-Length
+#   (400), and nothing but `chunked` (501, as Envoy); at most MAX_CONNECTION_TOKENS Connection tokens, none
+#   naming an x-forwarded-* field (400, Envoy's http1.connection_header_rejected). When the engine refuses a
+#   head, these checks still pick the status if one of them applies, so an engine's own preference (h11 says
+#   501 where llhttp says 400) never shows.
+# - The body is framed by RequestFramer from those two values only: Content-Length bytes, or chunks (size in hex
 #   up to 2^63−1, extensions as RFC 9112 §7.1.1 writes them, with BWS and quoted strings; data; CRLF), then a
-#   trailer section that is kept apart from the header fields (never merged, never forwarded) and bounded
-#   like a head. No header a client nominates in Connection changes any of this.
-# - Bytes after a message belong to the next request (pipelining): the framer does not look at them until
-#   the codec starts the next cycle. EOF inside a message is 400; EOF between messages is a clean close.
+#   trailer section kept apart from the header fields (never merged, never forwarded) and bounded like a head.
+#   No header a client nominates in Connection changes any of this.
+# - Bytes after a message belong to the next request (pipelining): the framer does not look at them until the
+#   codec starts the next cycle. EOF inside a message is IncompleteMessage (the client left); EOF between
+#   messages is a clean close.
 # Every malformed input raises ProtocolError with the status to answer; nothing else escapes.
 from __future__ import annotations
 
@@ -173,8 +177,9 @@ def check_request_line(line: bytes) -> RequestLine:
 
 
 def tokenize_fields(head: bytes, start: int) -> list[tuple[bytes, bytes]]:
-    """The field lines of a checked head (through its empty line) from `start`, as (lowercase name, value):
-    edge's own tokeniser, which accepts exactly what llhttp accepts once check_head_bytes passed."""
+    """The field lines of a head check_head_bytes passed (through its empty line) from `start`, as (lowercase
+    name, value): edge's own tokeniser, which accepts exactly what llhttp accepts from such a head (it relies on
+    that check for bare CR/LF and control bytes)."""
     fields = FIELD_LINE.findall(head, start)
     if len(fields) != head.count(b"\r\n", start) - 1:
         raise ProtocolError("invalid header field line")

@@ -3,11 +3,12 @@
 #
 # Rules (order of what happens to a request):
 #   1. Read the request head under the header timeout (408 when it runs out mid-head; a silent close
-#      when the keep-alive connection was idle). The codec rejects malformed input with its status hint
-#      (400, 431; 414 when the request line alone is too long). Header names with "_" → 400 (Envoy's edge default).
-#      HTTP/1.0 → 426 when the table says Istio's default (PILOT_HTTP10 unset) applies.
-#   2. Normalise the path (RFC 3986 dot segments, as Envoy's normalize_path), take the host from the
-#      absolute-form target or Host, look up listener → filter chain → virtual host → route (a miss is 404 NR).
+#      when the keep-alive connection was idle). The codec frames and checks it (workers/http1_framing.py)
+#      and refuses malformed input with its status (400, 414, 431, 501, 505; flag DPE). Header names with "_"
+#      → 400 (Envoy's edge default). HTTP/1.0 → 426 when the table says Istio's default (PILOT_HTTP10 unset)
+#      applies. CONNECT → 404 NR and a close (no route takes it at an Istio gateway).
+#   2. Normalise the path (RFC 3986 dot segments, as Envoy's normalize_path), take the host the codec validated
+#      (absolute-form target or Host), look up listener → filter chain → virtual host → route (a miss is 404 NR).
 #   3. Route-level behaviour: httpsRedirect (301), CORS preflight, fault delay/abort, redirect, direct
 #      response. Otherwise forward.
 #   4. Forward: pick the weighted destination once per request, then per try pick an endpoint (avoiding
@@ -16,9 +17,17 @@
 #      Istio's default) while nothing was sent to the client and the body can be replayed.
 #   5. Send the response head in one send_all, stream the body; an upstream that dies mid-body closes the
 #      client connection (never a truncated body presented as complete).
-# - Local replies carry Envoy's bodies and response flags (NR, UH, UF, URX, UT, UO, UPE, FI, NC, DC).
+# - Local replies carry Envoy's bodies and response flags (NR, UH, UF, URX, UT, UO, UPE, FI, NC, DC, DPE, SI).
 # - The client going away cancels the upstream exchange at once; that upstream connection is discarded.
-# - Bytes the codec rejected never reach a backend: the upstream request is built from parsed events only.
+# - Bytes the codec rejected never reach a backend: the upstream request is built from parsed events only, and
+#   framed by the proxy (Content-Length or chunked from the body the codec framed, never the client's header).
+#   A body that breaks the framing after its head went upstream is answered 400 (DPE) while no response has
+#   started, and the upstream exchange is reset.
+# - A request whose bytes stop moving for the stream idle timeout is cancelled by the worker's sweeper and
+#   answered 408 (body still arriving) or 504 (SI).
+# - serve_http_connection is the connection's boundary: an unexpected error is logged and counted by the
+#   worker (edge_connection_errors_total), answered 500 when no response has started, and ends this connection
+#   only. Nothing else here catches Exception, but a mirror's own task (_send_mirror), which has its boundary too.
 from __future__ import annotations
 
 import contextvars
