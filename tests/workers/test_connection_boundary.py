@@ -98,12 +98,15 @@ async def test_an_unexpected_error_ends_one_connection_with_500_and_is_counted(c
         return UpstreamConnection(transport, pools.client_codec(), key)
 
     pools.connect = connect
+    records = []
+    worker.finish_hooks.append(records.append)  # what the access log and the metrics are given
     first = Client(requests=3)
     await serve_http_connection(Downstream(worker, first, ("127.0.0.1", 40000), ("127.0.0.1", 80), "http", "0.0.0.0:80"))
     assert first.closed
     assert len(first.sent) == 1 and first.sent[0].startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
     assert b"connection: close" in first.sent[0]
     assert worker.connection_errors == 1
+    assert [(r.status, r.details) for r in records] == [(500, "internal_error")]
     log = capsys.readouterr().err
     assert "failed; the worker goes on" in log and "RuntimeError: a bug below the proxy" in log and "Traceback" in log
 
