@@ -29,6 +29,7 @@ from edge.admin_page import PAGE_HTML
 from edge.metrics import envoy_stats, live_view, render_envoy_stats, render_prometheus
 from edge.status import Request, Response, Routes, text
 from edge.table import to_builtins
+from workers.paths import parse_authority
 from workers.regex import regex_error
 
 if TYPE_CHECKING:
@@ -194,8 +195,8 @@ def admin_refusal(request: Request) -> str | None:
     """Why the admin port refuses this request (see the module comment), or None."""
     headers = dict(request.headers)
     host = headers.get("host", "")
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    name = name.strip("[]").lower()
+    parsed = parse_authority(host.encode("latin-1", "replace"))  # the gateway's own authority rule
+    name = parsed[0].decode("ascii").strip("[]") if parsed is not None else ""
     if name != "localhost":
         try:
             ipaddress.ip_address(name)

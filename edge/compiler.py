@@ -121,7 +121,6 @@ RESOLUTIONS = {"STATIC": "STATIC", "NONE": "STATIC", "DNS": "DNS", "DNS_ROUND_RO
 
 _DNS1123_LABEL = re.compile(r"^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 _WILDCARD_LABEL = re.compile(r"^(?:\*|(?:\*|\*-)?[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?)$")
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~A-Za-z0-9]+")  # fullmatch: `$` would let a trailing newline through
 _PSEUDO_HEADERS = frozenset({":method", ":scheme", ":authority", ":path", ":status"})
 
 
@@ -1701,7 +1700,7 @@ class _Compiler:
                         continue
                     mw.warn("JWT claims need RequestAuthentication, which is not supported here: this match block never matches and is left out", key)
                     return None
-                if name not in _PSEUDO_HEADERS and not _HEADER_NAME.fullmatch(name):
+                if name not in _PSEUDO_HEADERS and wire.header_name_problem(name) is not None:
                     mw.error(f"header name {name} is not a valid header name", key)
                     continue
                 sm = source[name]

@@ -195,7 +195,7 @@ def upstream_request_headers(
 
     Framing is the proxy's own: the client's Content-Length and Transfer-Encoding never cross; `chunked` or
     `content_length` (the body as the codec framed it) decide what the upstream is told. `nominated` are the
-    names the client's Connection header listed (workers/http1_framing.Framing.nominated): they are dropped as
+    names the client's Connection header listed (workers/http1_framing.RequestHead.nominated): they are dropped as
     hop-by-hop, except names the proxy sets itself, which a client cannot nominate away."""
     out: list[Header] = [(b"host", host)]
     dropped = _DROPPED_REQUEST
@@ -274,16 +274,6 @@ def header_value(headers: Iterable[Header], name: bytes) -> bytes | None:
     if not found:
         return None
     return found[0] if len(found) == 1 else b", ".join(found)
-
-
-def has_connection_token(headers: Iterable[Header], token: bytes) -> bool:
-    """Whether a Connection header lists `token` (lowercase)."""
-    for name, value in headers:
-        if name == b"connection":
-            for part in value.split(b","):
-                if part.strip().lower() == token:
-                    return True
-    return False
 
 
 def has_conflicting_framing(headers: Iterable[Header]) -> bool:

@@ -39,10 +39,10 @@ from workers.http1_framing import (
     END_OF_MESSAGE,
     NEED_DATA,
     Data,
-    RequestHead,
     IncompleteMessage,
     ProtocolError,
     RequestFramer,
+    RequestHead,
     RequestLine,
     check_fields,
     check_head_bytes,
@@ -68,6 +68,7 @@ class Request:
         self.headers = headers
         self.http_version = http_version
         self.head = head  # what workers/http1_framing.check_fields read from the fields
+
 
 class Response:
     __slots__ = ("status_code", "reason", "headers", "http_version")
@@ -119,7 +120,7 @@ class _ServerCodec:
     """What both server codecs share: the framing of workers/http1_framing.py, the exchange states, 100-continue
     and keep-alive. Subclasses tokenise a checked head (`_tokenize`) and write responses."""
 
-    __slots__ = ("framer", "max_head_bytes", "their", "ours", "head_facts", "body_started", "keep_alive", "head_request", "http11", "error")
+    __slots__ = ("framer", "max_head_bytes", "their", "ours", "line", "head_facts", "continue_over", "keep_alive", "error")
     # Whether check_head_bytes' byte-level checks (bare CR/LF, control bytes, obs-fold) run before the engine:
     # h11 accepts some of those bytes, llhttp refuses them all itself.
     RAW_CHECKS = True
@@ -129,11 +130,10 @@ class _ServerCodec:
         self.max_head_bytes = max_head_bytes
         self.their = _IDLE
         self.ours = _IDLE
+        self.line: RequestLine | None = None
         self.head_facts: RequestHead | None = None
-        self.body_started = False
+        self.continue_over = False  # a 100-continue request's wait is over: body bytes came, or the 100 went
         self.keep_alive = True
-        self.head_request = False
-        self.http11 = True
         self.error: ProtocolError | None = None  # once the input was refused, every later call says so again
 
     def receive_data(self, data: bytes) -> None:
@@ -149,7 +149,7 @@ class _ServerCodec:
                 if event is END_OF_MESSAGE:
                     self.their = _DONE
                 elif event is not NEED_DATA:
-                    self.body_started = True
+                    self.continue_over = True
                 return event
             if their == _DONE:
                 return END_OF_MESSAGE  # the message is over; the next one waits for start_next_cycle
@@ -180,16 +180,11 @@ class _ServerCodec:
             raise
         facts = check_fields(line, fields, absolute)
         request.head = self.head_facts = facts
-        if facts.chunked or facts.content_length > 0:
-            self.framer.start_body(facts.content_length, facts.chunked)
-            self.their = _BODY
-        else:
-            self.framer.start_body(0, False)
-            self.their = _DONE
-        self.body_started = False
+        self.line = line
+        self.framer.start_body(facts.content_length, facts.chunked)
+        self.their = _BODY if facts.chunked or facts.content_length > 0 else _DONE
+        self.continue_over = False
         self.keep_alive = facts.keep_alive
-        self.head_request = line.method == b"HEAD"
-        self.http11 = line.version == b"1.1"
         return request
 
     def _tokenize(self, head: bytes, line: RequestLine):  # -> (Request, fields for check_fields)
@@ -208,7 +203,7 @@ class _ServerCodec:
     @property
     def client_is_waiting_for_100_continue(self) -> bool:
         facts = self.head_facts
-        return facts is not None and facts.expect_continue and not self.body_started and self.their == _BODY and self.ours == _IDLE and not self.framer.buffer
+        return facts is not None and facts.expect_continue and not self.continue_over and self.their == _BODY and self.ours == _IDLE and not self.framer.buffer
 
     @property
     def request_body_pending(self) -> bool:
@@ -267,6 +262,7 @@ class H11Server(_ServerCodec):
         return Request(line.method, line.target, fields, line.version), fields
 
     def send_informational(self, status: int) -> bytes:
+        self.continue_over = True
         return self.conn.send(h11.InformationalResponse(status_code=status, headers=[]))
 
     def send_switching(self, headers) -> bytes:
@@ -406,6 +402,7 @@ class FastServer(_ServerCodec):
         return Request(line.method, line.target, fields, line.version), fields
 
     def send_informational(self, status: int) -> bytes:
+        self.continue_over = True
         return _status_line(status, REASONS.get(status, b"")) + b"\r\n"
 
     def send_switching(self, headers) -> bytes:
@@ -422,12 +419,13 @@ class FastServer(_ServerCodec):
             elif name == b"connection" and _has_token(((name, value),), b"connection", b"close"):
                 keep_alive = False
                 close_sent = True
-        no_body = self.head_request or status < 200 or status in (204, 304)
+        line = self.line
+        no_body = line.method == b"HEAD" or status < 200 or status in (204, 304)
         self.response_has_body = not no_body
         self.response_chunked = False
         extra = b""
         if not no_body and not has_length:
-            if self.http11:
+            if line.version == b"1.1":
                 self.response_chunked = True
                 extra = b"transfer-encoding: chunked\r\n"
             else:

@@ -108,7 +108,6 @@ _FIELD_KINDS = {
     b"connection": _F_CONNECTION, b"x-forwarded-for": _F_XFF, b"x-forwarded-proto": _F_XFP,
     b"x-request-id": _F_REQUEST_ID, b"expect": _F_EXPECT, b"upgrade": _F_UPGRADE,
 }  # fmt: skip
-_USUAL_HOST_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."  # a reg-name subset
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -257,13 +256,11 @@ def check_fields(line: RequestLine, fields: list[tuple[bytes, bytes]], absolute_
     if hosts > 1 or (hosts == 0 and version == b"1.1"):
         raise ProtocolError("a request needs exactly one Host" if version == b"1.1" else "more than one Host")
     out = RequestHead()
-    authority = absolute_authority if absolute_authority is not None else (host or b"")
-    if absolute_authority is None and not authority.translate(None, _USUAL_HOST_BYTES):
-        out.host = authority.lower()  # the usual host name without a port, inline
-        out.port = 0
-        out.authority = authority
-    else:
-        _read_authority(out, host, absolute_authority)
+    out.authority = authority = absolute_authority if absolute_authority is not None else (host or b"")
+    parsed = parse_authority(authority)
+    if parsed is None or (host is not None and absolute_authority is not None and parse_authority(host) is None):
+        raise ProtocolError("invalid authority")
+    out.host, out.port = parsed
     out.nominated = frozenset(nominated) if nominated else _NO_NAMES
     out.chunked = codings is not None and _chunked(codings, length, version)
     out.content_length = -1 if length is None else length
@@ -295,21 +292,6 @@ def _chunked(codings: list[bytes], length: int | None, version: bytes) -> bool:
     if codings != [b"chunked"]:
         raise ProtocolError("unsupported Transfer-Encoding (only chunked is)", 501)
     return True
-
-
-def _read_authority(out: RequestHead, host: bytes | None, absolute_authority: bytes | None) -> None:
-    authority = absolute_authority if absolute_authority is not None else (host or b"")
-    if not authority.translate(None, _USUAL_HOST_BYTES):  # the usual host name without a port, inline
-        out.host = authority.lower()
-        out.port = 0
-    else:
-        parsed = parse_authority(authority)
-        if parsed is None:
-            raise ProtocolError("invalid authority")
-        out.host, out.port = parsed
-    if host is not None and absolute_authority is not None and parse_authority(host) is None:
-        raise ProtocolError("invalid authority")
-    out.authority = authority
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -370,10 +352,6 @@ class RequestFramer:
     @property
     def in_head(self) -> bool:
         return self.state == _HEAD and self.started
-
-    @property
-    def body_pending(self) -> bool:
-        return _LENGTH <= self.state <= _TRAILERS
 
     @property
     def done(self) -> bool:

@@ -30,7 +30,6 @@
 #   only. Nothing else here catches Exception, but a mirror's own task (_send_mirror), which has its boundary too.
 from __future__ import annotations
 
-import contextvars
 import math
 import socket
 import sys
@@ -187,10 +186,6 @@ STATE_IDLE = 1
 STATE_UPSTREAM_WAIT = 2
 STATE_SPLICED = 3
 
-# The current connection's Downstream, for the worker's connection boundary (Worker.run_connection): after an
-# unexpected error it answers 500 when no response has started.
-CURRENT_DOWNSTREAM: contextvars.ContextVar["Downstream | None"] = contextvars.ContextVar("CURRENT_DOWNSTREAM", default=None)
-
 
 class Downstream:
     """One client connection: its transport, codec state and where it came from."""
@@ -234,7 +229,6 @@ async def serve_http_connection(down: Downstream) -> None:
     conn = down.conn
     transport = down.transport
     worker.connections.add(down)
-    CURRENT_DOWNSTREAM.set(down)
     try:
         with trio.CancelScope() as down.scope:
             while True:
@@ -262,27 +256,36 @@ async def serve_http_connection(down: Downstream) -> None:
         await transport.aclose()
 
 
-async def _send_internal_error(down: Downstream) -> None:
-    """500 for a request whose handling failed unexpectedly (its log line says so), then the close."""
-    head = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\ndate: %s\r\n" % _http_date()
+def _closing_reply(down: Downstream, status: int, body: bytes = b"", content_type: bytes | None = None) -> bytes:
+    """A whole reply written without the codec (its state is unusable or beside the point), announcing the close."""
+    head = b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\n" % (status, REASONS.get(status, b""), len(body))
+    if content_type is not None:
+        head += b"content-type: " + content_type + b"\r\n"
+    head += b"date: " + _http_date() + b"\r\n"
     if down.worker.server_header:
         head += b"server: " + down.worker.server_header + b"\r\n"
+    return head + b"connection: close\r\n\r\n" + body
+
+
+async def _send_before_close(down: Downstream, data: bytes) -> None:
+    """A last reply on a connection that is closing anyway: bounded, and a client already gone is no error."""
     with trio.move_on_after(SEND_GRACE_S):
         try:
-            await down.transport.send_all(head + b"connection: close\r\n\r\n")
+            await down.transport.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+
+async def _send_internal_error(down: Downstream) -> None:
+    """500 for a request whose handling failed unexpectedly (its log line says so), then the close."""
+    await _send_before_close(down, _closing_reply(down, 500))
 
 
 async def _send_stream_timeout(down: Downstream) -> None:
     """Envoy's stream idle timeout reply: 408 while the request was still arriving, else 504 (the request was
     whole and nothing came back). The request's log line was written when its handler was cancelled."""
     status = 408 if down.conn.request_body_pending else 504
-    head = b"HTTP/1.1 %d %s\r\ncontent-length: 14\r\ncontent-type: text/plain\r\ndate: %s\r\n" % (status, REASONS[status], _http_date())
-    if down.worker.server_header:
-        head += b"server: " + down.worker.server_header + b"\r\n"
-    with trio.move_on_after(SEND_GRACE_S):
-        await down.transport.send_all(head + b"connection: close\r\n\r\nstream timeout")
+    await _send_before_close(down, _closing_reply(down, status, b"stream timeout", b"text/plain"))
 
 
 async def _read_request_head(down: Downstream) -> Request | None:
@@ -377,11 +380,16 @@ async def _handle_request(down: Downstream, request: Request) -> bool:
                 log.status = 408 if down.conn.request_body_pending else 504
             log.flags = "SI"
             log.details = "stream_idle_timeout"
-        elif not down.response_started and isinstance(sys.exc_info()[1], Exception) and not isinstance(sys.exc_info()[1], (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError)):
+        elif not down.response_started and _unexpected(sys.exc_info()[1]):
             log.status = 500  # the connection's boundary answers it (serve_http_connection)
             log.details = "internal_error"
         log.duration_ms = int((time.time() - log.start) * 1000)
         worker.finish_request(log)
+
+
+def _unexpected(exc: BaseException | None) -> bool:
+    """An error serve_http_connection's boundary will catch (not a client or transport going away)."""
+    return isinstance(exc, Exception) and not isinstance(exc, (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError))
 
 
 async def _handle_request_logged(down: Downstream, request: Request, log: RequestLog) -> bool:
@@ -588,15 +596,10 @@ async def _local_reply(
 async def _send_raw_reply(down: Downstream, log: RequestLog, status: int, body: bytes, close: bool = True) -> None:
     """A reply when the codec's state is unusable (after a protocol error)."""
     log.status = status
-    reason = REASONS.get(status, b"")
-    head = b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\ndate: %s\r\n" % (status, reason, len(body), _http_date())
-    if down.worker.server_header:
-        head += b"server: " + down.worker.server_header + b"\r\n"
-    head += b"connection: close\r\n\r\n"
     down.must_close = True
     down.response_started = True
     try:
-        await down.transport.send_all(head + body)
+        await down.transport.send_all(_closing_reply(down, status, body))
     finally:
         down.worker.finish_request(log)
 

@@ -30,14 +30,13 @@ class TransportClosed(trio.BrokenResourceError):
 class SocketTransport:
     """A connected non-blocking socket.socket used without trio's stream wrappers."""
 
-    __slots__ = ("sock", "_fast_ops", "closed", "_poller")
+    __slots__ = ("sock", "_fast_ops", "closed")
 
     def __init__(self, sock: socket.socket):
         sock.setblocking(False)
         self.sock = sock
         self._fast_ops = 0
         self.closed = False
-        self._poller: select.poll | None = None
 
     async def _fairness(self) -> None:
         self._fast_ops += 1
@@ -76,12 +75,8 @@ class SocketTransport:
 
     def has_unread(self) -> bool:
         """Whether the peer sent something we have not read (bytes, EOF or a reset), looking without taking it:
-        an idle pooled connection must say nothing before its next request. A poll with no wait on a poller
-        kept for this socket: one system call, no exception (a peeking recv costs an exception when empty)."""
-        poller = self._poller
-        if poller is None:
-            poller = self._poller = _poller_for(self.sock)
-        return bool(poller.poll(0))
+        an idle pooled connection must say nothing before its next request."""
+        return _has_unread(self.sock)
 
     def recv_nowait(self, max_bytes: int = RECV_BYTES) -> bytes | None:
         """Bytes if some are ready now, b"" at EOF, None if the call would block."""
@@ -146,13 +141,12 @@ class SocketTransport:
 class StreamTransport:
     """Any trio Stream (trio.SSLStream) behind the same recv/send_all surface."""
 
-    __slots__ = ("stream", "closed", "raw", "_poller")
+    __slots__ = ("stream", "closed", "raw")
 
     def __init__(self, stream: trio.abc.Stream, raw: socket.socket | None = None):
         self.stream = stream
         self.closed = False
         self.raw = raw  # the connected socket under the stream, when the caller has it
-        self._poller: select.poll | None = None
 
     async def recv(self, max_bytes: int = RECV_BYTES) -> bytes:
         try:
@@ -167,11 +161,7 @@ class StreamTransport:
 
     def has_unread(self) -> bool:
         """SocketTransport.has_unread, for the socket under the stream (TLS records count: a close_notify too)."""
-        if self.raw is None:
-            return False
-        if self._poller is None:
-            self._poller = _poller_for(self.raw)
-        return bool(self._poller.poll(0))
+        return self.raw is not None and _has_unread(self.raw)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         try:
@@ -214,11 +204,11 @@ class StreamTransport:
 Transport = SocketTransport | StreamTransport
 
 
-def _poller_for(sock: socket.socket) -> select.poll:
-    """A poll object watching `sock` for input (bytes, EOF, errors and hang-ups are always reported)."""
+def _has_unread(sock: socket.socket) -> bool:
+    """A poll without waiting: input, EOF, an error or a hang-up all count."""
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
-    return poller
+    return bool(poller.poll(0))
 
 
 async def open_tcp_socket(host: str, port: int) -> socket.socket:

@@ -56,26 +56,26 @@ def test_a_pathological_stats_filter_does_not_stall_the_supervisor(tmp_path):
     with EdgeProcess(tmp_path, {"gw.yaml": gateway()}, gateway_ports=(80,)) as edge:
         own = f"127.0.0.1:{edge.admin_port}"
         pattern = urllib.parse.quote("^([a-z_.]+)+!")
-        probes: list[float] = []
+        probes: list[int] = []
         stop = threading.Event()
 
-        def probe() -> None:
+        def probe() -> None:  # readiness stays reachable meanwhile (a stalled supervisor would time these out)
             while not stop.is_set():
-                t0 = time.monotonic()
-                assert http_get(edge.status_port, "/healthz/ready", timeout_s=2)[0] == 200
-                probes.append(time.monotonic() - t0)
+                try:
+                    probes.append(http_get(edge.status_port, "/healthz/ready", timeout_s=2)[0])
+                except OSError:
+                    probes.append(0)
                 time.sleep(0.05)
 
         thread = threading.Thread(target=probe, daemon=True)
         thread.start()
         try:
-            for _ in range(5):
-                t0 = time.monotonic()
+            for _ in range(5):  # with Python's re each would take hours: the client's 10 s would fail the test
                 status, _ = admin(edge, "GET", f"/stats?filter={pattern}", {"Host": own})
-                assert status == 200 and time.monotonic() - t0 < 2.0
+                assert status == 200
             status, body = admin(edge, "GET", "/stats?filter=" + urllib.parse.quote("(?<=x)y"), {"Host": own})  # not RE2
             assert status == 400 and b"filter" in body
         finally:
             stop.set()
             thread.join(5)
-        assert probes and max(probes) < 2.0
+        assert probes and all(code == 200 for code in probes), probes

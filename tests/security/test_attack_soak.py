@@ -133,7 +133,6 @@ def test_attack_soak(tmp_path, codec):
                     if i is None:
                         return
                     data = attacks[i]
-                    t0 = time.monotonic()
                     answer = b""
                     try:
                         with socket.create_connection(("127.0.0.1", port), timeout=ATTACK_ANSWER_S) as sock:
@@ -150,7 +149,6 @@ def test_attack_soak(tmp_path, codec):
                     with lock:
                         answered.update(served_paths(answer))
                         codes.update(statuses(answer) or ["closed"])
-                    assert time.monotonic() - t0 < ATTACK_ANSWER_S + 1
 
             client = threading.Thread(target=legitimate, daemon=True)
             client.start()

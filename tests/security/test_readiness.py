@@ -50,16 +50,14 @@ def test_slow_connections_cannot_starve_the_readiness_probe(tmp_path):
         probes = []
         try:
             while time.monotonic() - started < TRICKLE_FOR_S:
-                t0 = time.monotonic()
-                code, body, _ = http_get(edge.status_port, "/healthz/ready", timeout_s=2.0)
-                probes.append((code, time.monotonic() - t0))
+                # A probe that finds no room waits: the client's timeout (2 s) fails the test then.
+                probes.append(http_get(edge.status_port, "/healthz/ready", timeout_s=2.0)[0])
                 time.sleep(0.5)
         finally:
             stop.set()
             thread.join(5)
             for sock in socks:
                 sock.close()
-        assert probes and all(code == 200 for code, _ in probes), probes
-        assert max(elapsed for _, elapsed in probes) < 2.0
+        assert probes and all(code == 200 for code in probes), probes
         # Every trickling connection was cut: evicted by a newer one, or at its request deadline (5 s).
         assert len(closed_at) == TRICKLERS

@@ -54,7 +54,7 @@ def test_a_stalled_request_body_is_answered_408(tmp_path, codec):
             answer = read_answer(sock)
             elapsed = time.monotonic() - t0
         assert status(answer) == 408 and answer.endswith(b"stream timeout")
-        assert 0.9 < elapsed < 5.0
+        assert elapsed >= 1.0  # not before the timeout (the socket's own 10 s bounds the other side)
         assert b" 408 SI stream_idle_timeout " in access_log(edge, b" SI ")
         # The gateway let the upstream connection go: the backend, waiting for the rest of the body, saw it end.
         assert [(s.path, s.body_bytes) for s in backend.requests()] == [("/upload", 10)]
@@ -66,10 +66,8 @@ def test_a_backend_that_says_nothing_ends_in_504(tmp_path, codec):
     with FixedBackend("slow", delay_s=4.0) as backend, EdgeProcess(
         tmp_path, config(backend.port), gateway_ports=(80,), extra_args=(*codec_args(codec), "--stream-idle-timeout", "1", "--access-log", "-")
     ) as edge:
-        t0 = time.monotonic()
         code, body, _ = http_get(edge.port(80), "/slow", host=HOST, timeout_s=10)
-        assert (code, body) == (504, b"stream timeout")
-        assert time.monotonic() - t0 < 3.5
+        assert (code, body) == (504, b"stream timeout")  # the gateway's, before the backend's answer at 4 s
         assert b" 504 SI stream_idle_timeout " in access_log(edge, b" SI ")
 
 
@@ -97,10 +95,10 @@ def test_idle_connections_are_closed_sooner_under_connection_pressure(tmp_path):
         time.sleep(3.5)
         assert not any(closed(s) for s in relaxed), "idle connections closed below the pressure threshold"
         pressed = open_silent(10)  # the table is full
-        t0 = time.monotonic()
+        # Served (503: the route has no endpoint) within the client's 10 s: with the configured 3,600 s idle
+        # timeout and no scaling, it would wait in the listen queue for an hour.
         code, _, _ = http_get(port, "/", host="any.example", timeout_s=10)
-        assert code == 503  # served (the route has no endpoint): the client got a slot
-        assert time.monotonic() - t0 < 6.0
+        assert code == 503
         assert sum(closed(s) for s in relaxed + pressed) >= 1
         for s in relaxed + pressed:
             s.close()

@@ -26,7 +26,6 @@ MAX_HEAD_BYTES = 60 * 1024
 class Outcome:
     requests: list = field(default_factory=list)
     status: int | None = None
-    closed_cleanly: bool = False
 
 
 def _pieces(data: bytes, chunking: str) -> list[bytes]:
@@ -52,7 +51,6 @@ def drive(codec_class, data: bytes, chunking: str = "whole", max_head_bytes: int
                 if event is NEED_DATA:
                     break
                 if event is CLOSED:
-                    out.closed_cleanly = True
                     return out
                 if type(event) is Request:
                     current = [event.method, event.target, event.http_version, list(event.headers), bytearray()]
