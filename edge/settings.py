@@ -1,30 +1,43 @@
-# Settings of `edge run`: every flag, its EDGE_* environment variable and its default, parsed into one frozen
-# RunSettings value that the supervisor receives.
+# Settings of `edge run`: the flags of edge/flags.py (RUN_FLAGS), their EDGE_* environment variables and their
+# defaults, read into one frozen RunSettings value that the supervisor receives.
 #
 # Rules:
-# - Precedence: command-line flag > environment variable > default.
-# - The variable of a flag is EDGE_ + the flag name upper-cased with "-" → "_" (--port-map → EDGE_PORT_MAP).
-#   The repeatable --config takes a list separated by os.pathsep (":") in EDGE_CONFIG; boolean flags take
-#   1/true/yes/on or 0/false/no/off.
+# - Precedence: command-line flag > environment variable > the table's default.
+# - The variable of a flag is EDGE_ + the flag name upper-cased with "-" → "_" (--port-map → EDGE_PORT_MAP;
+#   env_name). The repeatable --config takes a list separated by os.pathsep (":") in EDGE_CONFIG; boolean flags
+#   take 1/true/yes/on or 0/false/no/off.
 # - Values are validated here, once: a bad value is a SettingsError naming the flag or variable, and the
-#   supervisor trusts what it gets.
+#   supervisor trusts what it gets. A value is read by its flag's kind (_READERS), then by the flag's own
+#   check when the kind says too little (_CHECKS, by flag name).
+# - RunSettings' own defaults are those of a RunSettings built in code (tests); they equal the table's
+#   (tests/edge/test_flags.py).
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import msgspec
 
 from edge.errors import EdgeError
+from edge.flags import (
+    ACCESS_LOG_OFF,
+    BOOL,
+    CHOICE,
+    DEFAULT_CONFIG_DIR,
+    DEFAULT_CREDENTIALS_DIR,
+    INT,
+    LABELS,
+    PATHS,
+    PORT,
+    PORT_MAP,
+    RUN_FLAGS,
+    SECONDS,
+    TEXT,
+    Flag,
+    env_name,
+)
 
-DEFAULT_CONFIG_DIR = "/etc/edge"
-DEFAULT_CREDENTIALS_DIR = "/etc/edge/credentials"
-DEFAULT_GATEWAY_LABELS = "istio=ingressgateway"
-ACCESS_LOG_OFF = "off"
-ACCESS_LOG_STDOUT = "-"
-ACCESS_LOG_FORMATS = ("text", "json")
-HTTP10_MODES = ("accept", "reject")
-HTTP_CODECS = ("h11", "httptools")
 MIN_DNS_REFRESH_S = 0.1  # a floor against a busy loop of lookups
 MAX_TRUSTED_PROXIES = 64  # an X-Forwarded-For longer than the head limit allows is no use
 
@@ -90,10 +103,6 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
         return CompileOptions(gateway_labels=dict(self.gateway_labels), cluster_domain=self.cluster_domain, table_options=self.table_options())
 
 
-def env_name(flag: str) -> str:
-    return "EDGE_" + flag.lstrip("-").upper().replace("-", "_")
-
-
 def parse_port_map(text: str, where: str = "--port-map") -> dict[int, int]:
     """"80=8080,443=8443" → {80: 8080, 443: 8443}."""
     out: dict[int, int] = {}
@@ -155,136 +164,147 @@ def _seconds(text: str, where: str) -> float:
 def build_settings(flags: Mapping[str, object], environ: Mapping[str, str] | None = None) -> RunSettings:
     """Flags as argparse gives them (None = not given) + environment → RunSettings."""
     env = os.environ if environ is None else environ
-
-    def pick(name: str, flag: str):
-        value = flags.get(name)
-        if value is not None and value != []:
-            return value, flag
-        var = env_name(flag)
-        if var in env:
-            return env[var], var
-        return None, ""
-
     kw: dict[str, object] = {}
-    value, where = pick("config", "--config")
-    if value is not None:
-        paths = tuple(value) if isinstance(value, list) else tuple(p for p in str(value).split(os.pathsep) if p)
-        if not paths:
-            raise SettingsError(f"{where}: no path given")
-        kw["config"] = paths
-    value, where = pick("workers", "--workers")
-    if value is not None:
-        try:
-            workers = int(value)
-        except ValueError:
-            raise SettingsError(f"{where}: {value!r} is not a number") from None
-        if workers < 1:
-            raise SettingsError(f"{where}: needs at least 1 worker")
-        kw["workers"] = workers
-    else:
-        kw["workers"] = os.cpu_count() or 1
-    value, where = pick("port_map", "--port-map")
-    if value is not None:
-        kw["port_map"] = parse_port_map(str(value), where)
-    for name, flag in (("status_port", "--status-port"), ("metrics_port", "--metrics-port"), ("admin_port", "--admin-port")):
-        value, where = pick(name, flag)
-        if value is not None:
-            kw[name] = _port(str(value), where, allow_zero=True)
-    value, where = pick("admin_bind", "--admin-bind")
-    if value is not None:
-        kw["admin_bind"] = str(value)
-    value, where = pick("gateway_labels", "--gateway-labels")
-    if value is not None:
-        kw["gateway_labels"] = parse_labels(str(value), where)
-    value, where = pick("credentials_dir", "--credentials-dir")
-    if value is not None:
-        kw["credentials_dir"] = str(value)
-    value, where = pick("access_log", "--access-log")
-    if value is not None:
-        if not str(value):
-            raise SettingsError(f"{where}: give -, off or a file path")
-        kw["access_log"] = str(value)
-    value, where = pick("access_log_format", "--access-log-format")
-    if value is not None:
-        if value not in ACCESS_LOG_FORMATS:
-            raise SettingsError(f"{where}: {value!r} is not one of {', '.join(ACCESS_LOG_FORMATS)}")
-        kw["access_log_format"] = str(value)
-    value, where = pick("access_log_template", "--access-log-template")
-    if value is not None and str(value):
+    for flag in RUN_FLAGS:  # in table order: a check may read a value read before it (the template its format)
+        raw, where = _pick(flag, flags, env)
+        if raw is None:
+            continue
+        value = _READERS[flag.kind](flag, raw, where)
+        check = _CHECKS.get(flag.name)
+        kw[flag.attribute] = value if check is None else check(value, raw, where, kw)
+    kw.setdefault("workers", os.cpu_count() or 1)  # the one computed default
+    return RunSettings(**kw)
+
+
+def _pick(flag: Flag, flags: Mapping[str, object], env: Mapping[str, str]) -> tuple[object, str]:
+    """The value that counts and where it came from: the flag, its variable, or the table's default."""
+    value = flags.get(flag.dest)
+    if value is not None and value != []:
+        return value, flag.option
+    var = env_name(flag.option)
+    if var in env:
+        return env[var], var
+    return flag.default, flag.option
+
+
+# ---------------------------------------------------------------------------------------- kinds of value
+
+
+def _paths(flag: Flag, value: object, where: str) -> tuple[str, ...]:
+    paths = tuple(value) if isinstance(value, list) else tuple(p for p in str(value).split(os.pathsep) if p)
+    if not paths:
+        raise SettingsError(f"{where}: no path given")
+    return paths
+
+
+def _int(flag: Flag, value: object, where: str) -> int:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise SettingsError(f"{where}: {value!r} is not a number") from None
+
+
+def _choice(flag: Flag, value: object, where: str) -> str:
+    if value not in flag.choices:
+        raise SettingsError(f"{where}: {value!r} is not one of {', '.join(flag.choices)}")
+    return str(value)
+
+
+def _bool(flag: Flag, value: object, where: str) -> bool:
+    return value if isinstance(value, bool) else parse_bool(str(value), where)
+
+
+_READERS: dict[str, Callable[[Flag, object, str], object]] = {
+    TEXT: lambda flag, value, where: str(value),
+    CHOICE: _choice,
+    INT: _int,
+    PORT: lambda flag, value, where: _port(str(value), where, allow_zero=True),
+    SECONDS: lambda flag, value, where: _seconds(str(value), where),
+    BOOL: _bool,
+    PATHS: _paths,
+    PORT_MAP: lambda flag, value, where: parse_port_map(str(value), where),
+    LABELS: lambda flag, value, where: parse_labels(str(value), where),
+}
+
+
+# ----------------------------------------------------------------------- checks beyond the kind of value
+# Each takes (value as read, value as given, where it was given, the settings read so far) and returns the
+# setting's value, or raises SettingsError.
+
+
+def _check_workers(value, raw, where, kw) -> int:
+    if value < 1:
+        raise SettingsError(f"{where}: needs at least 1 worker")
+    return value
+
+
+def _check_access_log(value, raw, where, kw) -> str:
+    if not value:
+        raise SettingsError(f"{where}: give -, off or a file path")
+    return value
+
+
+def _check_access_log_template(value, raw, where, kw) -> str:
+    if value:
         from workers.log_format import TemplateError, compile_template  # pure; the workers render with it
 
         try:
-            compile_template(str(value), str(kw.get("access_log_format", "text")))
+            compile_template(value, str(kw.get("access_log_format", "text")))
         except TemplateError as exc:
             raise SettingsError(f"{where}: {exc}") from None
-        kw["access_log_template"] = str(value)
-    for name, flag, field_name in (
-        ("drain_timeout", "--drain-timeout", "drain_timeout_s"),
-        ("drain_delay", "--drain-delay", "drain_delay_s"),
-        ("request_headers_timeout", "--request-headers-timeout", "request_headers_timeout_s"),
-        ("stream_idle_timeout", "--stream-idle-timeout", "stream_idle_timeout_s"),
-        ("idle_timeout", "--idle-timeout", "idle_timeout_s"),
-    ):
-        value, where = pick(name, flag)
-        if value is not None:
-            kw[field_name] = _seconds(str(value), where)
-    value, where = pick("max_connections_per_worker", "--max-connections-per-worker")
-    if value is not None:
-        try:
-            kw["max_connections_per_worker"] = int(value)
-        except ValueError:
-            raise SettingsError(f"{where}: {value!r} is not a number") from None
-        if kw["max_connections_per_worker"] < 1:
-            raise SettingsError(f"{where}: must be at least 1")
-    value, where = pick("http_codec", "--http-codec")
-    if value is not None:
-        if value not in HTTP_CODECS:
-            raise SettingsError(f"{where}: {value!r} is not one of {', '.join(HTTP_CODECS)}")
-        if value == "httptools":
-            try:
-                import httptools  # noqa: F401
-            except ImportError:
-                raise SettingsError(f"{where}: httptools is not installed (pip install 'edge[fast]')") from None
-        kw["http_codec"] = str(value)
-    value, where = pick("http10", "--http10")
+    return value
 
-    if value is not None:
-        if value not in HTTP10_MODES:
-            raise SettingsError(f"{where}: {value!r} is not one of {', '.join(HTTP10_MODES)}")
-        kw["accept_http10"] = value == "accept"
-    value, where = pick("shadow_host_suffix", "--shadow-host-suffix")
-    if value is not None:
-        kw["shadow_host_suffix"] = value if isinstance(value, bool) else parse_bool(str(value), where)
-    value, where = pick("server_header", "--server-header")
-    if value is not None:
-        from edge.wire import header_value_problem  # pure: what may go on the wire
 
-        if problem := header_value_problem(str(value)):
-            raise SettingsError(f"{where}: {problem}")
-        kw["server_header"] = str(value)
-    value, where = pick("num_trusted_proxies", "--num-trusted-proxies")
-    if value is not None:
+def _check_http_codec(value, raw, where, kw) -> str:
+    if value == "httptools":
         try:
-            kw["num_trusted_proxies"] = int(value)
-        except ValueError:
-            raise SettingsError(f"{where}: {value!r} is not a number") from None
-        if not 0 <= kw["num_trusted_proxies"] <= MAX_TRUSTED_PROXIES:
-            raise SettingsError(f"{where}: must be between 0 and {MAX_TRUSTED_PROXIES}")
-    value, where = pick("preserve_external_request_id", "--preserve-external-request-id")
-    if value is not None:
-        kw["preserve_external_request_id"] = value if isinstance(value, bool) else parse_bool(str(value), where)
-    value, where = pick("dns_refresh_rate", "--dns-refresh-rate")
-    if value is not None:
-        refresh = _seconds(str(value), where)
-        if refresh < MIN_DNS_REFRESH_S:
-            raise SettingsError(f"{where}: {value!r} is below {MIN_DNS_REFRESH_S} s")
-        kw["dns_refresh_rate_s"] = refresh
-    value, where = pick("proxy_protocol", "--proxy-protocol")
-    if value is not None:
-        kw["proxy_protocol"] = value if isinstance(value, bool) else parse_bool(str(value), where)
-    value, where = pick("cluster_domain", "--cluster-domain")
-    if value is not None:
-        if not str(value) or str(value).startswith(".") or str(value).endswith("."):
-            raise SettingsError(f"{where}: {value!r} is not a domain such as cluster.local")
-        kw["cluster_domain"] = str(value)
-    return RunSettings(**kw)
+            import httptools  # noqa: F401
+        except ImportError:
+            raise SettingsError(f"{where}: httptools is not installed (pip install 'edge[fast]')") from None
+    return value
+
+
+def _check_server_header(value, raw, where, kw) -> str:
+    from edge.wire import header_value_problem  # pure: what may go on the wire
+
+    if problem := header_value_problem(value):
+        raise SettingsError(f"{where}: {problem}")
+    return value
+
+
+def _check_cluster_domain(value, raw, where, kw) -> str:
+    if not value or value.startswith(".") or value.endswith("."):
+        raise SettingsError(f"{where}: {raw!r} is not a domain such as cluster.local")
+    return value
+
+
+def _check_max_connections(value, raw, where, kw) -> int:
+    if value < 1:
+        raise SettingsError(f"{where}: must be at least 1")
+    return value
+
+
+def _check_trusted_proxies(value, raw, where, kw) -> int:
+    if not 0 <= value <= MAX_TRUSTED_PROXIES:
+        raise SettingsError(f"{where}: must be between 0 and {MAX_TRUSTED_PROXIES}")
+    return value
+
+
+def _check_dns_refresh(value, raw, where, kw) -> float:
+    if value < MIN_DNS_REFRESH_S:
+        raise SettingsError(f"{where}: {raw!r} is below {MIN_DNS_REFRESH_S} s")
+    return value
+
+
+_CHECKS: dict[str, Callable[[Any, object, str, dict[str, object]], object]] = {
+    "workers": _check_workers,
+    "access-log": _check_access_log,
+    "access-log-template": _check_access_log_template,
+    "http10": lambda value, raw, where, kw: value == "accept",  # RunSettings.accept_http10
+    "server-header": _check_server_header,
+    "cluster-domain": _check_cluster_domain,
+    "max-connections-per-worker": _check_max_connections,
+    "http-codec": _check_http_codec,
+    "num-trusted-proxies": _check_trusted_proxies,
+    "dns-refresh-rate": _check_dns_refresh,
+}

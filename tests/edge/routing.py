@@ -7,7 +7,7 @@ import textwrap
 import msgspec
 
 from edge import table
-from edge.cli import select_filter_chain
+from edge.explain import select_filter_chain
 from edge.compiler import CompileOptions, CompileResult, compile_resources
 from edge.loader import LoadResult, load_text
 from workers.router import Router
