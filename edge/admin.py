@@ -1,9 +1,10 @@
 # The admin port (loopback by default) and the metrics port: route tables for edge.status.serve_http.
 #
 # Rules:
-# - Everything shown is read from the supervisor (SupervisorState, the stats segment, the live history);
-#   nothing here changes state except POST /reload, which asks the supervisor for a reload and answers with
-#   its outcome: 200 published/unchanged, 422 failed (the `file:line: message` errors in the body), 503 while
+# - Everything shown is read from the supervisor's Readout (edge/readout.py: SupervisorState, the stats segment,
+#   the live history); nothing here changes state except POST /reload, which asks the supervisor for a reload
+#   (the reload_and_wait it was given, so that this module never imports the supervisor) and answers with its
+#   outcome: 200 published/unchanged, 422 failed (the `file:line: message` errors in the body), 503 while
 #   draining, 504 when the reload did not finish within RELOAD_WAIT_S.
 # - Envoy's admin paths where edge has the same thing: /config_dump, /clusters (text; ?format=json),
 #   /stats (text; ?format=json, ?filter=REGEX, ?usedonly), /stats/prometheus, /ready (200 LIVE, 503
@@ -19,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
 import orjson
@@ -27,13 +28,11 @@ import trio
 
 from edge.admin_page import PAGE_HTML
 from edge.metrics import envoy_stats, live_view, render_envoy_stats, render_prometheus
+from edge.readout import Readout
 from edge.status import Request, Response, Routes, text
 from edge.table import to_builtins
 from workers.paths import parse_authority
 from workers.regex import regex_error
-
-if TYPE_CHECKING:
-    from edge.supervisor import Supervisor
 
 RELOAD_WAIT_S = 30.0
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -61,8 +60,8 @@ def split_diagnostic(line: str) -> dict:
 # -------------------------------------------------------------------------------------------- documents
 
 
-def config_dump(supervisor: "Supervisor") -> dict:
-    state = supervisor.state
+def config_dump(readout: Readout) -> dict:
+    state = readout.state
     error = state.last_reload_error
     return {
         "generation": state.generation,
@@ -87,10 +86,10 @@ def config_dump(supervisor: "Supervisor") -> dict:
     }
 
 
-def clusters_document(supervisor: "Supervisor") -> dict:
+def clusters_document(readout: Readout) -> dict:
     """Every cluster of the table with its endpoints, annotated with what the live workers report."""
-    state = supervisor.state
-    reports = supervisor.worker_reports()  # slot → status document of a live worker
+    state = readout.state
+    reports = readout.worker_reports()  # slot → status document of a live worker
     workers = len(reports)
     out = {}
     table_clusters = state.table.clusters if state.table is not None else {}
@@ -152,8 +151,8 @@ def clusters_text(document: dict) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def server_info(supervisor: "Supervisor") -> dict:
-    state = supervisor.state
+def server_info(readout: Readout) -> dict:
+    state = readout.state
     ready, reason = state.readiness()
     return {
         "state": "DRAINING" if state.draining else ("LIVE" if ready else "PRE_INITIALIZING"),
@@ -180,9 +179,9 @@ def server_info(supervisor: "Supervisor") -> dict:
 # ---------------------------------------------------------------------------------------------- routes
 
 
-def metrics_routes(supervisor: "Supervisor") -> Routes:
+def metrics_routes(readout: Readout) -> Routes:
     async def prometheus(_request: Request) -> Response:
-        body = render_prometheus(supervisor.stats_totals(), supervisor.supervisor_view())
+        body = render_prometheus(readout.stats_totals(), readout.supervisor_view())
         return Response(200, body.encode(), content_type=PROMETHEUS_CONTENT_TYPE)
 
     return {"/stats/prometheus": {"GET": prometheus}}
@@ -226,8 +225,10 @@ def admin_guard(routes: Routes) -> Routes:
     return {path: {method: guarded(route) for method, route in methods.items()} for path, methods in routes.items()}
 
 
-def admin_routes(supervisor: "Supervisor") -> Routes:
-    routes = metrics_routes(supervisor)
+def admin_routes(readout: Readout, reload_and_wait: Callable[[str], Awaitable[str]]) -> Routes:
+    """reload_and_wait(reason) asks the supervisor for a reload and returns the outcome line of the reload that
+    covers the request (edge/reloads.py)."""
+    routes = metrics_routes(readout)
 
     async def index(_request: Request) -> Response:
         return Response(200, PAGE_HTML, content_type="text/html; charset=utf-8", headers=(("cache-control", "no-store"),))
@@ -238,22 +239,22 @@ def admin_routes(supervisor: "Supervisor") -> Routes:
             window = max(1, min(int(query.get("window", "120")), 600))
         except ValueError:
             return text(400, "window: give a number of seconds")
-        document = live_view(supervisor.live.samples, window)
-        document["server"] = server_info(supervisor)
+        document = live_view(readout.live.samples, window)
+        document["server"] = server_info(readout)
         return json_response(200, document)
 
     async def dump(_request: Request) -> Response:
-        return json_response(200, config_dump(supervisor))
+        return json_response(200, config_dump(readout))
 
     async def clusters(request: Request) -> Response:
-        document = clusters_document(supervisor)
+        document = clusters_document(readout)
         if _query(request).get("format") == "json":
             return json_response(200, document)
         return Response(200, clusters_text(document).encode())
 
     async def stats(request: Request) -> Response:
         query = _query(request)
-        values = envoy_stats(supervisor.stats_totals(), supervisor.supervisor_view(), time.time() - supervisor.state.started_at)
+        values = envoy_stats(readout.stats_totals(), readout.supervisor_view(), time.time() - readout.state.started_at)
         if query.get("format") == "json":
             return json_response(200, {"stats": [{"name": k, "value": v} for k, v in sorted(values.items())]})
         try:
@@ -263,21 +264,21 @@ def admin_routes(supervisor: "Supervisor") -> Routes:
         return Response(200, body.encode())
 
     async def ready(_request: Request) -> Response:
-        info = server_info(supervisor)
+        info = server_info(readout)
         return text(200 if info["state"] == "LIVE" else 503, info["state"])
 
     async def info(_request: Request) -> Response:
-        return json_response(200, server_info(supervisor))
+        return json_response(200, server_info(readout))
 
     async def reload(_request: Request) -> Response:
-        if supervisor.state.draining:
+        if readout.state.draining:
             return json_response(503, {"outcome": "draining: reloads are off", "ok": False})
         with trio.move_on_after(RELOAD_WAIT_S):
-            outcome = await supervisor.reload_and_wait("POST /reload")
+            outcome = await reload_and_wait("POST /reload")
             ok = "failed" not in outcome
-            document = {"outcome": outcome, "ok": ok, "generation": supervisor.state.generation}
-            if not ok and supervisor.state.last_reload_error is not None:
-                lines = list(supervisor.state.last_reload_error.lines)
+            document = {"outcome": outcome, "ok": ok, "generation": readout.state.generation}
+            if not ok and readout.state.last_reload_error is not None:
+                lines = list(readout.state.last_reload_error.lines)
                 document["errors"] = [split_diagnostic(line) for line in lines]
                 document["lines"] = lines
             return json_response(200 if ok else 422, document)

@@ -5,7 +5,8 @@
 #   non-blocking socket and process work in this loop. Only this module starts workers.
 # - Startup: remove stale shm segments of dead supervisors, bind the status port (503 until ready), start the
 #   config watch, load + compile (errors: every `file:line: message` on stderr, exit 1), bind one SO_REUSEPORT
-#   socket per (worker slot, listener) (edge/sockets.py), publish generation 1, spawn --workers processes.
+#   socket per (worker slot, listener) (edge/sockets.py), publish generation 1, spawn --workers processes with
+#   the command line edge/flags.py derives from the settings (worker_arguments).
 #   Ready (status 200, systemd READY=1) when every slot's worker reports SERVING the current generation;
 #   once ready, readiness holds across reloads (Istio's pilot-agent does the same) until the drain starts.
 # - Control channel (edge/control.py): a new worker gets LISTENERS (its slot's sockets, ≤ MAX_FDS a message)
@@ -13,8 +14,8 @@
 #   can never leave it with a stale set. A worker whose control channel is full or broken is SIGKILLed and
 #   replaced: its replacement starts from the full current state.
 # - Supervision: a worker that exits while we are not draining is replaced with the same slot's sockets after
-#   restart_delay(): 0.1 s, doubling while the slot keeps dying within STABLE_RUN_S of its start, capped at
-#   5 s. PING every HEARTBEAT_INTERVAL_S; a worker without a PONG for HEARTBEAT_TIMEOUT_S is SIGKILLed.
+#   restart_delay() (edge/state.py): 0.1 s, doubling while the slot keeps dying within STABLE_RUN_S of its start,
+#   capped at 5 s. PING every HEARTBEAT_INTERVAL_S; a worker without a PONG for HEARTBEAT_TIMEOUT_S is SIGKILLed.
 # - Reload (file change, SIGHUP, later POST /reload): requests arriving during a reload coalesce into one more
 #   reload. Compile in a thread; on errors (or a compiler crash, logged with its traceback) keep the last
 #   good table, log the errors, remember them in SupervisorState. An identical table publishes nothing. Otherwise, in this order and without a checkpoint:
@@ -29,24 +30,26 @@
 #   our copies of the listening sockets are closed (so the ports close once the workers let go), stragglers are
 #   SIGKILLed DRAIN_KILL_GRACE_S after the deadline; the shm segment is unlinked; exit 0. A second
 #   SIGTERM/SIGINT: SIGKILL every worker, clean up, exit 1.
-# - systemd (NOTIFY_SOCKET set): READY=1 when ready, RELOADING=1 + MONOTONIC_USEC when a reload starts and
+# - systemd (NOTIFY_SOCKET set; edge/systemd.py): READY=1 when ready, RELOADING=1 + MONOTONIC_USEC when a reload starts and
 #   READY=1 when it is done (failed, unchanged, or served by every worker), STOPPING=1 on drain, WATCHDOG=1
 #   every WATCHDOG_USEC/2 from this loop (a stuck loop stops feeding it). Workers get none of these variables.
-# - Logs: one human-readable line per event on stderr, "edge: …". tests/e2e/harness.py reads three of them, so
+# - Logs: one human-readable line per event on stderr, "edge: …" (edge/log.py). tests/e2e/harness.py reads three of them, so
 #   keep their shape: "reload #N (reasons)", "reload #N: outcome" ("generation G published …",
 #   "configuration unchanged; …", "failed; …"), and "generation G is served by every worker".
 # - --status-port 0 turns the status port off; so do --metrics-port 0 and --admin-port 0 for theirs. The metrics
 #   port binds 0.0.0.0 (Prometheus scrapes it from the pod network), the admin port --admin-bind (127.0.0.1).
 # - Statistics: the supervisor creates the stats segment (edge/stats_shm.py) with one slot per worker slot and
 #   passes its name to every worker; the metrics and admin ports (edge/admin.py, edge/metrics.py) read it on
-#   each request, and a sampler keeps one summary a second for the admin page's live view. With both ports
+#   each request through the Readout (edge/readout.py), and a sampler keeps one summary a second for the admin page's live view. With both ports
 #   off (0) nothing could show statistics, so none are kept and workers skip the per-request recording.
 # - SIGUSR1 (logrotate's postrotate) is forwarded to every worker, which reopens its access log.
-# - POST /reload waits for the outcome of the reload that covers its request (ReloadRequests tickets).
+# - POST /reload waits for the outcome of the reload that covers its request (edge/reloads.py tickets); the admin
+#   port gets reload_and_wait as a function, so that edge/admin.py never imports this module.
 # - DNS ServiceEntries (edge/dns.py): before a compiled table is published, names seen for the first time are
 #   resolved (bounded wait) and replaced by addresses; a refresher looks them up again every refresh interval and
 #   publishes a new generation ("generation G published: DNS addresses changed") only when an answer changed.
-# - SupervisorState holds everything the status, metrics and admin ports show; they read it, never change it.
+# - SupervisorState (edge/state.py) holds everything the status, metrics and admin ports show; they read it,
+#   never change it.
 from __future__ import annotations
 
 import ctypes
@@ -60,8 +63,8 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import msgspec
 import trio
@@ -71,48 +74,32 @@ from edge.admin import admin_routes, metrics_routes
 from edge.compiler import load_and_compile
 from edge.dns import DnsResolver, Resolver
 from edge.errors import ERROR, WARNING, ConfigError, Diagnostic
+from edge.flags import worker_arguments
 from edge.loader import FileCache
-from edge.metrics import LiveHistory, SupervisorView, Totals, live_sample, sum_slots
+from edge.log import log
+from edge.readout import Readout
+from edge.reloads import ReloadRequests
 from edge.settings import RunSettings
 from edge.shm import ShmError, TableWriter, remove_stale_segments
 from edge.sockets import ListenerError, ListenerSockets
-from edge.stats_shm import SlotSnapshot, StatsSegment
+from edge.state import DRAINING, RESTART_BACKOFF_MIN_S, SERVING, STARTING, ReloadError, SlotRecord, SupervisorState, WorkerRecord, restart_delay
+from edge.stats_shm import StatsSegment
 from edge.status import bind_status_socket, serve_http, serve_status
+from edge.systemd import SystemdNotifier, monotonic_usec, watchdog_interval_s
 from edge.table import RoutingTable, encode_table
 from edge.watch import serve_config_watch
 
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TIMEOUT_S = 5.0
-RESTART_BACKOFF_MIN_S = 0.1
-RESTART_BACKOFF_MAX_S = 5.0
-STABLE_RUN_S = 5.0  # a worker that lived this long before dying restarts the backoff from the minimum
 DRAIN_KILL_GRACE_S = 1.0
 KILL_REAP_TIMEOUT_S = 5.0
-LIVE_SAMPLE_INTERVAL_S = 1.0  # the admin page's resolution
 METRICS_BIND = "0.0.0.0"  # Prometheus scrapes the metrics port from the pod network, like Istio's 15090
-RELOAD_OUTCOMES_KEPT = 32
 WORKER_ARGV: tuple[str, ...] = (sys.executable, "-m", "workers.main")
 # Environment the workers must not see: systemd would take their messages for ours.
 SUPERVISOR_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
-# Worker states as SupervisorState shows them.
-STARTING = "starting"
-SERVING = "serving"
-DRAINING = "draining"
-
-
-def log(line: str) -> None:
-    print(f"edge: {line}", file=sys.stderr, flush=True)
-
 
 # ----------------------------------------------------------------------------------------------- pure rules
-
-
-def restart_delay(previous_delay_s: float, lifetime_s: float) -> float:
-    """How long to wait before restarting a slot whose worker lived lifetime_s (crash-loop backoff)."""
-    if lifetime_s >= STABLE_RUN_S or previous_delay_s <= 0:
-        return RESTART_BACKOFF_MIN_S
-    return min(previous_delay_s * 2, RESTART_BACKOFF_MAX_S)
 
 
 def describe_exit(returncode: int) -> str:
@@ -129,156 +116,11 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
-def watchdog_interval_s(environ: Mapping[str, str], pid: int) -> float | None:
-    """Half of systemd's WATCHDOG_USEC when the watchdog is meant for this process, else None."""
-    usec = environ.get("WATCHDOG_USEC", "")
-    owner = environ.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) == 0:
-        return None
-    if owner and (not owner.isdigit() or int(owner) != pid):
-        return None
-    return int(usec) / 2 / 1e6
-
-
-def notify_address(value: str) -> str | None:
-    """The AF_UNIX address of NOTIFY_SOCKET ("@name" is abstract); None when it is not an AF_UNIX socket."""
-    if value.startswith("@"):
-        return "\0" + value[1:]
-    if value.startswith("/"):
-        return value
-    return None  # vsock:… and anything else
-
-
-def monotonic_usec() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-
-
-# -------------------------------------------------------------------------------------------------- systemd
-
-
-class SystemdNotifier:
-    """sd_notify(3) over a datagram socket; does nothing when NOTIFY_SOCKET is unset."""
-
-    def __init__(self, address: str | None, *, log_line: Callable[[str], None] = log):
-        self._address = address
-        self._log = log_line
-        self._sock: socket.socket | None = None
-        self._warned = False
-        if address is not None:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._sock.setblocking(False)
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str] = os.environ, *, log_line: Callable[[str], None] = log):
-        value = environ.get("NOTIFY_SOCKET", "")
-        if not value:
-            return cls(None, log_line=log_line)
-        address = notify_address(value)
-        if address is None:
-            log_line(f"NOTIFY_SOCKET={value!r} is not an AF_UNIX socket; systemd notifications are off")
-        return cls(address, log_line=log_line)
-
-    @property
-    def enabled(self) -> bool:
-        return self._sock is not None
-
-    def notify(self, *assignments: str) -> bool:
-        """Send one datagram of "KEY=value" lines; False (and one log line ever) when it could not be sent."""
-        if self._sock is None:
-            return False
-        try:
-            self._sock.sendto("\n".join(assignments).encode(), self._address)
-        except OSError as exc:
-            if not self._warned:
-                self._warned = True
-                self._log(f"systemd notification to {self._address!r} failed: {exc.strerror or exc}")
-            return False
-        return True
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-
-# ------------------------------------------------------------------------------------------------- state
-
-
-@dataclass
-class WorkerRecord:
-    slot: int
-    pid: int
-    started_at: float  # trio clock
-    state: str = STARTING
-    serving_generation: int = 0
-    keys: tuple[str, ...] = ()
-    last_pong_at: float = 0.0
-
-
-@dataclass
-class SlotRecord:
-    slot: int
-    worker: WorkerRecord | None = None
-    restarts: int = 0
-    backoff_s: float = 0.0
-    last_exit: str = ""
-
-
-@dataclass
-class ReloadError:
-    lines: tuple[str, ...]  # `file:line: message`
-    at: float  # wall-clock time.time()
-    generation: int  # the generation that stayed served
-
-
-@dataclass
-class SupervisorState:
-    """What the status, metrics and admin ports read."""
-
-    config_paths: tuple[str, ...]
-    workers: int
-    generation: int = 0
-    table: RoutingTable | None = None
-    source_files: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
-    slots: list[SlotRecord] = field(default_factory=list)
-    draining: bool = False
-    ever_ready: bool = False
-    reloads_total: int = 0  # attempts, failed ones included
-    reload_failures_total: int = 0
-    last_reload_error: ReloadError | None = None  # the latest failure; kept after later successes
-    last_reload_ok: bool = True
-    last_reload_success_at: float = 0.0  # wall clock of the last publish (the first one included)
-    started_at: float = field(default_factory=time.time)
-
-    @property
-    def restarts_total(self) -> int:
-        return sum(slot.restarts for slot in self.slots)
-
-    def serving_count(self, generation: int) -> int:
-        return sum(1 for s in self.slots if s.worker is not None and s.worker.serving_generation >= generation)
-
-    def all_serving(self, generation: int) -> bool:
-        return generation > 0 and self.serving_count(generation) == len(self.slots)
-
-    def readiness(self) -> tuple[bool, str]:
-        if self.draining:
-            return False, "draining"
-        if self.ever_ready:
-            return True, ""
-        if self.generation == 0:
-            return False, "starting: no table published yet"
-        return False, (
-            f"starting: {self.serving_count(self.generation)} of {len(self.slots)} workers "
-            f"serve generation {self.generation}"
-        )
-
-
 # ------------------------------------------------------------------------------------------------ config
 
 
 @dataclass(frozen=True)
-class Compiled:
+class CompiledConfig:
     table: RoutingTable
     payload: bytes
     files: tuple[str, ...]
@@ -293,14 +135,14 @@ def diagnostic_lines(diagnostics: Sequence[Diagnostic], severity: str) -> tuple[
 _FILE_CACHE = FileCache()  # parsed files by identity: a reload re-reads only what changed
 
 
-def compile_config(paths: Sequence[str], settings: RunSettings) -> Compiled:
+def compile_config(paths: Sequence[str], settings: RunSettings) -> CompiledConfig:
     """Load and compile the config files (blocking; runs in a thread). ConfigError carries every problem."""
     try:
         loaded, result = load_and_compile(list(paths), settings.compile_options(), _FILE_CACHE)
         diagnostics = [*loaded.diagnostics, *result.diagnostics]
         if result.table is None or any(d.severity == ERROR for d in diagnostics):
             raise ConfigError(diagnostics)
-        return Compiled(result.table, encode_table(result.table), tuple(loaded.files), diagnostic_lines(diagnostics, WARNING))
+        return CompiledConfig(result.table, encode_table(result.table), tuple(loaded.files), diagnostic_lines(diagnostics, WARNING))
     finally:
         release_memory()
 
@@ -348,48 +190,6 @@ class WorkerHandle:
                 pass
 
 
-class ReloadRequests:
-    """Reload requests that arrive while a reload runs coalesce into one more reload.
-
-    Each request gets a ticket; finish(outcome) after a reload answers every ticket that reload took, so
-    POST /reload can wait for the outcome of the reload that covers its request (wait_outcome)."""
-
-    def __init__(self) -> None:
-        self._reasons: list[str] = []
-        self._event = trio.Event()
-        self._requested = 0  # tickets handed out
-        self._taken = 0  # tickets covered by the reload that runs now (or ran last)
-        self._outcomes: list[tuple[int, str]] = []  # (last ticket covered, outcome), oldest first
-        self._finished = trio.Event()
-
-    def request(self, reason: str) -> int:
-        if reason not in self._reasons:
-            self._reasons.append(reason)
-        self._requested += 1
-        self._event.set()
-        return self._requested
-
-    async def wait(self) -> list[str]:
-        await self._event.wait()
-        self._event = trio.Event()
-        reasons, self._reasons = self._reasons, []
-        self._taken = self._requested
-        return reasons
-
-    def finish(self, outcome: str) -> None:
-        self._outcomes.append((self._taken, outcome))
-        del self._outcomes[:-RELOAD_OUTCOMES_KEPT]
-        self._finished.set()
-        self._finished = trio.Event()
-
-    async def wait_outcome(self, ticket: int) -> str:
-        while True:
-            for covered, outcome in self._outcomes:
-                if covered >= ticket:
-                    return outcome
-            await self._finished.wait()
-
-
 class Supervisor:
     def __init__(
         self,
@@ -409,8 +209,7 @@ class Supervisor:
         self.state.slots = [SlotRecord(slot) for slot in range(workers)]
         self.registry = ListenerSockets(workers, dict(settings.port_map))
         self.writer: TableWriter | None = None
-        self.stats: StatsSegment | None = None
-        self.live = LiveHistory()
+        self.readout = Readout(self.state)  # what the metrics and admin ports read; it holds the stats segment
         self.payload_digest = b""  # of the published table: an unchanged compile is not republished
         self.notifier = SystemdNotifier.from_environ(environ)
         self.watchdog_s = watchdog_interval_s(environ, os.getpid())
@@ -451,8 +250,8 @@ class Supervisor:
                 log(f"status port: {exc}")
                 return False
         for name, port, bind, routes in (
-            ("metrics", self.settings.metrics_port, METRICS_BIND, metrics_routes(self)),
-            ("admin", self.settings.admin_port, self.settings.admin_bind, admin_routes(self)),
+            ("metrics", self.settings.metrics_port, METRICS_BIND, metrics_routes(self.readout)),
+            ("admin", self.settings.admin_port, self.settings.admin_bind, admin_routes(self.readout, self.reload_and_wait)),
         ):
             if not port:
                 continue
@@ -489,7 +288,7 @@ class Supervisor:
         self._adopt(compiled, generation)
         if self.settings.metrics_port or self.settings.admin_port:  # counted only when something can show it
             try:
-                self.stats = StatsSegment.create(self.state.workers)
+                self.readout.stats = StatsSegment.create(self.state.workers)
             except OSError as exc:
                 log(f"cannot create the stats segment in shared memory: {exc}; metrics will show no traffic")
         log(
@@ -505,12 +304,12 @@ class Supervisor:
         nursery.start_soon(self._serve_heartbeats)
         nursery.start_soon(self._serve_reloads)
         nursery.start_soon(self.dns.serve_refresh, self._publish_dns_change)
-        nursery.start_soon(self._serve_live_samples)
+        nursery.start_soon(self.readout.serve_live_samples)
         if self.watchdog_s is not None:
             nursery.start_soon(self._serve_watchdog)
         return True
 
-    def _adopt(self, compiled: Compiled, generation: int) -> None:
+    def _adopt(self, compiled: CompiledConfig, generation: int) -> None:
         self.dns.follow(compiled.source if compiled.source is not None else compiled.table)
         self.payload_digest = payload_digest(compiled.payload)
         self.state.generation = generation
@@ -525,8 +324,8 @@ class Supervisor:
         self.registry.close_all()
         if self.writer is not None:
             self.writer.close()
-        if self.stats is not None:
-            self.stats.close()
+        if self.readout.stats is not None:
+            self.readout.stats.close()
         self.notifier.close()
 
     # --------------------------------------------------------------------------------------------- signals
@@ -664,13 +463,13 @@ class Supervisor:
 
     # ----------------------------------------------------------------------------------------------- DNS
 
-    async def _resolve_dns(self, compiled: Compiled) -> Compiled:
+    async def _resolve_dns(self, compiled: CompiledConfig) -> CompiledConfig:
         """The compiled table with the names of its DNS ServiceEntries replaced by addresses; names never
         looked up before are resolved now, with a bounded wait (edge/dns.py)."""
         table = await self.dns.resolve_new(compiled.table)
         if table is compiled.table:
             return compiled
-        return Compiled(table, encode_table(table), compiled.files, compiled.warnings, source=compiled.table)
+        return CompiledConfig(table, encode_table(table), compiled.files, compiled.warnings, source=compiled.table)
 
     def _publish_dns_change(self) -> None:
         """The refresher saw new addresses: publish them as a new generation (the listeners are unchanged)."""
@@ -686,7 +485,7 @@ class Supervisor:
         except (OSError, ShmError) as exc:
             log(f"cannot publish the DNS update: {exc}")
             return
-        self._adopt(Compiled(table, payload, self.state.source_files, self.state.warnings, source=source), generation)
+        self._adopt(CompiledConfig(table, payload, self.state.source_files, self.state.warnings, source=source), generation)
         for handle in list(self.handles.values()):
             if handle.record.state != DRAINING:
                 self._send(handle, control.Message(op=control.TABLE, generation=generation))
@@ -747,18 +546,9 @@ class Supervisor:
 
     def _worker_command(self, slot: int, control_fd: int) -> list[str]:
         assert self.writer is not None
-        argv = [*self.worker_argv, "--slot", str(slot), "--control-fd", str(control_fd), "--table-shm", self.writer.name]
-        settings = self.settings
-        if settings.credentials_dir:
-            argv += ["--credentials-dir", settings.credentials_dir]
-        argv += ["--access-log", settings.access_log, "--access-log-format", settings.access_log_format]
-        if settings.access_log_template:
-            argv.append(f"--access-log-template={settings.access_log_template}")  # one token, whatever it starts with
-        argv += ["--http-codec", settings.http_codec]
-
-        if self.stats is not None:
-            argv += ["--stats-shm", self.stats.name]
-        return argv
+        stats = self.readout.stats
+        flags = worker_arguments(self.settings, slot=slot, control_fd=control_fd, table_shm=self.writer.name, stats_shm=stats.name if stats is not None else None)
+        return [*self.worker_argv, *flags]
 
     async def _spawn(self, slot: int) -> WorkerHandle:
         parent, child = control.socketpair()
@@ -869,68 +659,6 @@ class Supervisor:
                 self._check_ready()
             elif message.op == control.DRAINED:
                 record.state = DRAINING
-
-    # -------------------------------------------------------------------------------------------- stats
-
-    def stats_slots(self) -> list[SlotSnapshot]:
-        return self.stats.read_all() if self.stats is not None else []
-
-    def live_slots(self) -> list[int]:
-        return [slot.slot for slot in self.state.slots if slot.worker is not None]
-
-    def stats_totals(self) -> Totals:
-        return sum_slots(self.stats_slots(), self.live_slots())
-
-    def worker_reports(self) -> dict[int, dict]:
-        """slot → the status document its live worker last published (edge/stats_shm.py status area)."""
-        live = set(self.live_slots())
-        reports = {}
-        for snap in self.stats_slots():
-            if snap.slot in live and snap.status:
-                try:
-                    reports[snap.slot] = msgspec.json.decode(snap.status)
-                except msgspec.DecodeError:
-                    continue
-        return reports
-
-    def supervisor_view(self) -> SupervisorView:
-        state = self.state
-        error = state.last_reload_error
-        return SupervisorView(
-            generation=state.generation,
-            reloads_total=state.reloads_total,
-            reload_failures_total=state.reload_failures_total,
-            last_reload_ok=state.last_reload_ok,
-            last_reload_success_at=state.last_reload_success_at,
-            last_reload_failure_at=error.at if error is not None else 0.0,
-            ready=state.readiness()[0],
-            draining=state.draining,
-            started_at=state.started_at,
-            workers=state.workers,
-            worker_states=tuple(
-                (
-                    slot.slot,
-                    slot.worker.state if slot.worker is not None else "down",
-                    slot.restarts,
-                    slot.backoff_s,
-                    slot.worker.pid if slot.worker is not None else 0,
-                    self._crash_looping(slot),
-                )
-                for slot in state.slots
-            ),
-            cluster_domain=state.table.options.cluster_domain if state.table is not None else "cluster.local",
-        )
-
-    def _crash_looping(self, slot: SlotRecord) -> bool:
-        """Backing off, and the current worker (if any) has not yet lived long enough to reset the backoff."""
-        if slot.backoff_s <= RESTART_BACKOFF_MIN_S:
-            return False
-        return slot.worker is None or trio.current_time() - slot.worker.started_at < STABLE_RUN_S
-
-    async def _serve_live_samples(self) -> None:
-        while True:
-            self.live.add(live_sample(self.stats_totals(), time.time()))
-            await trio.sleep(LIVE_SAMPLE_INTERVAL_S)
 
     # ---------------------------------------------------------------------------------------- heartbeats
 

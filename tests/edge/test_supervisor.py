@@ -14,20 +14,10 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.shm import SHM_DIR
-from edge.supervisor import (
-    RESTART_BACKOFF_MAX_S,
-    RESTART_BACKOFF_MIN_S,
-    STABLE_RUN_S,
-    ReloadRequests,
-    SlotRecord,
-    SupervisorState,
-    SystemdNotifier,
-    WorkerRecord,
-    describe_exit,
-    notify_address,
-    restart_delay,
-    watchdog_interval_s,
-)
+from edge.reloads import ReloadRequests
+from edge.state import RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_MIN_S, STABLE_RUN_S, SlotRecord, SupervisorState, WorkerRecord, crash_looping, restart_delay
+from edge.supervisor import describe_exit
+from edge.systemd import SystemdNotifier, notify_address, watchdog_interval_s
 from tests.e2e.harness import EdgeProcess, http_get
 
 # ------------------------------------------------------------------------------------------- pure rules
@@ -43,6 +33,16 @@ def test_crash_loop_backoff_doubles_from_min_to_max_and_resets_after_a_stable_ru
     assert delays[-1] == RESTART_BACKOFF_MAX_S
     assert restart_delay(RESTART_BACKOFF_MAX_S, lifetime_s=STABLE_RUN_S) == RESTART_BACKOFF_MIN_S
     assert restart_delay(0.0, lifetime_s=3600.0) == RESTART_BACKOFF_MIN_S
+
+
+def test_a_slot_crash_loops_while_it_backs_off_until_its_worker_ran_long_enough():
+    slot = SlotRecord(0, backoff_s=RESTART_BACKOFF_MIN_S)
+    assert not crash_looping(slot, now=100.0)  # the first restart waits the minimum: not a loop
+    slot.backoff_s = 0.4
+    assert crash_looping(slot, now=100.0)  # backing off, no worker yet
+    slot.worker = WorkerRecord(slot=0, pid=1, started_at=100.0)
+    assert crash_looping(slot, now=100.0 + STABLE_RUN_S - 0.1)
+    assert not crash_looping(slot, now=100.0 + STABLE_RUN_S)
 
 
 @pytest.mark.parametrize(
