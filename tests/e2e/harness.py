@@ -417,7 +417,7 @@ class EdgeProcess:
 
 
 class SampleBackends:
-    """`python -m edge.sample_backend` with named listeners on loopback ports chosen by the kernel.
+    """`python -m edge.dev.sample_backend` with named listeners on loopback ports chosen by the kernel.
 
     http / https / tcp: instance names for --listen / --listen-tls / --tcp-echo.
     """
@@ -454,7 +454,7 @@ class SampleBackends:
         self._log_file = open(self.log_path, "wb")
         try:
             self.process = subprocess.Popen(
-                [PYTHON, "-m", "edge.sample_backend", *self.args, "--ready-file", str(self.ready_file)],
+                [PYTHON, "-m", "edge.dev.sample_backend", *self.args, "--ready-file", str(self.ready_file)],
                 cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

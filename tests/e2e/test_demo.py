@@ -1,4 +1,4 @@
-# The README's quick start: `./dev run` is `python -m edge.demo`; the curl lines it prints must answer.
+# The README's quick start: `./dev run` is `python -m edge.dev.demo`; the curl lines it prints must answer.
 from __future__ import annotations
 
 import signal
@@ -27,7 +27,7 @@ def demo():
     busy = [p for p in DEMO_PORTS if _busy(p)]
     if busy:
         pytest.skip(f"the quick start's fixed ports are in use here: {busy}")
-    process = subprocess.Popen([sys.executable, "-m", "edge.demo"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "edge.dev.demo"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:

@@ -1,5 +1,5 @@
 # End to end, TCP: the real `edge run` (2 workers) splicing raw TCP to real tcp-echo backends
-# (`python -m edge.sample_backend --tcp-echo`: sends "NAME\n", then echoes until the client half-closes).
+# (`python -m edge.dev.sample_backend --tcp-echo`: sends "NAME\n", then echoes until the client half-closes).
 #
 # Covered: the istio.io task "TCP Traffic Shifting" with its YAML (all to v1, then 80/20, counted), half-close
 # in both directions, a large payload checked by hash, connect failure (connection closed, nothing hangs),

@@ -1,5 +1,5 @@
-# Tests for edge/sample_backend.py.
-# Pure helpers get table tests; behaviour is checked against the real `python -m edge.sample_backend` process on
+# Tests for edge/dev/sample_backend.py.
+# Pure helpers get table tests; behaviour is checked against the real `python -m edge.dev.sample_backend` process on
 # loopback ephemeral ports (found through the ready file), with real clients: h11 over trio streams, raw bytes,
 # TLS with a trustme CA. Time-based behaviour (idle timeout, delay cap) runs the same server in-process under
 # trio's autojump clock. Every spawned process is stopped by its PID in a fixture finalizer.
@@ -27,8 +27,8 @@ import trio
 import trio.testing
 import trustme
 
-from edge import sample_backend
-from edge.sample_backend import BadPath, Listener, Route, headers_document, parse_listen_spec, pattern_bytes, route_for
+from edge.dev import sample_backend
+from edge.dev.sample_backend import BadPath, Listener, Route, headers_document, parse_listen_spec, pattern_bytes, route_for
 
 REPO = Path(__file__).resolve().parents[2]
 READY_DEADLINE_S = 20.0
@@ -155,7 +155,7 @@ def spawn_backend(workdir: Path, *args: str) -> BackendProcess:
     ready_file = workdir / "backend.ready"
     log = open(workdir / "backend.stderr", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.sample_backend", *args, "--ready-file", str(ready_file)],
+        [sys.executable, "-m", "edge.dev.sample_backend", *args, "--ready-file", str(ready_file)],
         cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
     )
     log.close()
@@ -850,7 +850,7 @@ async def test_plain_listener_reports_no_tls(v1: int) -> None:
     ],
 )
 def test_bad_command_lines_exit_2_with_a_message(args: list[str], message: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "edge.sample_backend", *args], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "edge.dev.sample_backend", *args], cwd=REPO,
                             capture_output=True, timeout=STOP_TIMEOUT_S)
     assert result.returncode == 2
     assert message in result.stderr.decode()
@@ -859,7 +859,7 @@ def test_bad_command_lines_exit_2_with_a_message(args: list[str], message: str) 
 def test_port_in_use_exits_1(tmp_path: Path, backend: BackendProcess) -> None:
     taken = backend.port("reviews-v1")
     result = subprocess.run(
-        [sys.executable, "-m", "edge.sample_backend", "--listen", f"127.0.0.1:{taken}=a",
+        [sys.executable, "-m", "edge.dev.sample_backend", "--listen", f"127.0.0.1:{taken}=a",
          "--ready-file", str(tmp_path / "ready")],
         cwd=REPO, capture_output=True, timeout=STOP_TIMEOUT_S,
     )

@@ -2,7 +2,7 @@
 
 One process, one trio loop, any number of listeners, each with an instance name::
 
-    python -m edge.sample_backend \\
+    python -m edge.dev.sample_backend \\
         --listen 127.0.0.1:9001=reviews-v1 --listen 127.0.0.1:9002=reviews-v2 \\
         --listen-tls 127.0.0.1:9443=reviews-tls --tls-cert cert.pem --tls-key key.pem \\
         --tcp-echo 127.0.0.1:9100=tcp-v1 --ready-file /tmp/backend.ready
@@ -712,7 +712,7 @@ class _AppendListener(argparse.Action):
 
 def _argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m edge.sample_backend",
+        prog="python -m edge.dev.sample_backend",
         description="httpbin-like sample upstream for edge: HTTP, HTTPS and raw TCP echo listeners.",
     )
     for flag, kind, what in (

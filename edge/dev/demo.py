@@ -1,4 +1,4 @@
-# `./dev run` (python -m edge.demo): the gateway on the sample config in conf/gateway with its sample backends.
+# `./dev run` (python -m edge.dev.demo): the gateway on the sample config in conf/gateway with its sample backends.
 #
 # Rules:
 # - Everything on loopback. Backends listen where conf/gateway/services.yaml says (127.0.0.1:9001-9004 plain
@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO / ".demo"
 CONFIG_DIR = REPO / "conf" / "gateway"
 PORT_MAP = "80=8080,443=8443,8443=8444"
@@ -97,7 +97,7 @@ def _stop(process: subprocess.Popen | None, timeout_s: float = 10.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edge.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="edge.dev.demo", description=__doc__)
     parser.add_argument("--workers", default="2")
     parser.add_argument("--access-log", default="-", help="access log of the gateway (default: stdout)")
     args = parser.parse_args(argv)
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         backends = subprocess.Popen(
-            [sys.executable, "-m", "edge.sample_backend", *backend_args, "--tls-cert", str(certs["backend_cert"]), "--tls-key", str(certs["backend_key"]), "--ready-file", str(ready_file)],
+            [sys.executable, "-m", "edge.dev.sample_backend", *backend_args, "--tls-cert", str(certs["backend_cert"]), "--tls-key", str(certs["backend_key"]), "--ready-file", str(ready_file)],
             cwd=REPO,
             start_new_session=True,  # Ctrl-C reaches only this runner, which stops its children once
         )
