@@ -267,12 +267,12 @@ def _load_document(node: yaml.Node, path: str, index: int, multi: bool, result: 
 
 
 def _load_object(obj: Any, node: yaml.Node, path: str, doc: int, multi: bool, result: LoadResult) -> None:
-    line0 = node.start_mark.line + 1
+    """One object of a document: a kubectl List item by item, anything else as one resource."""
     if obj is None:
         return
     if not isinstance(obj, dict):
         result.diagnostics.append(
-            Diagnostic(severity=ERROR, file=path, line=line0, message="expected a Kubernetes object (a mapping)")
+            Diagnostic(severity=ERROR, file=path, line=node.start_mark.line + 1, message="expected a Kubernetes object (a mapping)")
         )
         return
     kind = obj.get("kind")
@@ -283,31 +283,18 @@ def _load_object(obj: Any, node: yaml.Node, path: str, doc: int, multi: bool, re
             item_node = _child(items_node, i) if items_node is not None else node
             _load_object(item, item_node if item_node is not None else node, path, doc, multi, result)
         return
+    _load_resource(obj, node, path, doc, f" (document {doc + 1})" if multi else "", result)
 
-    api_version = obj.get("apiVersion")
-    where = f" (document {doc + 1})" if multi else ""
-    if not isinstance(kind, str) or not isinstance(api_version, str):
-        result.diagnostics.append(
-            Diagnostic(severity=ERROR, file=path, line=line0, message=f"object{where} has no kind/apiVersion")
-        )
-        return
-    group, _, version = api_version.rpartition("/")
-    if group != istio.API_GROUP or kind not in istio.SPEC_TYPES:
-        result.diagnostics.append(
-            Diagnostic(severity=NOTE, file=path, line=line0, message=f"skipped {kind} ({api_version}){where}: not a resource edge serves")
-        )
-        return
-    if version not in istio.API_VERSIONS:
-        result.diagnostics.append(
-            Diagnostic(
-                severity=ERROR,
-                file=path,
-                line=_line(node, ["apiVersion"]),
-                message=f"{kind}: apiVersion {api_version} is not one of " + ", ".join(f"{istio.API_GROUP}/{v}" for v in istio.API_VERSIONS),
-            )
-        )
-        return
 
+def _load_resource(obj: dict, node: yaml.Node, path: str, doc: int, where: str, result: LoadResult) -> None:
+    """One object that is not a List: a resource edge serves, decoded strictly, or the diagnostic saying why not.
+    `where` names the document when the file has several."""
+    line0 = node.start_mark.line + 1
+    problem = _kind_problem(obj, node, path, line0, where)
+    if problem is not None:
+        result.diagnostics.append(problem)
+        return
+    kind, api_version = obj["kind"], obj["apiVersion"]
     metadata = obj.get("metadata") or {}
     if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str) or not metadata.get("name"):
         result.diagnostics.append(
@@ -335,27 +322,48 @@ def _load_object(obj: Any, node: yaml.Node, path: str, doc: int, multi: bool, re
 
     for json_path, key_line, why in _mesh_only_fields(spec, spec_node, "$.spec"):
         result.diagnostics.append(Diagnostic(severity=WARNING, file=path, line=key_line, resource=ref, path=json_path, message=f"has no effect here: {why}"))
+    result.resources.append(_resource(kind, api_version, name, namespace, metadata, decoded, path, line0, doc, len(result.resources)))
 
+
+def _kind_problem(obj: dict, node: yaml.Node, path: str, line0: int, where: str) -> Diagnostic | None:
+    """Why the object is not a resource edge serves: no kind/apiVersion (an error), another group or kind (a note:
+    skipped), an API version of the group edge does not know (an error); None when it is one."""
+    kind = obj.get("kind")
+    api_version = obj.get("apiVersion")
+    if not isinstance(kind, str) or not isinstance(api_version, str):
+        return Diagnostic(severity=ERROR, file=path, line=line0, message=f"object{where} has no kind/apiVersion")
+    group, _, version = api_version.rpartition("/")
+    if group != istio.API_GROUP or kind not in istio.SPEC_TYPES:
+        return Diagnostic(severity=NOTE, file=path, line=line0, message=f"skipped {kind} ({api_version}){where}: not a resource edge serves")
+    if version not in istio.API_VERSIONS:
+        return Diagnostic(
+            severity=ERROR,
+            file=path,
+            line=_line(node, ["apiVersion"]),
+            message=f"{kind}: apiVersion {api_version} is not one of " + ", ".join(f"{istio.API_GROUP}/{v}" for v in istio.API_VERSIONS),
+        )
+    return None
+
+
+def _resource(kind: str, api_version: str, name: str, namespace: str, metadata: dict, spec: Any, path: str, line: int, doc: int, order: int) -> istio.Resource:
     timestamp = metadata.get("creationTimestamp") or ""
     if not isinstance(timestamp, str):  # YAML may have turned an unquoted timestamp into a datetime
         timestamp = timestamp.isoformat().replace("+00:00", "Z")
     labels = metadata.get("labels") or {}
     annotations = metadata.get("annotations") or {}
-    result.resources.append(
-        istio.Resource(
-            kind=kind,
-            name=name,
-            namespace=namespace,
-            spec=decoded,
-            api_version=api_version,
-            labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
-            annotations={str(k): str(v) for k, v in annotations.items()} if isinstance(annotations, dict) else {},
-            creation_timestamp=timestamp,
-            file=path,
-            line=line0,
-            document=doc,
-            order=len(result.resources),
-        )
+    return istio.Resource(
+        kind=kind,
+        name=name,
+        namespace=namespace,
+        spec=spec,
+        api_version=api_version,
+        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+        annotations={str(k): str(v) for k, v in annotations.items()} if isinstance(annotations, dict) else {},
+        creation_timestamp=timestamp,
+        file=path,
+        line=line,
+        document=doc,
+        order=order,
     )
 
 

@@ -279,9 +279,17 @@ class SupervisorView:
 
 def render_prometheus(totals: Totals, view: SupervisorView) -> str:
     w = PromWriter()
-    domain = view.cluster_domain
+    _render_istio_http(w, totals, view.cluster_domain)
+    _render_istio_tcp(w, totals, view.cluster_domain)
+    _render_route_requests(w, totals)
+    _render_supervisor(w, view)
+    _render_worker_totals(w, totals)
+    _render_worker_slots(w, view)
+    return w.text()
 
-    # Istio standard metrics: HTTP, grouped by their label set (routes and listeners are not Istio labels).
+
+def _render_istio_http(w: PromWriter, totals: Totals, domain: str) -> None:
+    """Istio standard metrics: HTTP, grouped by their label set (routes and listeners are not Istio labels)."""
     grouped: dict[tuple[str, str, str], HttpTotals] = {}
     for (listener, route, cluster, code, flags), entry in totals.http.items():
         key = (cluster_host(cluster), str(code), flags or "-")
@@ -303,7 +311,9 @@ def render_prometheus(totals: Totals, view: SupervisorView) -> str:
     for (host, code, flags), entry in ordered:
         w.histogram("istio_response_bytes", _istio_labels(host, domain, "http", code, flags), BYTES_BUCKETS, entry.response_bytes, entry.response_bytes_sum)
 
-    # Istio standard metrics: TCP.
+
+def _render_istio_tcp(w: PromWriter, totals: Totals, domain: str) -> None:
+    """Istio standard metrics: TCP, grouped by destination host."""
     tcp_grouped: dict[str, TcpTotals] = {}
     for (listener, cluster), entry in totals.tcp.items():
         into = tcp_grouped.setdefault(cluster_host(cluster), TcpTotals())
@@ -322,7 +332,9 @@ def render_prometheus(totals: Totals, view: SupervisorView) -> str:
         for host, entry in tcp_ordered:
             w.sample(name, _istio_labels(host, domain, "tcp", "0", "-"), getattr(entry, attr))
 
-    # edge: per route (the admin page's view, with the listener and route Istio's metrics do not have).
+
+def _render_route_requests(w: PromWriter, totals: Totals) -> None:
+    """edge: per route (the admin page's view, with the listener and route Istio's metrics do not have)."""
     per_route: dict[tuple[str, str, str, str], int] = {}
     for (listener, route, cluster, code, flags), entry in totals.http.items():
         key = (listener, route, cluster, code_class(code))
@@ -331,7 +343,9 @@ def render_prometheus(totals: Totals, view: SupervisorView) -> str:
     for (listener, route, cluster, klass), count in sorted(per_route.items()):
         w.sample("edge_route_requests_total", {"listener": listener, "route": route, "cluster": cluster, "response_code_class": klass}, count)
 
-    # edge: the supervisor and its workers.
+
+def _render_supervisor(w: PromWriter, view: SupervisorView) -> None:
+    """edge: the supervisor (reloads, the table, readiness)."""
     w.family("edge_reloads_total", "counter", "Configuration reloads attempted (file change, SIGHUP, POST /reload).")
     w.sample("edge_reloads_total", {}, view.reloads_total)
     w.family("edge_reload_failures_total", "counter", "Reloads that kept the previous table (bad YAML, validation errors).")
@@ -350,6 +364,10 @@ def render_prometheus(totals: Totals, view: SupervisorView) -> str:
     w.sample("edge_draining", {}, 1 if view.draining else 0)
     w.family("edge_start_time_seconds", "gauge", "When the supervisor started (Unix time).")
     w.sample("edge_start_time_seconds", {}, float(view.started_at))
+
+
+def _render_worker_totals(w: PromWriter, totals: Totals) -> None:
+    """edge: what the workers count, summed over them."""
     w.family("edge_active_connections", "gauge", "Downstream connections open, all workers.")
     w.sample("edge_active_connections", {}, totals.active_connections)
     w.family("edge_tcp_active_connections", "gauge", "Proxied TCP connections open, all workers.")
@@ -367,6 +385,10 @@ def render_prometheus(totals: Totals, view: SupervisorView) -> str:
     w.sample("edge_access_log_dropped_lines_total", {}, totals.access_log_dropped)
     w.family("edge_connection_errors_total", "counter", "Connections ended by an unexpected error in edge (each logged by its worker with a traceback); the worker and its other connections go on.")
     w.sample("edge_connection_errors_total", {}, totals.connection_errors)
+
+
+def _render_worker_slots(w: PromWriter, view: SupervisorView) -> None:
+    """edge: the worker processes, by state and by slot."""
     w.family("edge_workers", "gauge", "Worker processes by state.")
     states: dict[str, int] = {"starting": 0, "serving": 0, "draining": 0, "down": 0}
     for _slot, state, *_ in view.worker_states:
@@ -382,7 +404,6 @@ def render_prometheus(totals: Totals, view: SupervisorView) -> str:
     w.family("edge_worker_crash_looping", "gauge", "1 while a slot's restarts back off and its worker has not yet run long enough to reset that.")
     for slot, _state, _restarts, _backoff, _pid, looping in view.worker_states:
         w.sample("edge_worker_crash_looping", {"slot": str(slot)}, 1 if looping else 0)
-    return w.text()
 
 
 def code_class(code: int) -> str:
