@@ -18,7 +18,6 @@ import statistics
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
 import trio
 
@@ -135,14 +134,15 @@ class StaticReader:
 
 
 async def one_round(codec: str, requests: int, payload: bytes) -> float:
-    from workers.http_proxy import Downstream, serve_http_connection
-    from workers.main import Worker
+    from workers.context import WorkerContext
+    from workers.http.downstream import Http1Downstream
+    from workers.http.engines import codec_classes
+    from workers.http.server import serve_http_connection
     from workers.upstream import UpstreamConnection
 
-    args = SimpleNamespace(http_codec=codec, credentials_dir=None, access_log="off", access_log_format="text", stats_shm=None)
-    worker = Worker(0, StaticReader(payload), None, args)
-    worker.view.refresh()
-    pools = worker.pools
+    ctx = WorkerContext(0, StaticReader(payload), codec_classes(codec))
+    ctx.view.refresh()
+    pools = ctx.pools
 
     async def connect(key, address, port, connect_timeout_s, tls=None, server_hostname=None, keepalive=None):
         pool = pools.pool(key)
@@ -152,7 +152,7 @@ async def one_round(codec: str, requests: int, payload: bytes) -> float:
 
     pools.connect = connect
     client = ClientSide(requests)
-    down = Downstream(worker, client, ("127.0.0.1", 40000), ("127.0.0.1", 80), "http", "0.0.0.0:80")
+    down = Http1Downstream(ctx, client, ("127.0.0.1", 40000), ("127.0.0.1", 80), "http", "0.0.0.0:80")
     started = time.perf_counter()
     await serve_http_connection(down)
     elapsed = time.perf_counter() - started

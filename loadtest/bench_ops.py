@@ -19,7 +19,7 @@ import h11
 
 from edge.stats_shm import StatsSegment, SlotWriter
 from workers.access_log import AccessLog
-from workers.http_proxy import RequestLog
+from workers.http.log import RequestLog
 from workers.stats import WorkerStats
 
 

@@ -21,13 +21,12 @@ from __future__ import annotations
 import os
 import stat
 import sys
-import time
 from typing import Callable
 
 import orjson
 import trio
 
-from workers.log_format import compile_template
+from workers.log_format import compile_template, format_start_time
 
 FLUSH_BYTES = 64 * 1024
 FLUSH_INTERVAL_S = 1.0
@@ -72,30 +71,6 @@ class TcpLog:
         self.upstream_local = "-"
 
 
-class _Clock:
-    """Envoy's START_TIME (UTC, milliseconds, "Z"), with the part up to the seconds cached per second."""
-
-    __slots__ = ("second", "prefix")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.prefix = ""
-
-    def format(self, t: float) -> str:
-        second, ms = divmod(int(t * 1000 + 0.5), 1000)  # to the nearest ms: t - int(t) is not exact in binary
-        if second != self.second:
-            self.second = second
-            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self.prefix}.{ms:03d}Z"
-
-
-_clock = _Clock()
-
-
-def format_start_time(t: float) -> str:
-    return _clock.format(t)
-
-
 _WANTED_HEADERS = {b"host": 0, b"user-agent": 1, b"x-request-id": 2, b"x-forwarded-for": 3}
 
 
@@ -136,7 +111,7 @@ def format_text(log) -> str:
     service = log.service_time_ms
     authority, user_agent, request_id, xff = request_headers(log)
     return (
-        f'[{_clock.format(log.start)}] "{log.method} {log.path} {log.protocol}" {log.status} {log.flags} {log.details} - '
+        f'[{format_start_time(log.start)}] "{log.method} {log.path} {log.protocol}" {log.status} {log.flags} {log.details} - '
         f'"-" {log.bytes_received} {log.bytes_sent} {log.duration_ms} {service if service >= 0 else "-"} '
         f'"{xff}" "{user_agent}" "{request_id}" "{authority}" "{log.upstream_host}" '
         f"{log.upstream_cluster} {log.upstream_local} {log.downstream_local} {log.downstream_remote} {log.sni} {log.route_name}\n"
@@ -145,7 +120,7 @@ def format_text(log) -> str:
 
 def format_tcp_text(log: TcpLog) -> str:
     return (
-        f'[{_clock.format(log.start)}] "- - -" 0 {log.flags} {log.details} {log.termination_details} '
+        f'[{format_start_time(log.start)}] "- - -" 0 {log.flags} {log.details} {log.termination_details} '
         f'"-" {log.bytes_received} {log.bytes_sent} {log.duration_ms} - '
         f'"-" "-" "-" "-" "{log.upstream_host}" '
         f"{log.upstream_cluster} {log.upstream_local} {log.downstream_local} {log.downstream_remote} {log.sni} {log.route_name}\n"
@@ -168,7 +143,7 @@ def json_record(log) -> dict:
     local, remote, sni, method, path = log.downstream_local, log.downstream_remote, log.sni, log.method, log.path
     upstream_local = log.upstream_local
     return {
-        "start_time": _clock.format(log.start),
+        "start_time": format_start_time(log.start),
         "route_name": null(route, route),
         "method": null(method, method),
         "path": null(path, path),
@@ -197,7 +172,7 @@ def json_record(log) -> dict:
 
 def tcp_json_record(log: TcpLog) -> dict:
     return {
-        "start_time": _clock.format(log.start),
+        "start_time": format_start_time(log.start),
         "route_name": _null(log.route_name),
         "method": None,
         "path": None,

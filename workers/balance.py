@@ -17,6 +17,8 @@
 #   max_ejection_percent. An ejected endpoint gets no traffic until its time is up. Below min_health_percent
 #   healthy endpoints (when > 0), ejection is ignored and all endpoints are used (Envoy's panic mode).
 # - A cluster with no endpoints left answers None (→ 503 "no healthy upstream", flag UH).
+# - Weighted destinations (a route's or a TCP route's clusters) are picked once per request or connection with
+#   pick_weighted over cumulative weights computed at table load: the one place that rule lives.
 from __future__ import annotations
 
 import bisect
@@ -29,6 +31,47 @@ from edge.table import Endpoint, OutlierPolicy
 RING_POINTS_PER_WEIGHT_UNIT = 160
 MIN_RING_SIZE = 1024
 MAX_RING_SIZE = 8 * 1024 * 1024
+
+
+class Lease:
+    """Balancer.lease: exactly one on_start and one on_finish or on_cancel per try."""
+
+    __slots__ = ("balancer", "index", "clock", "verdict")
+
+    def __init__(self, balancer: "Balancer", index: int, clock) -> None:
+        self.balancer = balancer
+        self.index = index
+        self.clock = clock
+        self.verdict = -1
+
+    def __enter__(self) -> "Lease":
+        self.balancer.on_start(self.index)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.verdict >= 0:
+            self.balancer.on_finish(self.index, self.verdict, self.clock())
+        else:
+            self.balancer.on_cancel(self.index)
+
+
+def cumulative_weights(weights) -> tuple[int, ...]:
+    """Running totals of destination weights (negative ones count as 0), for pick_weighted."""
+    total = 0
+    out = []
+    for weight in weights:
+        total += max(0, weight)
+        out.append(total)
+    return tuple(out)
+
+
+def pick_weighted(cumulative: Sequence[int], rng) -> int:
+    """The index of the destination of one request or connection: weight/total of the time. A lone destination,
+    or weights that are all 0 (the compiler allows that only for one destination), give index 0."""
+    n = len(cumulative)
+    if n <= 1 or cumulative[-1] <= 0:
+        return 0
+    return bisect.bisect_right(cumulative, rng.randrange(cumulative[-1]))
 
 
 def hash_key(value: bytes) -> int:
@@ -187,6 +230,12 @@ class Balancer:
         return candidates[0]
 
     # ------------------------------------------------------------------ bookkeeping
+
+    def lease(self, index: int, clock) -> "Lease":
+        """One try or connection attempt on endpoint `index`, as a context manager: started on entry; on exit
+        finished with `lease.verdict` (a status, 0 for a failure with no response) when the caller set one, else
+        cancelled (no verdict: the client left, an overflow, an error of ours). `clock` gives the time then."""
+        return Lease(self, index, clock)
 
     def on_start(self, index: int) -> None:
         self.states[index].active += 1

@@ -49,7 +49,7 @@ EDGE_STRIPPED_REQUEST = frozenset({
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _DROPPED_REQUEST = PROXY_SET_REQUEST | EDGE_STRIPPED_REQUEST | FRAMING
 # What the proxy keeps even when a client's Connection header nominates it (names the proxy has already
-# decided or sets itself); Envoy refuses a request nominating x-forwarded-* (workers/http1_framing.py).
+# decided or sets itself); Envoy refuses a request nominating x-forwarded-* (workers/http/framing.py).
 _NEVER_NOMINATED = PROXY_SET_REQUEST | FRAMING
 PROXY_SET_RESPONSE = frozenset({b"x-envoy-upstream-service-time"})
 
@@ -195,7 +195,7 @@ def upstream_request_headers(
 
     Framing is the proxy's own: the client's Content-Length and Transfer-Encoding never cross; `chunked` or
     `content_length` (the body as the codec framed it) decide what the upstream is told. `nominated` are the
-    names the client's Connection header listed (workers/http1_framing.RequestHead.nominated): they are dropped as
+    names the client's Connection header listed (workers/http/framing.RequestHead.nominated): they are dropped as
     hop-by-hop, except names the proxy sets itself, which a client cannot nominate away."""
     out: list[Header] = [(b"host", host)]
     dropped = _DROPPED_REQUEST

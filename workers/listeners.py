@@ -1,4 +1,4 @@
-# Accept loops and the per-protocol connection handlers of a worker.
+# Accept loops of a worker, and the dispatch of each accepted connection to its protocol's handler.
 #
 # Rules:
 # - One accept loop per listening socket the supervisor handed us (SO_REUSEPORT: the kernel spreads new
@@ -8,6 +8,10 @@
 # - At most Options.max_connections_per_worker connections at a time; above that the loop stops accepting
 #   and the kernel's backlog holds new connections until one ends.
 # - Every connection task lives in the worker's connection nursery, so drain can wait for all of them.
+# - run_connection is each connection's outermost boundary: an unexpected error is logged, counted and closes that
+#   connection only (an HTTP connection has the same boundary one level down, where it can still answer 500:
+#   workers/http/server.serve_http_connection).
+# - Handlers take (WorkerContext, socket, listener key); this module imports them, they never import it.
 # - With --proxy-protocol (Istio's gatewayTopology.proxyProtocol) every connection must start with a PROXY
 #   protocol header (workers/proxy_protocol.py), read within PROXY_HEADER_TIMEOUT_S before the protocol handler
 #   runs; its addresses replace the connection's own for everything downstream (X-Forwarded-For, logs,
@@ -15,19 +19,18 @@
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import trio
 
 from edge.table import PROTO_HTTP, PROTO_HTTPS, PROTO_TCP, PROTO_TLS
-from workers.http_proxy import Downstream, serve_http_connection
-from workers.netio import SocketTransport
+from workers.context import WorkerContext
+from workers.http.server import serve_http
+from workers.l4.tcp import serve_tcp
 from workers.proxy_protocol import MAX_HEADER_BYTES, NEED_MORE, ProxyProtocolError, parse_header
-from workers.tcp_proxy import serve_tcp_connection
-from workers.tls import serve_tls_connection
+from workers.tls.listener import serve_tls
 
-if TYPE_CHECKING:
-    from workers.main import Worker
+Handler = Callable[[WorkerContext, socket.socket, str], Awaitable[None]]
 
 ACCEPT_BURST = 64
 PROXY_HEADER_TIMEOUT_S = 15.0  # Envoy's listener_filters_timeout default
@@ -87,42 +90,39 @@ async def accept_proxy_header(sock: socket.socket) -> socket.socket | None:
     return None
 
 
-async def serve_plain_http(worker: "Worker", sock: socket.socket, key: str) -> None:
-    transport = SocketTransport(sock)
-    try:
-        peer = sock.getpeername()
-        local = sock.getsockname()
-    except OSError:
-        transport.close()
-        return
-    await serve_http_connection(Downstream(worker, transport, peer, local, "http", key))
-
-
-async def _serve_unsupported(worker: "Worker", sock: socket.socket, key: str) -> None:
+async def _serve_unsupported(ctx: WorkerContext, sock: socket.socket, key: str) -> None:
     sock.close()
     await trio.lowlevel.checkpoint()
 
 
-def _handler(protocol: str) -> Callable[["Worker", socket.socket, str], Awaitable[None]]:
-    handler = HANDLERS.get(protocol)
-    if handler is None:
-        return _serve_unsupported
-    return handler
-
-
-HANDLERS: dict[str, Callable[["Worker", socket.socket, str], Awaitable[None]]] = {
-    PROTO_HTTP: serve_plain_http,
-    PROTO_HTTPS: serve_tls_connection,  # SNI → filter chain → terminate → HTTP (workers/tls.py)
-    PROTO_TLS: serve_tls_connection,  # SNI → passthrough splice, or terminate → HTTP/TCP
-    PROTO_TCP: serve_tcp_connection,  # workers/tcp_proxy.py
+HANDLERS: dict[str, Handler] = {
+    PROTO_HTTP: serve_http,  # workers/http/server.py
+    PROTO_HTTPS: serve_tls,  # SNI → filter chain → terminate → HTTP (workers/tls/listener.py)
+    PROTO_TLS: serve_tls,  # SNI → passthrough splice, or terminate → HTTP/TCP
+    PROTO_TCP: serve_tcp,  # workers/l4/tcp.py
 }
 
 
-def register_handler(protocol: str, handler: Callable[["Worker", socket.socket, str], Awaitable[None]]) -> None:
-    HANDLERS[protocol] = handler
+async def run_connection(ctx: WorkerContext, handler: Handler, sock: socket.socket, key: str) -> None:
+    """One accepted connection, start to end (the boundary: see the module's rules)."""
+    # The registry counted it when it was accepted.
+    served: socket.socket | None = sock
+    try:
+        if ctx.options.proxy_protocol:
+            served = await accept_proxy_header(sock)
+            if served is None:
+                return
+        await handler(ctx, served, key)
+    except Exception as exc:  # noqa: BLE001 - the connection boundary (see the module's rules)
+        ctx.records.connection_failed(exc, key)
+    finally:
+        ctx.registry.closed()
+        for each in (sock, served):
+            if each is not None and each.fileno() >= 0:
+                each.close()
 
 
-def _accept_ready(worker: "Worker", key: str, listen_sock: socket.socket, connections: trio.Nursery, limit: int) -> int:
+def _accept_ready(ctx: WorkerContext, key: str, listen_sock: socket.socket, connections: trio.Nursery, limit: int) -> int:
     """Accept up to `limit` queued connections without waiting; returns how many were taken."""
     accepted = 0
     while accepted < limit:
@@ -131,7 +131,7 @@ def _accept_ready(worker: "Worker", key: str, listen_sock: socket.socket, connec
         except (BlockingIOError, InterruptedError):
             break
         except OSError as exc:
-            worker.log(f"accept on {key} failed: {exc}")
+            ctx.log(f"accept on {key} failed: {exc}")
             break
         accepted += 1
         try:
@@ -141,30 +141,29 @@ def _accept_ready(worker: "Worker", key: str, listen_sock: socket.socket, connec
         except OSError:  # the client reset it already: nothing to serve, and the accept loop goes on
             sock.close()
             continue
-        compiled = worker.view.current()
-        listener_rt = compiled.listeners.get(key) if compiled is not None else None
+        snapshot = ctx.current()
+        listener_rt = snapshot.listeners.get(key) if snapshot is not None else None
         if listener_rt is None:
             sock.close()
             continue
-        worker.active_connections += 1  # counted now, so a drain never misses a connection not yet started
-        connections.start_soon(worker.run_connection, _handler(listener_rt.listener.protocol), sock, key)
+        ctx.registry.opened()  # counted now, so a drain never misses a connection not yet started
+        connections.start_soon(run_connection, ctx, HANDLERS.get(listener_rt.listener.protocol, _serve_unsupported), sock, key)
     return accepted
 
 
-async def serve_accept_loop(worker: "Worker", key: str, listen_sock: socket.socket, connections: trio.Nursery) -> None:
+async def serve_accept_loop(ctx: WorkerContext, key: str, listen_sock: socket.socket, connections: trio.Nursery) -> None:
     listen_sock.setblocking(False)
     try:
         while True:
-            await worker.wait_connection_slot()
-            room = worker.options.max_connections_per_worker - worker.active_connections
-            if _accept_ready(worker, key, listen_sock, connections, min(ACCEPT_BURST, room)):
+            await ctx.registry.wait_slot()
+            if _accept_ready(ctx, key, listen_sock, connections, min(ACCEPT_BURST, ctx.registry.room())):
                 await trio.lowlevel.checkpoint()
             else:
                 await trio.lowlevel.wait_readable(listen_sock)
     finally:
         # Stopped (drain or listener removed): connections already in the kernel's queue are taken and
         # served before the socket closes, since closing the last copy would reset them.
-        _accept_ready(worker, key, listen_sock, connections, 1 << 30)
+        _accept_ready(ctx, key, listen_sock, connections, 1 << 30)
         try:
             trio.lowlevel.notify_closing(listen_sock)
         except (RuntimeError, ValueError):
@@ -172,4 +171,4 @@ async def serve_accept_loop(worker: "Worker", key: str, listen_sock: socket.sock
         listen_sock.close()
 
 
-__all__ = ["serve_accept_loop", "register_handler", "HANDLERS", "PROTO_HTTP", "PROTO_HTTPS", "PROTO_TLS", "PROTO_TCP"]
+__all__ = ["HANDLERS", "accept_proxy_header", "run_connection", "serve_accept_loop"]

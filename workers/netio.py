@@ -1,4 +1,5 @@
-# Byte transports for the worker's data path: a raw non-blocking socket, or any trio Stream (TLS).
+# Byte transports for the worker's data path: a raw non-blocking socket (TLS sessions run on
+# workers/tls/transport.TLSTransport, which has the same surface).
 #
 # Rules:
 # - A socket call that succeeds at once costs no scheduler pass: try the non-blocking call first and wait
@@ -76,7 +77,7 @@ class SocketTransport:
     def has_unread(self) -> bool:
         """Whether the peer sent something we have not read (bytes, EOF or a reset), looking without taking it:
         an idle pooled connection must say nothing before its next request."""
-        return _has_unread(self.sock)
+        return has_unread(self.sock)
 
     def recv_nowait(self, max_bytes: int = RECV_BYTES) -> bytes | None:
         """Bytes if some are ready now, b"" at EOF, None if the call would block."""
@@ -138,73 +139,11 @@ class SocketTransport:
         await trio.lowlevel.checkpoint()
 
 
-class StreamTransport:
-    """Any trio Stream (trio.SSLStream) behind the same recv/send_all surface."""
-
-    __slots__ = ("stream", "closed", "raw")
-
-    def __init__(self, stream: trio.abc.Stream, raw: socket.socket | None = None):
-        self.stream = stream
-        self.closed = False
-        self.raw = raw  # the connected socket under the stream, when the caller has it
-
-    async def recv(self, max_bytes: int = RECV_BYTES) -> bytes:
-        try:
-            return await self.stream.receive_some(max_bytes)
-        except trio.BrokenResourceError as exc:
-            raise TransportClosed(str(exc)) from exc
-
-    recv_waiting = recv
-
-    def recv_nowait(self, max_bytes: int = RECV_BYTES) -> bytes | None:
-        return None
-
-    def has_unread(self) -> bool:
-        """SocketTransport.has_unread, for the socket under the stream (TLS records count: a close_notify too)."""
-        return self.raw is not None and _has_unread(self.raw)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        try:
-            await self.stream.send_all(data)
-        except trio.BrokenResourceError as exc:
-            raise TransportClosed(str(exc)) from exc
-
-    async def send_eof(self) -> None:
-        send_eof = getattr(self.stream, "send_eof", None)
-        if send_eof is not None:
-            try:
-                await send_eof()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, NotImplementedError):
-                pass
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            # SSLStream.aclose is async; a synchronous close drops the underlying socket.
-            transport = getattr(self.stream, "transport_stream", self.stream)
-            sock = getattr(transport, "socket", None)
-            if sock is not None:
-                try:
-                    trio.lowlevel.notify_closing(sock)
-                except (RuntimeError, ValueError):
-                    pass
-                sock.close()
-
-    async def aclose(self) -> None:
-        if not self.closed:
-            self.closed = True
-            with trio.move_on_after(1) as scope:
-                scope.shield = True
-                try:
-                    await self.stream.aclose()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+Transport = SocketTransport  # the plain-socket transport; workers/tls/transport.TLSTransport has the same surface
 
 
-Transport = SocketTransport | StreamTransport
 
-
-def _has_unread(sock: socket.socket) -> bool:
+def has_unread(sock: socket.socket) -> bool:
     """A poll without waiting: input, EOF, an error or a hang-up all count."""
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)

@@ -1,20 +1,16 @@
 # A worker's statistics: what it counts into its slot of the stats segment (edge/stats_shm.py).
 #
 # Rules:
-# - record_request(log) runs once per HTTP request (Worker.finish_request): one dict lookup on
+# - record_request(log) runs once per HTTP request (RecordSink.request): one dict lookup on
 #   (listener, route, cluster, status, flags) and a handful of 8-byte stores. Nothing else on the hot path.
-# - TCP API for the L4 proxy (workers/tcp_proxy.py, workers/tls.py), all cheap and safe to call whether or not
-#   stats are enabled:
-#     worker.stats.tcp_connection_opened(listener, cluster)   once the upstream connection is up
-#     worker.stats.tcp_bytes(listener, cluster, sent, received)   optional, progress of a long connection
-#     worker.stats.track_tcp(TcpLog, Splice)   the same, done every publish from the splice's counters (the
-#                                             L4 proxy does this, so long connections show up in the metrics
-#                                             every PUBLISH_INTERVAL_S, not only when they close)
-#     worker.stats.tcp_connection_closed(listener, cluster, sent, received)   at the end, with the bytes not
-#                                                                 yet reported through tcp_bytes
-#     worker.finish_tcp(TcpLog)   the access-log line of a TCP connection (workers/access_log.py); it also
-#                                 counts the connection closed with its bytes, so call it *instead of*
-#                                 tcp_connection_closed when a TcpLog is at hand
+# - TCP API, reached through workers/context.RecordSink (tcp_opened, track_tcp, tcp), all cheap and safe to call
+#   whether or not stats are enabled:
+#     tcp_connection_opened(listener, cluster)   once the connection chose its cluster
+#     tcp_bytes(listener, cluster, sent, received)   optional, progress of a long connection
+#     track_tcp(TcpLog, Splice)   the same, done every publish from the splice's counters, so long connections
+#                                 show up in the metrics every PUBLISH_INTERVAL_S, not only when they close
+#     untrack_tcp / tcp_connection_closed(listener, cluster, sent, received)   at the end, with the bytes not
+#                                 yet reported (RecordSink.tcp does both, and writes the access-log line)
 #   `sent` = bytes to the downstream client (istio_tcp_sent_bytes_total), `received` = from it.
 # - Gauges (active connections, upstream pool sizes, outlier state) and the /clusters status document are
 #   published every PUBLISH_INTERVAL_S by serve_publisher, off the request path. Ejections are a counter in the
@@ -24,7 +20,6 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import orjson
 import trio
@@ -43,8 +38,6 @@ from edge.stats_shm import (
     SlotWriter,
 )
 
-if TYPE_CHECKING:
-    from workers.main import Worker
 
 PUBLISH_INTERVAL_S = 1.0
 
@@ -69,7 +62,7 @@ class WorkerStats:
         )  # fmt: skip
 
     def connection_error(self) -> None:
-        """One connection ended by an unexpected error (Worker.connection_failed): counted at once."""
+        """One connection ended by an unexpected error (RecordSink.connection_failed): counted at once."""
         if self.enabled:
             self.writer.add_word(W_CONNECTION_ERRORS, 1)
 
@@ -111,15 +104,16 @@ class WorkerStats:
 
     # --------------------------------------------------------------------------------------- publishing
 
-    def publish(self, worker: "Worker") -> None:
+    def publish(self, ctx) -> None:
+        """Publish the worker's state (ctx: a workers/context.WorkerContext, which imports this module)."""
         writer = self.writer
         if writer is None:
             return
         self._publish_tcp_progress()
         now = trio.current_time()
-        compiled = worker.view.compiled
+        compiled = ctx.view.snapshot
         pool_stats: dict[str, dict[str, int]] = {}
-        for key, pool in worker.pools.pools.items():
+        for key, pool in ctx.pools.pools.items():
             name = f"{key[0]}:{key[1]}" if len(key) >= 2 else str(key)
             entry = pool_stats.setdefault(name, {"active": 0, "idle": 0, "connects": 0, "reuses": 0})
             entry["active"] += pool.active
@@ -152,22 +146,22 @@ class WorkerStats:
                 ejections_delta += total - seen if total >= seen else total
                 self._ejections_seen[name] = total
                 clusters[name] = {"endpoints": endpoints, "ejections_total": total}
-        writer.set_word(W_ACTIVE_CONNECTIONS, worker.active_connections)
+        writer.set_word(W_ACTIVE_CONNECTIONS, ctx.registry.active)
         writer.set_word(W_POOL_ACTIVE, sum(p["active"] for p in pool_stats.values()))
         writer.set_word(W_POOL_IDLE, sum(p["idle"] for p in pool_stats.values()))
         writer.set_word(W_EJECTED_ENDPOINTS, ejected_now)
         writer.add_word(W_EJECTIONS_TOTAL, ejections_delta)
-        writer.set_word(W_TABLE_GENERATION, max(0, worker.view.generation))
+        writer.set_word(W_TABLE_GENERATION, max(0, ctx.view.generation))
         writer.set_word(W_TCP_ACTIVE, self.tcp_active)
-        access_log = getattr(worker, "access_log", None)
+        access_log = ctx.records.access_log
         lost = access_log.dropped_lines + access_log.lost_lines if access_log is not None else 0
         writer.add_word(W_ACCESS_LOG_DROPPED, lost - self._log_lost_seen)
         self._log_lost_seen = lost
         writer.set_word(W_PUBLISHED_AT_MS, int(time.time() * 1000))
         document = {
-            "generation": worker.view.generation,
-            "draining": worker.draining,
-            "active_connections": worker.active_connections,
+            "generation": ctx.view.generation,
+            "draining": ctx.draining,
+            "active_connections": ctx.registry.active,
             "clusters": clusters,
             "pools": pool_stats,
         }
@@ -175,11 +169,11 @@ class WorkerStats:
         if not writer.publish_status(data):
             writer.publish_status(orjson.dumps({**document, "clusters": {}, "pools": {}, "truncated": True}))
 
-    async def serve_publisher(self, worker: "Worker") -> None:
+    async def serve_publisher(self, ctx) -> None:
         if self.writer is None:
             return
         while True:
-            self.publish(worker)
+            self.publish(ctx)
             await trio.sleep(PUBLISH_INTERVAL_S)
 
 

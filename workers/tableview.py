@@ -2,7 +2,7 @@
 #
 # Rules:
 # - `current()` reads the generation word of the shared segment (a few hundred ns); only when it changed does
-#   it copy, verify and decode the new table and build a `Compiled` snapshot. The snapshot is swapped in with
+#   it copy, verify and decode the new table and build a `TableSnapshot` snapshot. The snapshot is swapped in with
 #   one reference assignment: a request keeps the snapshot it started with until it ends.
 # - Everything derived from the table that a request would otherwise recompute lives in the snapshot:
 #   routers (compiled regexes, host dicts), per-route header operations as bytes, balancers.
@@ -53,7 +53,7 @@ class RouteRuntime:
         self.regex_rewrite = Regex(rw.regex) if rw is not None and rw.regex is not None else None
         self.timeout_ms = int(route.timeout_s * 1000)
         self.cors = CompiledCors(route.cors) if route.cors is not None else None
-        self.mirrors: tuple[tuple[Mirror, "ClusterRuntime | None"], ...] = ()  # bound by Compiled
+        self.mirrors: tuple[tuple[Mirror, "ClusterRuntime | None"], ...] = ()  # bound by TableSnapshot
 
 
 class DestinationRuntime:
@@ -61,7 +61,7 @@ class DestinationRuntime:
 
     def __init__(self, wc: WeightedCluster):
         self.wc = wc
-        self.cluster_runtime: ClusterRuntime | None = None  # bound by Compiled
+        self.cluster_runtime: ClusterRuntime | None = None  # bound by TableSnapshot
         self.request_ops, self.response_ops = compile_rules(wc.headers)
         self.host_rewrite = wc.headers.authority.encode() if wc.headers is not None and wc.headers.authority else b""
 
@@ -77,6 +77,21 @@ class ClusterRuntime:
         self.circuit = previous.circuit if previous is not None else Circuit()
         self.circuit.configure(cluster.pool, workers)
         self.pool_key = (cluster.name, cluster.tls)
+
+    def origination(self, endpoint, host: bytes) -> tuple[tuple, str | None]:
+        """The pool key of a connection to `endpoint` carrying `host`, and the SNI it originates TLS with: the
+        DestinationRule's tls.sni, else the Host sent upstream (Envoy's auto SNI, after any authority rewrite).
+        With auto SNI a connection verified for one Host carries only that Host (Envoy too), so the SNI is part
+        of the key."""
+        key = (endpoint.address, endpoint.port) + self.pool_key
+        tls = self.cluster.tls
+        if tls is None:
+            return key, None
+        if tls.sni:
+            return key, tls.sni
+        name = host.decode("latin-1")
+        server_name = name if name.endswith("]") else name.rsplit(":", 1)[0]
+        return key + (server_name,), server_name
 
 
 class ChainRuntime:
@@ -97,10 +112,10 @@ class ListenerRuntime:
         self.chains = tuple(ChainRuntime(c) for c in listener.filter_chains)
 
 
-class Compiled:
+class TableSnapshot:
     __slots__ = ("generation", "table", "options", "listeners", "clusters", "routes", "server_header")
 
-    def __init__(self, generation: int, table: RoutingTable, previous: "Compiled | None"):
+    def __init__(self, generation: int, table: RoutingTable, previous: "TableSnapshot | None"):
         self.generation = generation
         self.table = table
         self.options = table.options
@@ -136,17 +151,17 @@ class Compiled:
 class TableView:
     """Follows the table segment; `current()` is the per-request check."""
 
-    def __init__(self, reader, on_change: Callable[[Compiled], None] | None = None, log: Callable[[str], None] | None = None):
+    def __init__(self, reader, on_change: Callable[[TableSnapshot], None] | None = None, log: Callable[[str], None] | None = None):
         self.reader = reader
-        self.compiled: Compiled | None = None
+        self.snapshot: TableSnapshot | None = None
         self.generation = -1
         self.on_change = on_change
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
 
-    def current(self) -> Compiled | None:
+    def current(self) -> TableSnapshot | None:
         if self.reader.current_generation() != self.generation:
             self.refresh()
-        return self.compiled
+        return self.snapshot
 
     def refresh(self) -> None:
         try:
@@ -158,14 +173,14 @@ class TableView:
             return
         try:
             table = decode_table(payload)
-            compiled = Compiled(generation, table, self.compiled)
+            snapshot = TableSnapshot(generation, table, self.snapshot)
         except Exception as exc:  # a table we cannot use must not take the worker down
             self.log(f"edge worker: table generation {generation} rejected: {exc}")
             self.generation = generation
             return
-        self.compiled = compiled
+        self.snapshot = snapshot
         self.generation = generation
         if self.on_change is not None:
-            self.on_change(compiled)
+            self.on_change(snapshot)
 
 

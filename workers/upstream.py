@@ -15,7 +15,7 @@
 #   of throughput (loadtest: with a 10 ms threshold, +2 µs of kernel time per request); servers close idle
 #   keep-alive connections (and send their idle-timeout 408s) after seconds, not within half of one. No client
 #   can make a backend send more responses than requests: the framing upstream is edge's own
-#   (workers/http1_framing.py).
+#   (workers/http/framing.py).
 # - Idle connections older than the pool's idle timeout are closed by `serve_idle_reaper`; at most
 #   MAX_IDLE_PER_ENDPOINT idle connections are kept per endpoint.
 # - Connect has its own timeout (DestinationRule connectTimeout, default 10 s); a failure raises
@@ -34,7 +34,8 @@ import time
 import trio
 
 from edge.table import UNLIMITED, ConnectionPool
-from workers.netio import SocketTransport, StreamTransport, Transport, open_tcp_socket, set_tcp_keepalive
+from workers.netio import SocketTransport, Transport, open_tcp_socket, set_tcp_keepalive
+from workers.tls.transport import TLSTransport
 
 MAX_IDLE_PER_ENDPOINT = 256
 PROBE_AFTER_IDLE_S = 0.5
@@ -79,6 +80,53 @@ class Circuit:
         self.max_requests = _per_worker(pool.http2_max_requests, workers)
         self.max_retries = _per_worker(pool.max_retries, workers)
 
+    # The circuit's rules, for HTTP requests and TCP connections alike (Envoy's circuit breakers): a reservation that
+    # would exceed its limit is refused and counted as an overflow.
+
+    def try_reserve_connection(self) -> bool:
+        """Count one more upstream connection if maxConnections allows it."""
+        if self.connections < self.max_connections:
+            self.connections += 1
+            return True
+        return False
+
+    async def wait_pending(self) -> bool:
+        """Wait as a pending request for a connection to close; False (an overflow) when too many already wait
+        (http1MaxPendingRequests)."""
+        if self.pending >= self.max_pending:
+            self.overflows += 1
+            return False
+        self.pending += 1
+        try:
+            await self.lot.park()
+        finally:
+            self.pending -= 1
+        return True
+
+    def reserve_request(self) -> bool:
+        """Count one more request in flight if http2MaxRequests allows it."""
+        if self.requests >= self.max_requests:
+            self.overflows += 1
+            return False
+        self.requests += 1
+        return True
+
+    def release_request(self) -> None:
+        self.requests -= 1
+
+    def retry_budget_left(self) -> bool:
+        """Whether a request may retry now (maxRetries counts requests retrying, each once)."""
+        if self.retries >= self.max_retries:
+            self.overflows += 1
+            return False
+        return True
+
+    def reserve_retry(self) -> None:
+        self.retries += 1
+
+    def release_retry(self) -> None:
+        self.retries -= 1
+
     def connection_closed(self) -> None:
         if self.connections > 0:
             self.connections -= 1
@@ -93,6 +141,22 @@ def address_text(sock) -> str:
     except OSError:
         return "-"
     return f"[{local[0]}]:{local[1]}" if sock.family == socket.AF_INET6 else f"{local[0]}:{local[1]}"
+
+
+async def _originate_tls(sock: socket.socket, context: ssl.SSLContext, server_hostname: str | None) -> TLSTransport:
+    """TLS over a connected upstream socket (the same transport as TCP origination and termination use); the
+    socket is closed when the session cannot be established."""
+    try:
+        transport = TLSTransport(sock, context, server_side=False, server_hostname=server_hostname)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await transport.do_handshake()
+    except BaseException:
+        transport.close()
+        raise
+    return transport
 
 
 class UpstreamConnection:
@@ -132,7 +196,7 @@ class UpstreamPools:
 
     def __init__(self, client_codec) -> None:
         self.pools: dict[tuple, Pool] = {}
-        self.client_codec = client_codec  # workers.http1.H11Client or FastClient
+        self.client_codec = client_codec  # workers.http.codec_h11.H11Client or FastClient
 
     def pool(self, key: tuple) -> Pool:
         pool = self.pools.get(key)
@@ -166,24 +230,18 @@ class UpstreamPools:
             conn = self.take_idle(key)
             if conn is not None:
                 return conn
-            if circuit.connections < circuit.max_connections:
-                circuit.connections += 1
-                try:
-                    conn = await self.connect(key, address, port, pool_settings.connect_timeout_s, tls, server_hostname, pool_settings.tcp_keepalive)
-                except BaseException:
-                    circuit.connection_closed()
-                    raise
-                conn.circuit = circuit
-                self.pools[key].idle_timeout_s = pool_settings.idle_timeout_s
-                return conn
-            if circuit.pending >= circuit.max_pending:
-                circuit.overflows += 1
+            if circuit.try_reserve_connection():
+                break
+            if not await circuit.wait_pending():
                 raise Overflow()
-            circuit.pending += 1
-            try:
-                await circuit.lot.park()
-            finally:
-                circuit.pending -= 1
+        try:
+            conn = await self.connect(key, address, port, pool_settings.connect_timeout_s, tls, server_hostname, pool_settings.tcp_keepalive)
+        except BaseException:
+            circuit.connection_closed()
+            raise
+        conn.circuit = circuit
+        self.pools[key].idle_timeout_s = pool_settings.idle_timeout_s
+        return conn
 
     async def connect(self, key: tuple, address: str, port: int, connect_timeout_s: float, tls: ssl.SSLContext | None = None, server_hostname: str | None = None, keepalive: tuple | None = None) -> UpstreamConnection:
         pool = self.pool(key)
@@ -192,33 +250,22 @@ class UpstreamPools:
                 sock = await open_tcp_socket(address, port)
                 if keepalive is not None:
                     set_tcp_keepalive(sock, keepalive)
-                transport: Transport
+                transport: Transport | TLSTransport
                 if tls is None:
                     transport = SocketTransport(sock)
                 else:
-                    try:
-                        stream = trio.SSLStream(trio.SocketStream(trio.socket.from_stdlib_socket(sock)), tls, server_hostname=server_hostname, https_compatible=True)
-                    except BaseException:
-                        sock.close()
-                        raise
-                    try:
-                        await stream.do_handshake()
-                    except BaseException:
-                        await trio.aclose_forcefully(stream)
-                        raise
-                    transport = StreamTransport(stream, raw=sock)
+                    transport = await _originate_tls(sock, tls, server_hostname)
         except trio.TooSlowError:
             raise ConnectFailure("connection timeout") from None
         except ValueError as exc:
             # ssl refuses the server name before anything is sent: an auto SNI from a Host such as ".x" or ""
             # (Envoy's handshake fails the same way). A failure of this request, not of the worker.
             raise ConnectFailure(f"TLS error: {exc}") from None
+        except ssl.SSLError as exc:  # the handshake failed (verification, protocol): Envoy's TLS error reason
+            raise ConnectFailure(f"TLS error: {getattr(exc, 'reason', None) or exc}") from None
         except (OSError, trio.BrokenResourceError) as exc:
             reason = "connection failure"
-            if isinstance(exc, trio.BrokenResourceError) and isinstance(exc.__cause__, ssl.SSLError):
-                reason = f"TLS error: {getattr(exc.__cause__, 'reason', None) or exc.__cause__}"
-
-            elif isinstance(exc, OSError) and exc.strerror:
+            if isinstance(exc, OSError) and exc.strerror:
                 reason = f"connection failure, transport failure reason: {exc.strerror}"
             raise ConnectFailure(reason) from None
         pool.connects += 1

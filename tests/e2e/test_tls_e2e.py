@@ -25,7 +25,7 @@ import pytest
 import trustme
 
 from tests.e2e.harness import EdgeProcess, SampleBackends, http_get
-from workers.tls import ROTATION_CHECK_INTERVAL_S
+from workers.tls.contexts import ROTATION_CHECK_INTERVAL_S
 
 pytestmark = pytest.mark.e2e
 

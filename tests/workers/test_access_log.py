@@ -16,7 +16,7 @@ T0 = calendar.timegm((2021, 3, 26, 0, 1, 25)) + 0.979
 
 
 def record(**fields) -> SimpleNamespace:
-    """An access-log record with the attributes workers/http_proxy.RequestLog provides (the formatters read
+    """An access-log record with the attributes workers/http/log.RequestLog provides (the formatters read
     only these), defaults as RequestLog has them."""
     defaults = dict(
         start=T0, method="-", path="-", protocol="HTTP/1.1", status=0, flags="-", details="-", bytes_received=0,
@@ -196,7 +196,7 @@ def test_a_routed_request_logs_what_went_upstream_and_the_original_path():
     the X-Forwarded-For with the peer appended, the new x-request-id; the path field stays the original
     (%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%)."""
     from workers.headers import forwarded_for
-    from workers.http_proxy import RequestLog
+    from workers.http.log import RequestLog
 
     request = SimpleNamespace(
         method=b"GET", target=b"/old/path?q=1", http_version=b"1.1",

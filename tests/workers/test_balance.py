@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from edge.table import Endpoint, OutlierPolicy
-from workers.balance import MIN_RING_SIZE, RING_POINTS_PER_WEIGHT_UNIT, Balancer, hash_key
+from workers.balance import MIN_RING_SIZE, RING_POINTS_PER_WEIGHT_UNIT, Balancer, cumulative_weights, hash_key, pick_weighted
 
 POLICIES = ["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "CONSISTENT_HASH", "PASSTHROUGH"]
 
@@ -586,3 +586,42 @@ def test_previous_active_finishes_on_new_generation():
     assert set(picks(new, 20)) == {1}
     new.on_finish(0, 200, 0.0)  # the request that started under the old table ends under the new one
     assert new.states[0].active == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Weighted destinations (a route's or a TCP route's clusters): cumulative_weights + pick_weighted
+
+
+@pytest.mark.parametrize(
+    "weights, expected_share",
+    [
+        ((80, 20), (0.8, 0.2)),
+        ((1, 1, 2), (0.25, 0.25, 0.5)),
+        ((5,), (1.0,)),
+        ((0,), (1.0,)),  # a lone destination takes everything whatever its weight
+        ((0, 3), (0.0, 1.0)),  # a zero weight beside others gets nothing
+        ((3, 0, 1), (0.75, 0.0, 0.25)),
+    ],
+)
+def test_pick_weighted_shares(weights, expected_share):
+    cumulative = cumulative_weights(weights)
+    rng = random.Random(7)
+    n = 20_000
+    counts = Counter(pick_weighted(cumulative, rng) for _ in range(n))
+    for i, share in enumerate(expected_share):
+        assert abs(counts[i] / n - share) < 0.02
+
+
+@pytest.mark.parametrize(
+    "weights, cumulative",
+    [((), ()), ((5,), (5,)), ((80, 20), (80, 100)), ((-1, 2), (0, 2)), ((0, 0), (0, 0))],
+)
+def test_cumulative_weights(weights, cumulative):
+    assert cumulative_weights(weights) == cumulative
+
+
+def test_pick_weighted_edges():
+    rng = random.Random(1)
+    assert pick_weighted((), rng) == 0  # nothing to pick from: the caller checks for destinations first
+    assert pick_weighted((0, 0), rng) == 0  # all zero (the compiler allows it for one destination only)
+

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.table import HeaderOps, HeaderRules
-from workers.http1_framing import RequestLine, check_fields
+from workers.http.framing import RequestLine, check_fields
 from workers.headers import (
     HOP_BY_HOP,
     CompiledHeaderOps,
@@ -50,7 +50,7 @@ def upstream(headers, *, peer_ip=PEER, scheme=b"http", trusted_hops=0, generate_
         preserve_request_id=preserve_request_id,
     )
     kw.setdefault("host", HOST)
-    # The Connection tokens as the codec reads them (workers/http1_framing.check_fields).
+    # The Connection tokens as the codec reads them (workers/http/framing.check_fields).
     if "nominated" not in kw:
         fields = [(b"host", b"client.example"), *(h for h in headers if h[0] == b"connection")]
         kw["nominated"] = check_fields(RequestLine(b"GET", b"/", b"1.1"), fields, None).nominated

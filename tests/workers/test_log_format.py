@@ -11,7 +11,7 @@ import pytest
 
 from workers.access_log import TcpLog, format_text
 from workers.headers import forwarded_for
-from workers.http_proxy import RequestLog
+from workers.http.log import RequestLog
 from workers.log_format import TemplateError, compile_template
 
 T0 = calendar.timegm((2021, 3, 26, 0, 1, 25)) + 0.979

@@ -58,7 +58,7 @@ def test_without_a_segment_everything_is_a_no_op():
 
 def test_open_tcp_connections_report_their_bytes_as_they_grow_and_the_rest_at_close(segment):
     from workers.access_log import TcpLog
-    from workers.tcp_proxy import Splice
+    from workers.l4.splice import Splice
 
     writer = SlotWriter.attach(segment.name, 0)
     stats = WorkerStats(writer)

@@ -1,4 +1,4 @@
-"""workers/xfcc.py: the x-forwarded-client-cert value, against OpenSSL's RFC 2253 rendering and Envoy's layout."""
+"""workers/tls/xfcc.py: the x-forwarded-client-cert value, against OpenSSL's RFC 2253 rendering and Envoy's layout."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import urllib.parse
 
 import pytest
 
-from workers.xfcc import der_to_pem, forwarded_client_cert, rfc2253_subject, url_encode
+from workers.tls.xfcc import der_to_pem, forwarded_client_cert, rfc2253_subject, url_encode
 
 
 @pytest.mark.parametrize(("subject", "expected"), [

@@ -1,4 +1,4 @@
-"""workers/tls.py: SNI chain selection, certificate checks, context building (versions, ciphers, client
+"""workers/tls/ (certs, contexts, sni, transport, listener): SNI chain selection, certificate checks, context building (versions, ciphers, client
 certificates, origination SAN rules), rotation of cached contexts, and the ClientHello reader on a real
 socket pair. Handshakes run between two SSLObjects over memory BIOs: real OpenSSL, no network."""
 
@@ -20,16 +20,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from edge.table import FilterChain, ServerTLS, UpstreamTLS
 from workers.netio import TransportClosed
-from workers.tls import (
-    ENVOY_DEFAULT_CIPHERS,
-    ROTATION_CHECK_INTERVAL_S,
+from workers.tls.certs import (
     ServerFiles,
-    SniIndex,
     TLSConfigError,
-    TLSContexts,
-    TLSTransport,
-    build_server_context,
-    build_upstream_tls_context,
     certificate_pinned,
     certificate_sans,
     client_certificate_failure,
@@ -37,11 +30,14 @@ from workers.tls import (
     dns_name_match,
     files_signature,
     openssl_cipher_names,
-    read_client_hello,
     sans_allowed,
     server_files,
     spki_der,
 )
+from workers.tls.contexts import ENVOY_DEFAULT_CIPHERS, ROTATION_CHECK_INTERVAL_S, TLSContexts, build_server_context, build_upstream_tls_context
+from workers.tls.listener import read_client_hello
+from workers.tls.sni import SniIndex
+from workers.tls.transport import TLSTransport
 
 # ---------------------------------------------------------------------------------------------------------
 # SNI → chain

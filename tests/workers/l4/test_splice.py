@@ -1,55 +1,20 @@
-"""workers/tcp_proxy.py: the per-connection weighted pick, and the splice over real socket pairs (bytes
-both ways, half-close, reset, idle timeout and maximum duration on trio's autojump clock)."""
+"""workers/l4/splice.py and workers/l4/tcp.py: the splice over real socket pairs (bytes both ways, half-close,
+reset, idle timeout and maximum duration on trio's autojump clock), and the circuit slot of a TCP connection."""
 
 from __future__ import annotations
 
 import hashlib
 import random
 import socket
-from collections import Counter
 
 import pytest
 import trio
 import trio.testing
 
-from edge.table import WeightedCluster
 from workers.netio import SocketTransport
 from workers.upstream import Circuit
-from workers.tcp_proxy import (
-    SPLICE_BUFFER_BYTES,
-    reserve_connection,
-    pick_weighted,
-    splice_sockets,
-    splice_transports,
-)
-
-
-@pytest.mark.parametrize(
-    "weights, expected_share",
-    [
-        ((80, 20), (0.8, 0.2)),
-        ((1, 1, 2), (0.25, 0.25, 0.5)),
-        ((5,), (1.0,)),
-        ((0,), (1.0,)),  # a lone destination takes everything whatever its weight
-    ],
-)
-def test_pick_weighted_shares(weights, expected_share):
-    clusters = tuple(WeightedCluster(cluster=f"c{i}", weight=w) for i, w in enumerate(weights))
-    rng = random.Random(7)
-    n = 20_000
-    counts = Counter(pick_weighted(clusters, sum(weights), rng).cluster for _ in range(n))
-    for i, share in enumerate(expected_share):
-        assert abs(counts[f"c{i}"] / n - share) < 0.02
-
-
-def test_pick_weighted_edges():
-    rng = random.Random(1)
-    assert pick_weighted((), 0, rng) is None
-    two_zero = (WeightedCluster(cluster="a", weight=0), WeightedCluster(cluster="b", weight=0))
-    assert pick_weighted(two_zero, 0, rng) is None
-    # total_weight 0 in the table (older compilers): computed from the weights
-    pair = (WeightedCluster(cluster="a", weight=0), WeightedCluster(cluster="b", weight=3))
-    assert {pick_weighted(pair, 0, rng).cluster for _ in range(50)} == {"b"}
+from workers.l4.splice import SPLICE_BUFFER_BYTES, splice_bytes
+from workers.l4.tcp import reserve_connection
 
 
 def pair() -> tuple[socket.socket, socket.socket]:
@@ -104,7 +69,7 @@ async def test_splice_both_ways_with_half_close():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(side, "client", client, up)
                 nursery.start_soon(side, "server", server, down)
-                splice = await splice_sockets(proxy_client, proxy_upstream, idle_timeout_s=60, initial=b"HELLO")
+                splice = await splice_bytes(proxy_client, proxy_upstream, idle_timeout_s=60, initial=b"HELLO")
     assert hashlib.sha256(received["server"]).digest() == hashlib.sha256(b"HELLO" + up).digest()
     assert received["client"] == down
     assert (splice.bytes_up, splice.bytes_down, splice.reset, splice.idle_timeout) == (len(up) + 5, len(down), False, False)
@@ -132,7 +97,7 @@ async def test_half_close_keeps_the_other_direction_open():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(server_side)
                 nursery.start_soon(client_side)
-                await splice_sockets(proxy_client, proxy_upstream)
+                await splice_bytes(proxy_client, proxy_upstream)
     assert result["client"] == b"answer to question"
 
 
@@ -150,7 +115,7 @@ async def test_reset_ends_both_directions():
                     server.close()  # unread bytes + close on a socketpair: the peer sees a reset or EOF
 
                 nursery.start_soon(abort_server)
-                splice = await splice_sockets(proxy_client, proxy_upstream)
+                splice = await splice_bytes(proxy_client, proxy_upstream)
         assert splice.bytes_up == 1000
         # The client side is not closed by the splice itself (the caller closes); nothing is left hanging.
 
@@ -169,7 +134,7 @@ async def test_idle_timeout(autojump_clock):
                         await trio.sleep(50)  # under the idle timeout: keeps the connection alive
 
                 nursery.start_soon(talk_then_stall)
-                splice = await splice_sockets(proxy_client, proxy_upstream, idle_timeout_s=100)
+                splice = await splice_bytes(proxy_client, proxy_upstream, idle_timeout_s=100)
         elapsed = trio.current_time() - start
     assert splice.idle_timeout and not splice.reset
     assert splice.bytes_up == 12
@@ -182,7 +147,7 @@ async def test_max_duration(autojump_clock):
     proxy_upstream, server = pair()
     with client, proxy_client, proxy_upstream, server:
         start = trio.current_time()
-        splice = await splice_sockets(proxy_client, proxy_upstream, idle_timeout_s=0, max_duration_s=30)
+        splice = await splice_bytes(proxy_client, proxy_upstream, idle_timeout_s=0, max_duration_s=30)
         assert trio.current_time() - start == pytest.approx(30)
     assert not splice.idle_timeout
 
@@ -208,7 +173,7 @@ async def test_splice_transports_half_close():
                 nursery.start_soon(server_side)
                 nursery.start_soon(client_side)
                 proxy_c = SocketTransport(proxy_client)
-                splice = await splice_transports(proxy_c, SocketTransport(proxy_upstream), )
+                splice = await splice_bytes(proxy_c, SocketTransport(proxy_upstream), )
                 proxy_c.close()  # what the caller does when the splice ends
         assert received == {"server": b"data", "client": b"bye"}
         assert (splice.bytes_up, splice.bytes_down) == (4, 3)

@@ -1,4 +1,4 @@
-# HTTP/1.1 request framing and head rules shared by both server codecs (workers/http1.py), sans-IO.
+# HTTP/1.1 request framing and head rules shared by both server codecs (workers/http/codec.py), sans-IO.
 #
 # Both engines give the same verdict on the same bytes because everything that decides where a request starts
 # and ends, and whether its head is acceptable, is decided here, once, from edge's own parse:

@@ -1,4 +1,4 @@
-"""The connection boundary (workers/http_proxy.serve_http_connection, Worker.connection_failed): an unexpected
+"""The connection boundary (workers/http/server.serve_http_connection, RecordSink.connection_failed): an unexpected
 error while serving one connection is logged with its traceback once, counted, answered 500 when no response
 had started, and ends that connection only.
 
@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import trio
 
 from edge.compiler import CompileOptions, load_and_compile
 from edge.table import encode_table
 from loadtest.bench_hotpath import CONFIG, REQUEST, StaticReader, UpstreamSide
-from workers.http_proxy import Downstream, serve_http_connection
-from workers.main import Worker
+from workers.context import WorkerContext
+from workers.http.downstream import Http1Downstream
+from workers.http.engines import codec_classes
+from workers.http.server import serve_http_connection
 from workers.upstream import UpstreamConnection
 
 
@@ -75,20 +76,19 @@ class BrokenUpstream:
         self.closed = True
 
 
-def make_worker() -> Worker:
+def make_context() -> WorkerContext:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.yaml"
         path.write_text(CONFIG)
         _, result = load_and_compile([str(path)], CompileOptions())
-    args = SimpleNamespace(http_codec="httptools", credentials_dir=None, access_log="off", access_log_format="text", stats_shm=None)
-    worker = Worker(0, StaticReader(encode_table(result.table)), None, args)
-    worker.view.refresh()
-    return worker
+    ctx = WorkerContext(0, StaticReader(encode_table(result.table)), codec_classes("httptools"))
+    ctx.view.refresh()
+    return ctx
 
 
 async def test_an_unexpected_error_ends_one_connection_with_500_and_is_counted(capsys):
-    worker = make_worker()
-    pools = worker.pools
+    ctx = make_context()
+    pools = ctx.pools
     broken = True
 
     async def connect(key, address, port, connect_timeout_s, tls=None, server_hostname=None, keepalive=None):
@@ -99,27 +99,27 @@ async def test_an_unexpected_error_ends_one_connection_with_500_and_is_counted(c
 
     pools.connect = connect
     records = []
-    worker.finish_hooks.append(records.append)  # what the access log and the metrics are given
+    ctx.records.add_request_hook(records.append)  # what the access log and the metrics are given
     first = Client(requests=3)
-    await serve_http_connection(Downstream(worker, first, ("127.0.0.1", 40000), ("127.0.0.1", 80), "http", "0.0.0.0:80"))
+    await serve_http_connection(Http1Downstream(ctx, first, ("127.0.0.1", 40000), ("127.0.0.1", 80), "http", "0.0.0.0:80"))
     assert first.closed
     assert len(first.sent) == 1 and first.sent[0].startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
     assert b"connection: close" in first.sent[0]
-    assert worker.connection_errors == 1
+    assert ctx.records.connection_errors == 1
     assert [(r.status, r.details) for r in records] == [(500, "internal_error")]
     log = capsys.readouterr().err
     assert "failed; the worker goes on" in log and "RuntimeError: a bug below the proxy" in log and "Traceback" in log
 
     # The same error again: counted, logged in one line (no second traceback).
     again = Client(requests=1)
-    await serve_http_connection(Downstream(worker, again, ("127.0.0.1", 40001), ("127.0.0.1", 80), "http", "0.0.0.0:80"))
-    assert worker.connection_errors == 2
+    await serve_http_connection(Http1Downstream(ctx, again, ("127.0.0.1", 40001), ("127.0.0.1", 80), "http", "0.0.0.0:80"))
+    assert ctx.records.connection_errors == 2
     log = capsys.readouterr().err
     assert "traceback logged before" in log and "Traceback" not in log
 
     # The worker goes on: the next connection is served.
     broken = False
     fine = Client(requests=2)
-    await serve_http_connection(Downstream(worker, fine, ("127.0.0.1", 40002), ("127.0.0.1", 80), "http", "0.0.0.0:80"))
+    await serve_http_connection(Http1Downstream(ctx, fine, ("127.0.0.1", 40002), ("127.0.0.1", 80), "http", "0.0.0.0:80"))
     assert [chunk[:15] for chunk in fine.sent] == [b"HTTP/1.1 200 OK"] * 2
-    assert worker.connection_errors == 2
+    assert ctx.records.connection_errors == 2

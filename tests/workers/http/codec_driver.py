@@ -1,4 +1,4 @@
-"""Drives a server codec of workers/http1.py over a byte string the way the proxy does, and records what it saw.
+"""Drives a server codec of workers/http/codec.py over a byte string the way the proxy does, and records what it saw.
 
     outcome = drive(FastServer, b"GET / HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n", chunking="bytes")
     outcome.requests   # [(method, target, version, headers, body, trailers), ...]
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from workers.http1 import CLOSED, END_OF_MESSAGE, NEED_DATA, Data, IncompleteMessage, ProtocolError, Request
+from workers.http.codec import CLOSED, END_OF_MESSAGE, NEED_DATA, Data, IncompleteMessage, ProtocolError, Request
 
 MAX_HEAD_BYTES = 60 * 1024
 

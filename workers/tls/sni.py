@@ -1,4 +1,7 @@
-# Sans-IO reader for a TLS ClientHello, for TLS passthrough routing by SNI.
+# Sans-IO reader for a TLS ClientHello, for TLS passthrough routing by SNI, and SniIndex: the one place that picks
+# a listener's filter chain by SNI (Envoy's filter_chain_match.server_names precedence: exact SNI → the longest
+# "*.suffix" (a.b.c tries "*.b.c", then "*.c") → the first chain with no server names; no SNI: that catch-all
+# chain only). The worker's TLS listener and `edge route` both use it.
 #
 # The worker feeds the client's first bytes to ClientHelloReader (or parse_client_hello()) until it has the hello,
 # routes on the result and then forwards ALL bytes it read (hello included) to the upstream untouched.
@@ -49,7 +52,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from edge.table import FilterChain
+
 
 __all__ = [
     "MAX_CLIENT_HELLO_BYTES",
@@ -348,3 +355,49 @@ _EXTENSION_READERS = {
     EXTENSION_ALPN: _read_alpn,
     EXTENSION_SUPPORTED_VERSIONS: _read_supported_versions,
 }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SNI → filter chain (pure)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class SniIndex:
+    """Envoy's server_names precedence over a listener's filter chains; `select` answers a chain index."""
+
+    __slots__ = ("catch_all", "exact", "suffix")
+
+    def __init__(self, chains: Sequence[FilterChain]):
+        self.exact: dict[str, int] = {}
+        self.suffix: dict[str, int] = {}  # ".example.com" for "*.example.com"
+        self.catch_all = -1
+        for index, chain in enumerate(chains):
+            if not chain.server_names:
+                if self.catch_all < 0:
+                    self.catch_all = index
+                continue
+            for name in chain.server_names:
+                name = name.lower()
+                if name.startswith("*."):
+                    self.suffix.setdefault(name[1:], index)
+                elif name == "*":
+                    if self.catch_all < 0:
+                        self.catch_all = index
+                else:
+                    self.exact.setdefault(name, index)
+
+    def select(self, server_name: str | None) -> int | None:
+        """The chain for this SNI (None when the client sent none), or None: no chain matches."""
+        if server_name:
+            name = server_name.lower()
+            index = self.exact.get(name)
+            if index is not None:
+                return index
+            if self.suffix:
+                dot = name.find(".")
+                while dot >= 0:
+                    index = self.suffix.get(name[dot:])
+                    if index is not None:
+                        return index
+                    dot = name.find(".", dot + 1)
+        return self.catch_all if self.catch_all >= 0 else None

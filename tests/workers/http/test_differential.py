@@ -13,8 +13,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.workers.codec_driver import drive
-from workers.http1 import FastServer, H11Server
+from tests.workers.http.codec_driver import drive
+from workers.http.engines import FastServer, H11Server
 
 INTERESTING = b"\r\n \t:;\"\\,=\x00\x7f\x80\xff0aAzZ-_/?#%@[]{}()<>"
 TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -1,4 +1,4 @@
-"""workers/http1_framing.py through both server codecs of workers/http1.py, table-driven.
+"""workers/http/framing.py through both server codecs of workers/http/codec.py, table-driven.
 
 Every case is fed whole, byte by byte and in two halves, to h11 and to httptools: the outcome (the requests read,
 with body and trailers, or the status asked for) must be the one in the table for every combination. Cases come
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.workers.codec_driver import drive
-from workers.http1 import FastServer, H11Server
-from workers.http1_framing import (
+from tests.workers.http.codec_driver import drive
+from workers.http.engines import FastServer, H11Server
+from workers.http.framing import (
     MAX_CONTENT_LENGTH,
     ProtocolError,
     RequestFramer,

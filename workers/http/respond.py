@@ -1,0 +1,77 @@
+# Local replies sent to the client: the I/O half of workers/http/replies.py, over the per-request downstream
+# interface (workers/http/downstream.py).
+#
+# Rules:
+# - local_reply answers through the codec, with the LOCAL_REPLIES entry's flags and details written on the
+#   request's log; a request body we did not read is drained when small (RETRY_BUFFER_BYTES) so the connection stays
+#   usable, else the reply closes the connection. Draining gateways and `close` entries close it too.
+# - closing replies (send_closing_reply) bypass the codec, whose state is unusable or beside the point, and are
+#   bounded by SEND_GRACE_S: a client that does not read cannot hold a connection that is closing anyway.
+from __future__ import annotations
+
+import trio
+
+from workers.http.codec import REASONS
+from workers.http.log import RequestLog
+from workers.http.replies import LocalReply, closing_reply, reply_headers
+from workers.http.retry import RETRY_BUFFER_BYTES
+
+SEND_GRACE_S = 1.0  # how long a reply on a failed or timed-out connection may take before the close wins
+
+
+async def local_reply(
+    down,
+    log: RequestLog,
+    reply: LocalReply,
+    *,
+    status: int = 0,
+    body: bytes | None = None,
+    close: bool = False,
+    extra: list | None = None,
+    response_ops=None,
+    content_type: bytes | None = b"text/plain",
+) -> None:
+    """Answer from the gateway itself. `status` and `body` override the entry's (configured replies)."""
+    status = status or reply.status
+    if body is None:
+        body = reply.body
+    log.status = status
+    log.flags = reply.flags
+    log.details = reply.details
+    ctx = down.ctx
+    headers = reply_headers(body, content_type, ctx.server_header, extra, response_ops)
+    log.response_headers = headers
+    if ctx.draining or close or reply.close:
+        down.reset()
+    # A request body we did not read: small ones are drained so the connection stays usable.
+    if down.request_body_pending and not down.must_close:
+        if not await down.drain_body(RETRY_BUFFER_BYTES, ctx.options.request_headers_timeout_s):
+            down.reset()
+    down.start_response(status, REASONS.get(status, b""), headers)
+    if body:
+        await down.send_data(body)
+    log.bytes_sent += len(body)
+    await down.send_end()
+
+
+async def send_before_close(down, data: bytes) -> None:
+    """A last reply on a connection that is closing anyway: bounded, and a client already gone is no error."""
+    with trio.move_on_after(SEND_GRACE_S):
+        try:
+            await down.transport.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+async def send_closing_reply(down, log: RequestLog, reply: LocalReply, status: int = 0, body: bytes = b"", content_type: bytes | None = None) -> None:
+    """A reply written without the codec, then the close; the request's log is finished here."""
+    log.status = status or reply.status
+    if reply.flags != "-":
+        log.flags = reply.flags
+    log.details = reply.details
+    down.reset()
+    down.response_started = True
+    try:
+        await down.transport.send_all(closing_reply(down.ctx.server_header, log.status, body, content_type))
+    finally:
+        down.ctx.records.request(log)
