@@ -8,16 +8,9 @@ import re
 import pytest
 
 from edge import table
-from edge.compiler import (
-    DEFAULT_RETRY,
-    host_matches,
-    intersect_hosts,
-    resolve_gateway_name,
-    resolve_shortname,
-    translate_re2,
-    translate_re2_rewrite,
-    RegexError,
-)
+from edge.compiler.hosts import host_matches, intersect_hosts, resolve_gateway_name, resolve_shortname
+from edge.compiler.model import DEFAULT_RETRY
+from edge.compiler.regex import RegexError, translate_re2, translate_re2_rewrite
 from tests.edge.routing import GATEWAY_80, REGISTRY, cluster, compile_text, compiled, messages, outcome, route_for
 
 A = cluster("a.example.com")
