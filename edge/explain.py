@@ -15,6 +15,8 @@ from typing import TextIO
 
 from edge import istio, table
 from edge.flags import DEFAULT_GATEWAY_LABELS
+from workers.router import Router, describe_matcher
+from workers.tls.sni import SniIndex
 
 
 class RouteRequest:
@@ -101,8 +103,6 @@ class RouteExplainer:
         return True
 
     def _http(self, rc: table.RouteConfig, request: RouteRequest, port: int, indent: int = 1) -> bool:
-        from workers.router import Router
-
         router = Router(rc)
         ex = router.explain(request.authority, request)
         self.say(f"route config {rc.name}", indent)
@@ -253,22 +253,9 @@ class RouteExplainer:
 
 
 def select_filter_chain(chains: tuple[table.FilterChain, ...], sni: str) -> table.FilterChain | None:
-    """Envoy's server_names choice: exact name, then the longest `*.suffix`, then a chain without names."""
-    for chain in chains:
-        if sni and sni in chain.server_names:
-            return chain
-    best = None
-    best_len = -1
-    for chain in chains:
-        for name in chain.server_names:
-            if name.startswith("*") and sni.endswith(name[1:]) and len(sni) > len(name) - 1 and len(name) > best_len:
-                best, best_len = chain, len(name)
-    if best is not None:
-        return best
-    for chain in chains:
-        if not chain.server_names:
-            return chain
-    return None
+    """The chain a TLS connection with this SNI takes, by the worker's own rule (workers/tls/sni.SniIndex)."""
+    index = SniIndex(chains).select(sni or None)
+    return chains[index] if index is not None else None
 
 
 def _host_only(authority: str) -> str:
@@ -280,8 +267,6 @@ def _host_only(authority: str) -> str:
 
 
 def _describe_string_matcher(m: table.StringMatcher) -> str:
-    from workers.router import describe_matcher
-
     return describe_matcher(m)
 
 

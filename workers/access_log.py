@@ -107,7 +107,7 @@ def request_headers(log, missing="-") -> tuple:
 
 
 def format_text(log) -> str:
-    """Istio's default TEXT line for an HTTP RequestLog (workers/http_proxy.py), with its newline."""
+    """Istio's default TEXT line for an HTTP RequestLog (workers/http/log.py), with its newline."""
     service = log.service_time_ms
     authority, user_agent, request_id, xff = request_headers(log)
     return (

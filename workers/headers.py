@@ -190,7 +190,7 @@ def upstream_request_headers(
     destination_ops: CompiledHeaderOps | None = None,
 ) -> list[Header]:
     """The header list sent upstream for one try; `headers` is the client's list (not modified).
-    `client_cert` is the x-forwarded-client-cert of a verified client certificate (workers/xfcc.py); a client's
+    `client_cert` is the x-forwarded-client-cert of a verified client certificate (workers/tls/xfcc.py); a client's
     own x-forwarded-client-cert is always dropped (SANITIZE_SET).
 
     Framing is the proxy's own: the client's Content-Length and Transfer-Encoding never cross; `chunked` or

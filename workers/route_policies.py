@@ -20,9 +20,9 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from edge.table import MATCH_EXACT, MATCH_PREFIX, MATCH_PRESENT, MATCH_REGEX, Cors, Fault, HashPolicy, StringMatcher
+from edge.table import Cors, Fault, HashPolicy
 from workers.balance import hash_key
-from workers.regex import Regex
+from workers.router import string_test
 
 PPM = 1_000_000
 FAULT_ABORT_BODY = b"fault filter abort"
@@ -33,25 +33,6 @@ GRPC_STATUS_CODES = {
     "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "ABORTED": 10,
     "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
 }  # fmt: skip
-
-
-def string_test(m: StringMatcher):
-    """A predicate for one StringMatcher (regexes are full matches, as Envoy's RE2 safe_regex)."""
-    value = m.value
-    if m.kind == MATCH_PRESENT:
-        return lambda s: True
-    if m.kind == MATCH_REGEX:
-        pattern = Regex(value, ignore_case=m.ignore_case)
-        return pattern.fullmatch
-    if m.ignore_case:
-        value = value.lower()
-        if m.kind == MATCH_PREFIX:
-            return lambda s: s.lower().startswith(value)
-        return lambda s: s.lower() == value
-    if m.kind == MATCH_PREFIX:
-        return lambda s: s.startswith(value)
-    assert m.kind == MATCH_EXACT
-    return lambda s: s == value
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 #   Once a virtual host is chosen, only its routes are tried; there is no fallback to another host.
 # - Routes are tried in order; the first whose every condition holds wins. A miss is None (404 NR).
 # - Path: exact / prefix (plain string prefix, `/api` matches `/apiv2`) / regex, a full match as RE2 in Envoy;
-#   ignore_case applies to exact and prefix. The path has no query string.
+#   ignore_case applies to exact and prefix (no effect on a regex, as Envoy's StringMatcher). The path has no
+#   query string. Header and query tests are string_test predicates, CORS origins too.
 # - Headers: repeated headers are joined with ","; a missing header never matches, except that an inverted
 #   (withoutHeaders) non-presence matcher treats it as "" (treat_missing_header_as_empty). `:method`,
 #   `:authority` (the raw Host, port included), `:scheme` and `:path` (path and query) are pseudo-headers.
@@ -50,28 +51,26 @@ _SRC_PATH = 4
 _PSEUDO_SOURCES = {":method": _SRC_METHOD, ":authority": _SRC_AUTHORITY, ":scheme": _SRC_SCHEME, ":path": _SRC_PATH}
 
 
-class _Test:
-    """One string test, precompiled: kind, value (lowercased when ignore_case), regex."""
-
-    __slots__ = ("kind", "value", "ignore_case", "regex")
-
-    def __init__(self, m: StringMatcher):
-        self.kind = m.kind
-        self.ignore_case = m.ignore_case
-        self.value = m.value.lower() if m.ignore_case else m.value
-        self.regex = Regex(m.value) if m.kind == MATCH_REGEX else None
-
-    def __call__(self, value: str) -> bool:
-        kind = self.kind
-        if self.ignore_case:
-            value = value.lower()
-        if kind == MATCH_EXACT:
-            return value == self.value
+def string_test(m: StringMatcher):
+    """The predicate of one StringMatcher: the one place this rule lives (routes' headers and query parameters here,
+    CORS origins in workers/route_policies.py). Regexes are full matches, as Envoy's RE2 safe_regex; ignore_case
+    applies to exact and prefix and has no effect on a regex (Envoy's StringMatcher). MATCH_PRESENT is true: the
+    caller checks presence."""
+    value = m.value
+    kind = m.kind
+    if kind == MATCH_PRESENT:
+        return lambda s: True
+    if kind == MATCH_REGEX:
+        return Regex(value).fullmatch
+    if m.ignore_case:
+        value = value.lower()
         if kind == MATCH_PREFIX:
-            return value.startswith(self.value)
-        if kind == MATCH_REGEX:
-            return self.regex.fullmatch(value)
-        return True  # MATCH_PRESENT: the caller checked presence
+            return lambda s: s.lower().startswith(value)
+        return lambda s: s.lower() == value
+    if kind == MATCH_PREFIX:
+        return lambda s: s.startswith(value)
+    assert kind == MATCH_EXACT
+    return lambda s: s == value
 
 
 class _HeaderTest:
@@ -83,7 +82,7 @@ class _HeaderTest:
         self.source = _PSEUDO_SOURCES.get(h.name, _SRC_HEADER)
         self.present = h.matcher.kind == MATCH_PRESENT
         self.invert = h.invert
-        self.test = _Test(h.matcher)
+        self.test = string_test(h.matcher)
 
 
 class _QueryTest:
@@ -92,7 +91,7 @@ class _QueryTest:
     def __init__(self, q: QueryMatcher):
         self.name = q.name
         self.present = q.matcher.kind == MATCH_PRESENT
-        self.test = _Test(q.matcher)
+        self.test = string_test(q.matcher)
 
 
 class _Plan:

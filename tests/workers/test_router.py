@@ -16,7 +16,7 @@ from edge.table import (
     StringMatcher,
     VirtualHost,
 )
-from workers.router import Router
+from workers.router import Router, string_test
 
 
 class Req:
@@ -284,3 +284,28 @@ def test_router_agrees_with_explain_on_random_requests():
         headers = [(rng.choice(["x-a", "x-b", "x-c", "x-d", "x-env", "x-g"]), rng.choice(["", "1", "ab", "prod", "abc"])) for _ in range(rng.randint(0, 3))]
         req = Req(path, query=rng.choice(["", "v=2", "flag", "id=1", "x=1"]), headers=headers, method=rng.choice(["GET", "DELETE"]), scheme=rng.choice(["http", "https"]))
         assert router.match(vh, req) is router.explain("h.com", req).route
+
+
+# ---------------------------------------------------------------------------------------------------------
+# string_test: the one StringMatcher predicate (routes' headers and query parameters, CORS origins)
+
+
+@pytest.mark.parametrize(
+    "kind, value, ignore_case, probe, expected",
+    [
+        (MATCH_EXACT, "Foo", False, "Foo", True),
+        (MATCH_EXACT, "Foo", False, "foo", False),
+        (MATCH_EXACT, "Foo", True, "fOO", True),
+        (MATCH_PREFIX, "/Api", False, "/Api/v1", True),
+        (MATCH_PREFIX, "/Api", False, "/api/v1", False),
+        (MATCH_PREFIX, "/Api", True, "/aPI/v1", True),
+        (MATCH_REGEX, "a+b", False, "aaab", True),
+        (MATCH_REGEX, "a+b", False, "aaabc", False),  # a full match, as Envoy's safe_regex
+        # ignore_case has no effect on a regex (Envoy's StringMatcher): neither the pattern nor the value change.
+        (MATCH_REGEX, "A+b", True, "AAb", True),
+        (MATCH_REGEX, "A+b", True, "aab", False),
+        (MATCH_PRESENT, "", False, "anything", True),
+    ],
+)
+def test_string_test(kind, value, ignore_case, probe, expected):
+    assert bool(string_test(StringMatcher(kind=kind, value=value, ignore_case=ignore_case))(probe)) is expected

@@ -3,7 +3,7 @@
 # responses, and both sides serialise heads with one bytes join.
 #
 # Rules:
-# - Same events, same verdicts as the h11 engine (tests/workers/test_http1_differential.py compares them).
+# - Same events, same verdicts as the h11 engine (tests/workers/http/test_differential.py compares them).
 # - The upstream response parser follows RFC 9112 §6.3: no body for HEAD, 1xx, 204, 304; chunked; Content-Length;
 #   else until close. Conflicting or malformed framing is a ProtocolError (502); a response head is at most
 #   MAX_RESPONSE_HEAD_BYTES.

@@ -51,7 +51,7 @@ class Http1Downstream:
         self.response_started = False  # a response head for the current request went (or is going) out
         self.activity = 0.0  # monotonic time bytes last moved for the request in flight (the stream idle timeout)
         self.stream_timed_out = False
-        self.client_cert = client_cert  # x-forwarded-client-cert of a verified client certificate (workers/xfcc.py)
+        self.client_cert = client_cert  # x-forwarded-client-cert of a verified client certificate (workers/tls/xfcc.py)
         self.pending = b""  # response bytes not sent yet
 
     def raw_socket(self) -> socket.socket | None:

@@ -117,14 +117,25 @@ async def open_upstream(ctx, cluster_rt, endpoint, host: bytes) -> UpstreamConne
     idle = ctx.pools.take_idle(key)
     if idle is not None:
         return idle
+    return await _connect(ctx, cluster_rt, endpoint, key, server_name)
+
+
+async def _connect(ctx, cluster_rt, endpoint, key: tuple, server_name: str | None) -> UpstreamConnection:
     cluster = cluster_rt.cluster
     return await ctx.pools.acquire(key, cluster_rt.circuit, endpoint.address, endpoint.port, cluster.pool, ctx.upstream_tls(cluster), server_name)
 
 
 async def acquire(ex: Exchange, endpoint, try_deadline: float) -> UpstreamConnection | TryResult:
+    """open_upstream for one try: an idle connection without a cancel scope (the hot path), else a connect bounded
+    by the try's deadline; a failure is the try's result."""
+    ctx = ex.down.ctx
+    key, server_name = ex.cluster_rt.origination(endpoint, ex.host)
+    idle = ctx.pools.take_idle(key)
+    if idle is not None:
+        return idle
     try:
         with trio.move_on_at(try_deadline):
-            return await open_upstream(ex.down.ctx, ex.cluster_rt, endpoint, ex.host)
+            return await _connect(ctx, ex.cluster_rt, endpoint, key, server_name)
     except ConnectFailure as exc:
         return TryResult(Outcome.CONNECT_FAILURE, reason=exc.reason)
     except Overflow:

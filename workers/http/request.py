@@ -30,14 +30,7 @@ class RequestInfo:
     __slots__ = ("method", "path", "query", "authority", "authority_bytes", "scheme", "headers", "path_bytes", "query_bytes", "host", "port", "body_present", "chunked", "upgrade", "forwarded")
 
 
-class ClientFacts(NamedTuple):
-    """What the connection knows of the client: its address and the scheme it connected with."""
-
-    peer_ip: bytes
-    scheme: bytes
-
-
-def read_request(request: Request, client: ClientFacts, opts: Options, rng) -> tuple[RequestInfo, LocalReply | None]:
+def read_request(request: Request, peer_ip: bytes, scheme: bytes, opts: Options, rng) -> tuple[RequestInfo, LocalReply | None]:
     """The request's facts, and the reply that refuses it, if one does (rules 1-2, after the table was found). The
     forwarded facts are decided first, so that a refused request is logged with them too."""
     head = request.head  # what the codec read from the fields, once (workers/http/framing.RequestHead)
@@ -53,8 +46,8 @@ def read_request(request: Request, client: ClientFacts, opts: Options, rng) -> t
         head.xff,
         head.xfp,
         head.request_id,
-        peer_ip=client.peer_ip,
-        scheme=client.scheme,
+        peer_ip=peer_ip,
+        scheme=scheme,
         trusted_hops=opts.num_trusted_proxies,
         generate_request_id=opts.generate_request_id,
         preserve_request_id=opts.preserve_external_request_id,

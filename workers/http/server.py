@@ -30,7 +30,7 @@ from workers.http.downstream import Http1Downstream
 from workers.http.forward import forward
 from workers.http.log import ClientGone, RequestLog, ResponseAborted
 from workers.http.replies import BODY_STREAM_TIMEOUT, LOCAL_REPLIES, LocalReply, closing_reply, codec_error_reply, stream_timeout_status
-from workers.http.request import Answer, ClientFacts, Redirect, decide_action, find_route, read_request
+from workers.http.request import Answer, Redirect, decide_action, find_route, read_request
 from workers.http.respond import local_reply, send_before_close, send_closing_reply
 from workers.http.retry import RETRY_BUFFER_BYTES
 from workers.netio import SocketTransport
@@ -169,10 +169,10 @@ def _unexpected(exc: BaseException | None) -> bool:
 async def _serve_request(down: Http1Downstream, request: Request, log: RequestLog) -> bool:
     """One request: decide, then carry the decision out. Returns keep-alive."""
     ctx = down.ctx
-    snapshot = ctx.current()
+    snapshot = ctx.view.current()  # the per-request generation check (workers/tableview.py)
     if snapshot is None:
         return await _reply(down, log, LOCAL_REPLIES["no_table"], keep_alive=False)
-    req, refused = read_request(request, ClientFacts(down.peer_ip, down.scheme_bytes), snapshot.options, ctx.rng)
+    req, refused = read_request(request, down.peer_ip, down.scheme_bytes, snapshot.options, ctx.rng)
     log.forwarded = req.forwarded
     if refused is not None:
         return await _reply(down, log, refused, keep_alive=False)
