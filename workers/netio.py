@@ -128,11 +128,7 @@ class SocketTransport:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            try:
-                trio.lowlevel.notify_closing(self.sock)
-            except (RuntimeError, ValueError):
-                pass
-            self.sock.close()
+            close_socket(self.sock)
 
     async def aclose(self) -> None:
         self.close()
@@ -141,6 +137,17 @@ class SocketTransport:
 
 Transport = SocketTransport  # the plain-socket transport; workers/tls/transport.TLSTransport has the same surface
 
+
+
+def close_socket(sock: socket.socket) -> None:
+    """Close a socket a task may be parked on: trio is told first, so that task wakes with ClosedResourceError
+    instead of waiting on a recycled fd. Idempotent."""
+    if sock.fileno() >= 0:
+        try:
+            trio.lowlevel.notify_closing(sock)
+        except (RuntimeError, ValueError):
+            pass
+        sock.close()
 
 
 def has_unread(sock: socket.socket) -> bool:

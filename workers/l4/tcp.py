@@ -30,7 +30,7 @@ from workers.access_log import TcpLog
 from workers.balance import cumulative_weights, pick_weighted
 from workers.context import WorkerContext
 from workers.l4.splice import Splice, splice_bytes
-from workers.netio import Transport, open_tcp_socket, set_tcp_keepalive
+from workers.netio import Transport, close_socket, open_tcp_socket, set_tcp_keepalive
 from workers.upstream import Circuit, address_text
 
 STATUS_CONNECT_FAILURE = 0  # the outlier verdict of a failed connect (as an HTTP failure with no response)
@@ -55,7 +55,7 @@ class _Upstream:
         self.cluster_rt.circuit.connection_closed()
         if self.transport is not None:
             self.transport.close()
-        _close(self.sock)
+        close_socket(self.sock)
 
 
 async def reserve_connection(circuit: Circuit, deadline: float) -> bool:
@@ -140,17 +140,8 @@ async def _connect(ctx: WorkerContext, endpoint, cluster, deadline: float) -> tu
         if transport is not None:
             transport.close()
         if sock is not None:
-            _close(sock)
+            close_socket(sock)
         raise
-
-
-def _close(sock: socket.socket) -> None:
-    if sock.fileno() >= 0:
-        try:
-            trio.lowlevel.notify_closing(sock)
-        except (RuntimeError, ValueError):
-            pass
-        sock.close()
 
 
 def new_tcp_log(sock: socket.socket, listener_key: str, sni: str | None = None) -> TcpLog:

@@ -16,18 +16,9 @@ import ssl
 
 import trio
 
-from workers.netio import FAIRNESS_OPS, TransportClosed, has_unread
+from workers.netio import FAIRNESS_OPS, TransportClosed, close_socket, has_unread
 
 TRANSPORT_RECV_BYTES = 64 * 1024
-
-
-def close_socket(sock: socket.socket) -> None:
-    if sock.fileno() >= 0:
-        try:
-            trio.lowlevel.notify_closing(sock)
-        except (RuntimeError, ValueError):
-            pass
-        sock.close()
 
 
 class TLSTransport:
