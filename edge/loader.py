@@ -506,3 +506,64 @@ def _mesh_only_paths(data: Any, tokens: list):
         for i, value in enumerate(data):
             if isinstance(value, (dict, list)):
                 yield from _mesh_only_paths(value, [*tokens, i])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Lines of compile diagnostics: the compiler names a resource's first line and a $.spec… path; the line of the
+# path is found here, in the file, because only the files know lines.
+
+_PATH_TOKENS = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def refine_lines(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    """Re-read the YAML of each diagnostic's file and move it to the line of its path inside its resource."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    documents: dict[str, list] = {}
+    out = []
+    for d in diagnostics:
+        if not d.file or not d.path.startswith("$.") or not d.line:
+            out.append(d)
+            continue
+        if d.file not in documents:
+            try:
+                with open(d.file, encoding="utf-8") as f:
+                    documents[d.file] = [n for n in yaml.compose_all(f.read(), Loader=loader) if n is not None]
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                documents[d.file] = []
+        node = _resource_node(documents[d.file], d.line)
+        line = _node_line(node, d.path) if node is not None else 0
+        out.append(msgspec.structs.replace(d, line=line) if line else d)
+    return out
+
+
+def _resource_node(nodes: list, line: int):
+    """The mapping node of the object starting at `line` (a document, or an item of a kubectl List)."""
+    for node in nodes:
+        if node.start_mark.line + 1 == line and isinstance(node, yaml.MappingNode):
+            return node
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == "items" and isinstance(value, yaml.SequenceNode):
+                    found = _resource_node(value.value, line)
+                    if found is not None:
+                        return found
+    return None
+
+
+def _node_line(node, path: str) -> int:
+    """Line of the deepest node `path` ($.spec.http[0].route) reaches: a key's own line for mapping steps."""
+    line = node.start_mark.line + 1
+    for name, index in _PATH_TOKENS.findall(path[1:]):
+        if name and isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == name:
+                    line, node = key.start_mark.line + 1, value
+                    break
+            else:
+                return line
+        elif index and isinstance(node, yaml.SequenceNode) and int(index) < len(node.value):
+            node = node.value[int(index)]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line

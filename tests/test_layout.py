@@ -1,8 +1,8 @@
 # The layout rules of the code, checked on the source with `ast` (every import statement counts: at module level,
 # inside a function, under `if TYPE_CHECKING:`):
 # - No import cycle anywhere in edge/ or workers/, followed transitively between the repository's own modules.
-# - Pure modules do no I/O: neither they nor anything they import (transitively) imports trio, socket,
-#   multiprocessing or watchfiles.
+# - Pure modules do no I/O: neither they nor anything they import (transitively) imports trio, socket, ssl,
+#   multiprocessing or watchfiles, and they open no files themselves.
 # - The workers import from `edge` only the contracts between the processes (the table schema, the shm segments,
 #   the control messages, errors) and the flags table; `edge` imports only pure modules of `workers`.
 # - Connection handlers (workers/http/, workers/l4/, workers/tls/) never import the process shell (workers/main.py)
@@ -25,7 +25,6 @@ LONG_FUNCTIONS: dict[str, str] = {}  # "module:function" → why it may be longe
 PURE_MODULES = [
     "edge/istio.py",
     "edge/table.py",
-    "edge/loader.py",
     "edge/wire.py",
     "edge/flags.py",
     "edge/explain.py",
@@ -49,7 +48,7 @@ PURE_MODULES = [
     "workers/tls/certs.py",
     "workers/tls/xfcc.py",
 ] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "edge" / "compiler").glob("*.py"))
-IO_PACKAGES = {"trio", "socket", "multiprocessing", "watchfiles"}
+IO_PACKAGES = {"trio", "socket", "ssl", "multiprocessing", "watchfiles"}
 WORKER_ALLOWED_FROM_EDGE = {
     "edge.table",  # the table schema the workers read
     "edge.shm",  # the table segment
@@ -163,6 +162,13 @@ def test_pure_modules_do_no_io_even_through_what_they_import(module):
     for each in [name, *sorted(closure(name))]:
         bad += [(each, line, imported) for line, imported in imported_modules(MODULES[each]) if imported.split(".")[0] in IO_PACKAGES]
     assert bad == [], f"{module} reaches I/O modules: {bad}"
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_modules_open_no_files(module):
+    tree = ast.parse((ROOT / module).read_text())
+    calls = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "open"]
+    assert calls == [], f"{module} opens files at lines {calls}"
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("workers.")))

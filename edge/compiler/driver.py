@@ -21,19 +21,18 @@ from edge.compiler.admission import validate_destination_rule, validate_gateway,
 from edge.compiler.clusters import ClusterBuilder
 from edge.compiler.listeners import ListenerBuilder
 from edge.compiler.model import DEFAULT_RETRY, CompileOptions, CompileResult
-from edge.compiler.report import Report, Where, refine_lines
+from edge.compiler.report import Report, Where
 from edge.compiler.routes import RouteBuilder
 from edge.compiler.servers import check_bindings, merge_servers, select_gateways
 from edge.compiler.virtual_services import prepare_virtual_services
 from edge.errors import ERROR, WARNING
+from edge.loader import load_paths, refine_lines
 
 
 def load_and_compile(paths: list[str], options: CompileOptions | None = None, cache=None):
     """Files → (LoadResult, CompileResult). A failed load still compiles what loaded, for more diagnostics,
     but never yields a table. Compile diagnostics get the exact line of their `$.spec…` path (the pure
     compile only knows the line where each resource starts)."""
-    from edge.loader import load_paths
-
     loaded = load_paths(paths, cache)
     result = compile_resources(loaded.resources, options)
     if not loaded.ok:

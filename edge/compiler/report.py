@@ -3,16 +3,12 @@
 # Rules:
 # - A diagnostic names the resource's file and the line where the resource starts, and where it can the
 #   `$.spec…` path inside it; the compile itself never reads files. load_and_compile then moves each one to
-#   the line of its path (refine_lines), re-reading the YAML, because only the loader's files know lines.
+#   the line of its path (edge/loader.refine_lines), re-reading the YAML, because only the files know lines.
 # - The same diagnostic is kept once: a VirtualService's routes are built per gateway and port it binds to,
 #   and would otherwise report, say, the same unknown destination host several times.
 # - An error marks its Where and every enclosing Where as failed, so that a stage can drop exactly the part
 #   (match block, rule, server) that has an error and keep translating the rest for more diagnostics.
 from __future__ import annotations
-
-import re
-
-import msgspec
 
 from edge import istio
 from edge.errors import ERROR, NOTE, WARNING, Diagnostic
@@ -72,66 +68,3 @@ class Where:
 
     def note(self, message: str, sub: str = "") -> None:
         self.report.add(NOTE, self.res, self.path + sub, message)
-
-
-_PATH_TOKENS = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-
-
-def refine_lines(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
-    """Re-read the YAML of each diagnostic's file and move it to the line of its path inside its resource."""
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    documents: dict[str, list] = {}
-    out = []
-    for d in diagnostics:
-        if not d.file or not d.path.startswith("$.") or not d.line:
-            out.append(d)
-            continue
-        if d.file not in documents:
-            try:
-                with open(d.file, encoding="utf-8") as f:
-                    documents[d.file] = [n for n in yaml.compose_all(f.read(), Loader=loader) if n is not None]
-            except (OSError, UnicodeDecodeError, yaml.YAMLError):
-                documents[d.file] = []
-        node = _resource_node(documents[d.file], d.line)
-        line = _node_line(node, d.path) if node is not None else 0
-        out.append(msgspec.structs.replace(d, line=line) if line else d)
-    return out
-
-
-def _resource_node(nodes: list, line: int):
-    """The mapping node of the object starting at `line` (a document, or an item of a kubectl List)."""
-    import yaml
-
-    for node in nodes:
-        if node.start_mark.line + 1 == line and isinstance(node, yaml.MappingNode):
-            return node
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.value == "items" and isinstance(value, yaml.SequenceNode):
-                    found = _resource_node(value.value, line)
-                    if found is not None:
-                        return found
-    return None
-
-
-def _node_line(node, path: str) -> int:
-    """Line of the deepest node `path` ($.spec.http[0].route) reaches: a key's own line for mapping steps."""
-    import yaml
-
-    line = node.start_mark.line + 1
-    for name, index in _PATH_TOKENS.findall(path[1:]):
-        if name and isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.value == name:
-                    line, node = key.start_mark.line + 1, value
-                    break
-            else:
-                return line
-        elif index and isinstance(node, yaml.SequenceNode) and int(index) < len(node.value):
-            node = node.value[int(index)]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
