@@ -49,10 +49,7 @@ class Lease:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self.verdict >= 0:
-            self.balancer.on_finish(self.index, self.verdict, self.clock())
-        else:
-            self.balancer.on_cancel(self.index)
+        self.balancer.settle(self.index, self.verdict, self.clock())
 
 
 def cumulative_weights(weights) -> tuple[int, ...]:
@@ -239,6 +236,15 @@ class Balancer:
 
     def on_start(self, index: int) -> None:
         self.states[index].active += 1
+
+    def settle(self, index: int, verdict: int, now: float) -> None:
+        """The end of a try started with on_start: finished with its verdict (a status, 0 for a failure with no
+        response), or cancelled when there is none (-1). Every try ends here exactly once (Lease, or the HTTP
+        forwarder's own try/finally on the hot path)."""
+        if verdict >= 0:
+            self.on_finish(index, verdict, now)
+        else:
+            self.on_cancel(index)
 
     def on_cancel(self, index: int) -> None:
         """A try that ended without a verdict on the endpoint (the client left)."""

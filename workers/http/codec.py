@@ -49,6 +49,8 @@ from workers.http.framing import (
 )
 from workers.paths import split_target
 
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024  # an upstream response head, for both client engines (Envoy: 60 KiB)
+
 # The events every codec yields (defined with the framing, which both engines share), re-exported as the seam.
 EVENTS = (CLOSED, END_OF_MESSAGE, NEED_DATA, Data, IncompleteMessage, ProtocolError)
 
@@ -178,7 +180,9 @@ class ServerCodec:
         self.framer.start_body(facts.content_length, facts.chunked)
         self.their = BODY if facts.chunked or facts.content_length > 0 else DONE
         self.continue_over = False
-        self.keep_alive = facts.keep_alive
+        # An upgrade request answered with anything but 101 closes the connection after the response: what the
+        # client sends behind it may be the new protocol's bytes, not a request.
+        self.keep_alive = facts.keep_alive and facts.upgrade is None
         return request
 
     def _tokenize(self, head: bytes, line: RequestLine):  # -> (Request, fields for check_fields)

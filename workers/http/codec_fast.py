@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from workers.http.codec import BODY, DONE, OWS, REASONS, InformationalResponse, Request, Response, ServerCodec, has_token, join_headers, status_line
+from workers.http.codec import BODY, DONE, MAX_RESPONSE_HEAD_BYTES, OWS, REASONS, InformationalResponse, Request, Response, ServerCodec, has_token, join_headers, status_line
 from workers.http.framing import CLOSED, END_OF_MESSAGE, NEED_DATA, Data, ProtocolError, RequestLine
 
 try:  # the accelerated codec is optional where httptools cannot be installed
@@ -106,8 +106,7 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xf
 _FIELD_LINE = re.compile(rb"(?m)^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\r\n]*[^\r\n \t])?)[ \t]*(?:\r\n|\Z)")
 _CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding", b"connection"})
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[\t ]*(?:;[^\r\n]*)?")
-MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+_CHUNK_SIZE = re.compile(rb"0*([0-9A-Fa-f]{1,16})[\t ]*(?:;[^\r\n]*)?")  # leading zeros are 1*HEXDIG too
 
 # Client-side reading states.
 _R_HEAD, _R_LENGTH, _R_CHUNK_SIZE, _R_CHUNK_DATA, _R_CHUNK_CRLF, _R_TRAILERS, _R_UNTIL_CLOSE, _R_END, _R_DONE = range(9)
@@ -256,7 +255,7 @@ class FastClient:
                             length = int(part)
                     elif name == b"transfer-encoding":
                         codings = [c.strip().lower() for c in value.split(b",")]
-                        if codings[-1] != b"chunked" or chunked:
+                        if codings != [b"chunked"] or chunked:  # only chunked, as H11Client (and the server side) take
                             raise ProtocolError("upstream sent an unsupported Transfer-Encoding", 502)
                         chunked = True
                     else:  # connection

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import h11
 
-from workers.http.codec import BODY, DONE, InformationalResponse, Request, Response, ServerCodec
+from workers.http.codec import BODY, DONE, MAX_RESPONSE_HEAD_BYTES, InformationalResponse, Request, Response, ServerCodec
 from workers.http.framing import CLOSED, END_OF_MESSAGE, NEED_DATA, Data, ProtocolError, RequestLine, tokenize_fields
 
 class H11Server(ServerCodec):
@@ -17,11 +17,12 @@ class H11Server(ServerCodec):
     rules) and writes the response; the fields come from edge's own tokeniser, since h11 normalises some of them
     (a Content-Length list, duplicate lengths, a coding's case) before anyone could see the original."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "response_has_body")
 
     def __init__(self, max_head_bytes: int):
         super().__init__(max_head_bytes)
         self.conn: h11.Connection | None = None
+        self.response_has_body = True
 
     def _tokenize(self, head: bytes, line: RequestLine):
         line_end = head.find(b"\r\n")
@@ -56,6 +57,9 @@ class H11Server(ServerCodec):
             raise ProtocolError(str(exc), 502) from None
 
     def send_response(self, status: int, reason: bytes, headers, close: bool = False) -> bytes:
+        # A response to HEAD, a 1xx, 204 or 304 has no body (RFC 9112 §6.3): body bytes given for it are dropped,
+        # as FastServer does (a local reply keeps its Content-Length for HEAD, as Envoy's does).
+        self.response_has_body = not (self.line.method == b"HEAD" or status < 200 or status in (204, 304))
         self.keep_alive = keep_alive = self._response_keep_alive(headers, close)
         if not keep_alive:
             headers = list(headers)
@@ -67,6 +71,8 @@ class H11Server(ServerCodec):
             raise ProtocolError(str(exc), 502) from None
 
     def send_data(self, data: bytes) -> bytes:
+        if not self.response_has_body:
+            return b""
         try:
             return self.conn.send(h11.Data(data=data))
         except h11.LocalProtocolError as exc:  # more body than the Content-Length said
@@ -89,7 +95,7 @@ class H11Client:
     __slots__ = ("conn",)
 
     def __init__(self) -> None:
-        self.conn = h11.Connection(h11.CLIENT)
+        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD_BYTES)
 
     def send_request(self, method: bytes, target: bytes, headers) -> bytes:
         try:
@@ -138,7 +144,8 @@ class H11Client:
     @property
     def reusable(self) -> bool:
         c = self.conn
-        return c.our_state is h11.DONE and c.their_state is h11.DONE and not c.trailing_data[0]
+        # Nothing unread, and the upstream did not close (a read-until-close response ends with its EOF).
+        return c.our_state is h11.DONE and c.their_state is h11.DONE and not c.trailing_data[0] and not c.trailing_data[1]
 
     def start_next_cycle(self) -> None:
         self.conn.start_next_cycle()

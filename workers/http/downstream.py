@@ -1,14 +1,15 @@
 # The client side of one HTTP/1.1 connection, and the per-request downstream interface the proxy core talks to.
 #
 # Rules:
-# - The proxy core (workers/http/respond.py, forward.py, mirror.py) reaches the client only through the per-request
-#   interface: start_response / send_data / flush / send_end for the response; take_body_event (no I/O) and
-#   receive_body_event for the request body; drain_body, reset (the connection will not carry another request)
-#   and the client_gone / stream_timed_out flags the sweeps set. HTTP/2 streams will be its second
+# - The proxy core (workers/http/respond.py, exchange.py, forward.py) reaches the client only through the per-request
+#   interface: start_response / queue_data / flush / send_end for the response; take_body_event (no I/O) and
+#   receive_body_event for the request body; drain_body, reset (the connection will not carry another request),
+#   watch_client around a wait on the upstream, and the client_gone / stream_timed_out flags the sweeps set. HTTP/2 streams will be its second
 #   implementation; WebSocket (workers/http/websocket.py) is HTTP/1-only and uses the codec and transport itself.
 # - HTTP/1 keeps one send per response head: start_response only queues the head; it leaves with the first body
 #   bytes, or with the end. Body bytes are coalesced up to BODY_CHUNK_BYTES, and flushed before the core waits
-#   on the upstream again (flush), so nothing sits queued while we wait.
+#   on the upstream again (flush), so nothing sits queued while we wait. Queueing is a plain call: a coroutine
+#   per body chunk would cost more than the chunk's own work.
 # - Every byte that moves for the request in flight refreshes `activity` (the stream idle timeout's clock).
 from __future__ import annotations
 
@@ -64,15 +65,15 @@ class Http1Downstream:
         self.response_started = True
         self.pending = self.conn.send_response(status, reason, headers, close=self.must_close)
 
-    async def send_data(self, data) -> None:
+    def queue_data(self, data) -> bool:
+        """Queue response body bytes; True when enough is queued that the caller should flush now."""
         self.pending += self.conn.send_data(data)
-        if len(self.pending) >= BODY_CHUNK_BYTES:
-            await self.flush()
+        return len(self.pending) >= BODY_CHUNK_BYTES
 
     async def flush(self) -> None:
-        if self.pending:
-            data, self.pending = self.pending, b""
-            await self.transport.send_all(data)
+        """Send what is queued (callers skip the call when `pending` is empty)."""
+        data, self.pending = self.pending, b""
+        await self.transport.send_all(data)
 
     async def send_end(self) -> None:
         data, self.pending = self.pending + self.conn.send_end(), b""
@@ -146,17 +147,15 @@ class Http1Downstream:
 
     # ------------------------------------------------------------------ waiting on an upstream
 
-    async def wait_upstream(self, upstream: Transport) -> bytes:
-        """Bytes from the upstream while the registry's sweep peeks at the client: its leaving cancels the
-        connection's scope (client_gone)."""
-        waiting = self.ctx.registry.upstream_waiting
-        self.state = STATE_UPSTREAM_WAIT
-        waiting.add(self)
-        try:
-            return await upstream.recv_waiting()
-        finally:
+    def watch_client(self, waiting: bool) -> None:
+        """While the request waits on an upstream response head, the registry's sweep peeks at the client: its
+        leaving cancels the connection's scope (client_gone). Two plain calls around the wait, not a coroutine."""
+        if waiting:
+            self.state = STATE_UPSTREAM_WAIT
+            self.ctx.registry.upstream_waiting.add(self)
+        else:
             self.state = STATE_BUSY
-            waiting.discard(self)
+            self.ctx.registry.upstream_waiting.discard(self)
 
 
 def raw_socket(transport: Transport) -> socket.socket | None:

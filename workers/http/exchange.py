@@ -204,22 +204,28 @@ async def exchange_streaming(ex: Exchange, upstream: UpstreamConnection, head: b
     sent_at = down.activity = time.monotonic()
     gone = False
     result: TryResult | None = None  # stays None when the upload failed and cancelled the exchange
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(upload_body, down, upstream, body, nursery.cancel_scope)
-        result, response = await _await_response(ex, upstream, try_deadline, sent_at)
-        if result.sent:
-            try:
-                await relay_response(ex, upstream, response)
-            except ClientGone:
-                gone = True
-            if not body.complete:
-                # The response ended before the request body: stop reading it; the client connection cannot be
-                # reused (Envoy resets the stream in this case).
-                down.reset()
+    owned = True  # `upstream` is still ours to give back: every way out of here releases or discards it once
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(upload_body, down, upstream, body, nursery.cancel_scope)
+            result, response = await _await_response(ex, upstream, try_deadline, sent_at)
+            owned = False  # relayed (relay_response gives it back), held by the result for a retry, or discarded
+            if result.sent:
+                try:
+                    await relay_response(ex, upstream, response)
+                except ClientGone:
+                    gone = True
+                if not body.complete:
+                    # The response ended before the request body: stop reading it; the client connection cannot
+                    # be reused (Envoy resets the stream in this case).
+                    down.reset()
+                    nursery.cancel_scope.cancel()
+            elif result.kind != Outcome.STATUS:  # a failure: this connection is done, and so is the upload
+                pools.discard(upstream)
                 nursery.cancel_scope.cancel()
-        elif result.kind != Outcome.STATUS:  # a failure: this connection is done, and so is the upload
+    finally:
+        if owned:  # the upload failed, or the exchange was cancelled from outside (stream timeout, client gone)
             pools.discard(upstream)
-            nursery.cancel_scope.cancel()
     if body.client_failed or gone:
         if result is not None and result.upstream is not None:
             pools.discard(result.upstream)
@@ -227,7 +233,6 @@ async def exchange_streaming(ex: Exchange, upstream: UpstreamConnection, head: b
             raise RequestBodyError()
         raise ClientGone()
     if result is None:
-        pools.discard(upstream)
         return TryResult(Outcome.RESET, reason="connection termination")
     return result
 
@@ -262,7 +267,14 @@ async def read_response_head(down, upstream: UpstreamConnection, watch_client: b
         if event is NEED_DATA:
             # Right after the request went out the answer is not there yet: wait first, then read (one recv call
             # instead of a failed one and a second one). Watching the client is the registry's sweep.
-            data = await (down.wait_upstream(transport) if watch_client else transport.recv_waiting())
+            if watch_client:
+                down.watch_client(True)
+                try:
+                    data = await transport.recv_waiting()
+                finally:
+                    down.watch_client(False)
+            else:
+                data = await transport.recv_waiting()
             if not data and not codec.has_buffered_data:
                 raise UpstreamClosed("upstream closed before sending a response", 503)
             codec.receive_data(data)
@@ -336,7 +348,8 @@ async def relay_response(ex: Exchange, upstream: UpstreamConnection, response: R
     ctx = down.ctx
     codec = upstream.codec
     log.status = response.status_code
-    log.flags = "-"
+    if log.flags != "DI":  # a fault delay stays on record, as in Envoy's %RESPONSE_FLAGS%
+        log.flags = "-"
     log.details = "via_upstream"
     out_headers = hdr.downstream_response_headers(
         response.headers,
@@ -357,13 +370,15 @@ async def relay_response(ex: Exchange, upstream: UpstreamConnection, response: R
         while True:
             event = codec.next_event()
             if event is NEED_DATA:
-                await down.flush()
+                if down.pending:
+                    await down.flush()
                 codec.receive_data(await upstream.transport.recv())
                 down.activity = time.monotonic()
                 continue
             if type(event) is Data:
                 log.bytes_sent += len(event.data)
-                await down.send_data(event.data)
+                if down.queue_data(event.data):
+                    await down.flush()
             elif event is END_OF_MESSAGE:
                 await down.send_end()
                 clean = True

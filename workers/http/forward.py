@@ -30,8 +30,8 @@ from workers.route_policies import hash_for_request
 _ATTEMPTS = tuple(b"%d" % i for i in range(16))
 
 
-async def forward(down, request, req: RequestInfo, snapshot, rt, log: RequestLog, extra_response_headers: list) -> bool:
-    """Forward the request; returns keep-alive."""
+async def forward(down, request, req: RequestInfo, snapshot, rt, log: RequestLog, extra_response_headers) -> bool:
+    """Forward the request; returns keep-alive. `extra_response_headers` (CORS) are added to the response."""
     ctx = down.ctx
     route = rt.route
     if not rt.destinations:
@@ -46,7 +46,7 @@ async def forward(down, request, req: RequestInfo, snapshot, rt, log: RequestLog
     ex = Exchange(down, request, req, rt, dest, log, policy)
     if ex.body.protocol_error is not None:  # a broken body already parsed: answered before any upstream sees it
         return await answer_body_error(ex)
-    ex.extra_response_headers = extra_response_headers
+    ex.extra_response_headers = list(extra_response_headers)  # this request's own: a hash cookie may join them
     hash_policy = dest.wc.hash_policy or dest.cluster_runtime.cluster.hash_policy
     if hash_policy is not None:
         ex.hash_value, set_cookie = hash_for_request(hash_policy, request.headers, req.query, req.forwarded.client_ip)
@@ -90,7 +90,7 @@ async def forward_with_retries(ex: Exchange) -> bool:
             tried.append(index)
             try_deadline = min(ex.deadline, trio.current_time() + per_try) if per_try > 0 else ex.deadline
             try:
-                result = await _leased_try(ex, attempt, index, try_deadline)
+                result = await try_once(ex, attempt, index, try_deadline)
             except ClientGone:
                 log.flags = "DC"
                 log.details = "downstream_remote_disconnect"
@@ -118,30 +118,30 @@ async def forward_with_retries(ex: Exchange) -> bool:
     return await answer_failure(ex, result, attempt > 1)
 
 
-async def _leased_try(ex: Exchange, attempt: int, index: int, try_deadline: float) -> TryResult:
-    """One try against endpoint `index`, inside its balancer lease: finished with the try's outlier verdict, or
-    cancelled when there is none (the client left, the body broke, or an overflow)."""
+async def try_once(ex: Exchange, attempt: int, index: int, try_deadline: float) -> TryResult:
+    """One try against endpoint `index`, inside its balancer lease: settled with the try's outlier verdict, or
+    with none (-1) when the try ended otherwise (the client left, the body broke, cancelled)."""
     balancer = ex.cluster_rt.balancer
     state = balancer.states[index]
     ex.log.upstream_host = state.address_text
-    with balancer.lease(index, trio.current_time) as lease:
-        result = await try_once(ex, attempt, state.endpoint, try_deadline)
-        lease.verdict = result.outlier_status
-    return result
-
-
-async def try_once(ex: Exchange, attempt: int, endpoint, try_deadline: float) -> TryResult:
-    acquired = await acquire(ex, endpoint, try_deadline)
-    if isinstance(acquired, TryResult):
-        return acquired
-    upstream = acquired
-    ex.log.upstream_local = upstream.local
-    headers = ex.upstream_headers + [(b"x-envoy-attempt-count", _ATTEMPTS[attempt] if attempt < len(_ATTEMPTS) else b"%d" % attempt)]
+    balancer.on_start(index)
+    result: TryResult | None = None
     try:
-        head = upstream.codec.send_request(ex.request.method, ex.target, headers)
-    except ProtocolError as exc:
-        ex.down.ctx.pools.discard(upstream)
-        return TryResult(Outcome.PROTOCOL_ERROR, reason=str(exc))
-    if ex.body.complete:
-        return await exchange_buffered(ex, upstream, head, try_deadline)
-    return await exchange_streaming(ex, upstream, head, try_deadline)
+        acquired = await acquire(ex, state.endpoint, try_deadline)
+        if isinstance(acquired, TryResult):
+            result = acquired
+            return result
+        upstream = acquired
+        ex.log.upstream_local = upstream.local
+        headers = ex.upstream_headers + [(b"x-envoy-attempt-count", _ATTEMPTS[attempt] if attempt < len(_ATTEMPTS) else b"%d" % attempt)]
+        try:
+            head = upstream.codec.send_request(ex.request.method, ex.target, headers)
+        except ProtocolError as exc:
+            ex.down.ctx.pools.discard(upstream)
+            result = TryResult(Outcome.PROTOCOL_ERROR, reason=str(exc))
+            return result
+        exchange = exchange_buffered if ex.body.complete else exchange_streaming
+        result = await exchange(ex, upstream, head, try_deadline)
+        return result
+    finally:
+        balancer.settle(index, result.outlier_status if result is not None else -1, trio.current_time())

@@ -66,6 +66,21 @@ LOCAL_REPLIES: dict[str, LocalReply] = {
     "internal_error": LocalReply(500, b"", "-", "internal_error", close=True),
 }
 
+# %RESPONSE_FLAGS% lists several flags in this order, joined with "," (Envoy's ResponseFlagUtils), e.g. "DI,FI" for a
+# delayed then aborted request.
+FLAG_ORDER = ("LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC", "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR")
+_FLAG_RANK = {flag: rank for rank, flag in enumerate(FLAG_ORDER)}
+
+
+def with_flag(flags: str, flag: str) -> str:
+    """`flags` (a %RESPONSE_FLAGS% value, "-" for none) with `flag` added in Envoy's order."""
+    if flag == "-" or flag in flags.split(","):
+        return flags
+    if flags == "-":
+        return flag
+    return ",".join(sorted([*flags.split(","), flag], key=lambda f: _FLAG_RANK.get(f, len(FLAG_ORDER))))
+
+
 # Envoy's response code details for what its HTTP/1 codec refuses (all flagged DPE, downstream protocol error).
 CODEC_ERROR_DETAILS = {431: "http1.headers_too_large", 414: "http1.headers_too_large", 501: "http1.invalid_transfer_encoding"}
 

@@ -27,7 +27,7 @@ from workers.route_policies import FAULT_ABORT_BODY, PREFLIGHT_FORWARD, cors_pre
 class RequestInfo:
     """The request as the router, the forwarder and the log see it: decided once, from the codec's parsed head."""
 
-    __slots__ = ("method", "path", "query", "authority", "authority_bytes", "scheme", "headers", "path_bytes", "query_bytes", "host", "port", "body_present", "chunked", "upgrade", "forwarded")
+    __slots__ = ("method", "path", "query", "authority", "authority_bytes", "scheme", "headers", "path_bytes", "query_bytes", "host", "port", "body_present", "chunked", "upgrade", "forwarded", "listener_port")
 
 
 def read_request(request: Request, peer_ip: bytes, scheme: bytes, opts: Options, rng) -> tuple[RequestInfo, LocalReply | None]:
@@ -76,13 +76,6 @@ def read_request(request: Request, peer_ip: bytes, scheme: bytes, opts: Options,
     return req, None
 
 
-class Routed(NamedTuple):
-    """A request that found its route: the route's runtime (workers/tableview.RouteRuntime) and its listener."""
-
-    rt: object
-    listener_port: int
-
-
 class Redirect(NamedTuple):
     """A local reply with a Location: the httpsRedirect of a virtual host, or a route's redirect."""
 
@@ -91,8 +84,9 @@ class Redirect(NamedTuple):
     status: int = 0
 
 
-def find_route(snapshot, listener_key: str, chain_index: int, req: RequestInfo) -> Routed | Redirect | LocalReply:
-    """listener → filter chain → virtual host → route (rule 3)."""
+def find_route(snapshot, listener_key: str, chain_index: int, req: RequestInfo):
+    """listener → filter chain → virtual host → route (rule 3): the route's runtime (workers/tableview.RouteRuntime),
+    a Redirect or a LocalReply. The listener's port is noted on `req` (a redirect may need it)."""
     router = None
     listener_rt = snapshot.listeners.get(listener_key)
     if listener_rt is not None:
@@ -111,7 +105,8 @@ def find_route(snapshot, listener_key: str, chain_index: int, req: RequestInfo) 
     route = router.match(vhost, req)
     if route is None:
         return LOCAL_REPLIES["route_not_found"]
-    return Routed(snapshot.route_runtime(route), listener_rt.listener.port)
+    req.listener_port = listener_rt.listener.port
+    return snapshot.route_runtime(route)
 
 
 class Answer(NamedTuple):
@@ -128,11 +123,14 @@ class Answer(NamedTuple):
 class Forward(NamedTuple):
     """Forward upstream, after `delay_s` (a fault delay), adding `cors_headers` to the response."""
 
-    cors_headers: list
+    cors_headers: list | tuple
     delay_s: float = 0.0
 
 
-def decide_action(rt, method: bytes, req: RequestInfo, listener_port: int, rng) -> Answer | Forward:
+FORWARD = Forward(())  # the common case, without an allocation per request
+
+
+def decide_action(rt, method: bytes, req: RequestInfo, rng) -> Answer | Forward:
     """CORS, then the route's action, then fault: the order of Istio's HTTP filter chain (rule 4)."""
     route = rt.route
     extra: list = []
@@ -144,7 +142,7 @@ def decide_action(rt, method: bytes, req: RequestInfo, listener_port: int, rng) 
         if preflight is None:
             extra = cors_response_headers(rt.cors, origin)
     if route.action == ACTION_REDIRECT:
-        location = redirect_location(route, req, listener_port)
+        location = redirect_location(route, req, req.listener_port)
         return Answer(LOCAL_REPLIES["redirect"], route.redirect.code, b"", [(b"location", location), *extra])
     if route.action == ACTION_DIRECT:
         direct = route.direct
@@ -155,8 +153,8 @@ def decide_action(rt, method: bytes, req: RequestInfo, listener_port: int, rng) 
             return Answer(LOCAL_REPLIES["fault_abort"], abort_status, FAULT_ABORT_BODY, extra, delay_s=delay_s)
         if grpc_status:
             return Answer(LOCAL_REPLIES["fault_abort"], 200, b"", grpc_abort_headers(grpc_status) + extra, delay_s=delay_s)
-        return Forward(extra, delay_s)
-    return Forward(extra)
+        return Forward(extra, delay_s) if extra or delay_s else FORWARD
+    return Forward(extra) if extra else FORWARD
 
 
 def redirect_location(route: Route, req: RequestInfo, listener_port: int) -> bytes:

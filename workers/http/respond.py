@@ -13,7 +13,7 @@ import trio
 
 from workers.http.codec import REASONS
 from workers.http.log import RequestLog
-from workers.http.replies import LocalReply, closing_reply, reply_headers
+from workers.http.replies import LocalReply, closing_reply, reply_headers, with_flag
 from workers.http.retry import RETRY_BUFFER_BYTES
 
 SEND_GRACE_S = 1.0  # how long a reply on a failed or timed-out connection may take before the close wins
@@ -36,7 +36,7 @@ async def local_reply(
     if body is None:
         body = reply.body
     log.status = status
-    log.flags = reply.flags
+    log.flags = with_flag("DI", reply.flags) if log.flags == "DI" else reply.flags  # a fault delay stays on record
     log.details = reply.details
     ctx = down.ctx
     headers = reply_headers(body, content_type, ctx.server_header, extra, response_ops)
@@ -49,7 +49,7 @@ async def local_reply(
             down.reset()
     down.start_response(status, REASONS.get(status, b""), headers)
     if body:
-        await down.send_data(body)
+        down.queue_data(body)  # one send with the head and the end, whatever its size (a local reply is small)
     log.bytes_sent += len(body)
     await down.send_end()
 

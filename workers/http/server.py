@@ -176,14 +176,13 @@ async def _serve_request(down: Http1Downstream, request: Request, log: RequestLo
     log.forwarded = req.forwarded
     if refused is not None:
         return await _reply(down, log, refused, keep_alive=False)
-    found = find_route(snapshot, down.listener_key, down.chain_index, req)
-    if type(found) is Redirect:
-        return await _reply(down, log, found.reply, extra=[(b"location", found.location)])
-    if type(found) is LocalReply:
-        return await _reply(down, log, found)
-    rt = found.rt
+    rt = find_route(snapshot, down.listener_key, down.chain_index, req)
+    if type(rt) is Redirect:
+        return await _reply(down, log, rt.reply, extra=[(b"location", rt.location)])
+    if type(rt) is LocalReply:
+        return await _reply(down, log, rt)
     log.route_name = rt.route.name or "-"
-    action = decide_action(rt, request.method, req, found.listener_port, ctx.rng)
+    action = decide_action(rt, request.method, req, ctx.rng)
     if action.delay_s:
         log.flags = "DI"
         await trio.sleep(action.delay_s)
