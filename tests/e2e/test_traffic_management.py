@@ -6,6 +6,10 @@
 # count requests at a backend reset its counters first and use an instance no other test routes to while they
 # run. Tolerances are set at ≥ 4.5 standard deviations of the binomial, so a correct gateway fails them about
 # once in 100,000 runs.
+#
+# What takes waiting to show (per-try timeouts, an ejection running out, mirrors landing after the response) is
+# specified against the real proxy in memory on trio's autojump clock, with these configs: tests/workers/http/
+# test_proxy_retries.py, test_proxy_upstreams.py, test_proxy_mirrors.py. Here, one end-to-end test per feature.
 from __future__ import annotations
 
 import base64
@@ -1005,16 +1009,6 @@ def test_retries_carry_the_attempt_count(stack):
     assert json.loads(body)["headers"]["x-envoy-attempt-count"] == "3"
 
 
-def test_per_try_timeout_is_retried(stack):
-    stack.backends.reset("rt")
-    started = time.monotonic()
-    status, body, _ = stack.get("/delay/2", "retry.example.com")
-    elapsed = time.monotonic() - started
-    assert (status, body) == (504, b"upstream request timeout")
-    assert 0.6 <= elapsed < 1.9  # three tries of 0.2 s (plus backoff), not the backend's 2 s
-    assert stack.backends.stats("rt")["requests_total"] == 3
-
-
 def test_5xx_is_retried_on_another_endpoint(stack):
     bad = stack.fixed["retry-bad"]
     bad.reset()
@@ -1124,40 +1118,6 @@ def _mirror_counts(stack: Stack, path: str, n: int) -> tuple[int, int, int]:
 
 def test_mirror_sends_a_copy_of_every_request(stack):
     assert _mirror_counts(stack, "/single", 30) == (30, 30, 0)
-
-
-def test_mirror_percentage_50(stack):
-    n = 200
-    primary, copies, _ = _mirror_counts(stack, "/half", n)
-    assert primary == n
-    assert within(copies, n, 0.5), copies
-
-
-def test_mirrors_list_sends_to_each(stack):
-    assert _mirror_counts(stack, "/many", 20) == (20, 20, 20)
-
-
-def test_slow_failing_mirror_never_affects_the_client(stack):
-    slow = stack.fixed["mirror-slow"]
-    slow.reset()
-    started = time.monotonic()
-    for _ in range(3):
-        status, body, _ = stack.get("/slow", "mirror.example.com")
-        assert status == 200 and instance_of(body) == "mp"
-    assert time.monotonic() - started < 1.5  # the mirror takes 2 s and answers 500
-    assert wait_until(lambda: slow.count() == 3, timeout_s=3)
-
-
-def test_mirror_sees_the_host_and_the_body(stack):
-    seen = stack.fixed["mirror-seen"]
-    seen.reset()
-    payload = b"x" * 1000
-    status, _, _ = stack.get("/seen", "mirror.example.com", method="POST", body=payload)
-    assert status == 200
-    assert wait_until(lambda: seen.count() == 1)
-    copy = seen.requests()[0]
-    assert copy.method == "POST" and copy.path == "/seen" and copy.body_bytes == len(payload)
-    assert copy.headers["host"] == "mirror.example.com"  # no -shadow suffix since Istio 1.28
 
 
 def test_shadow_host_suffix_switch(tmp_path):
@@ -1416,28 +1376,6 @@ def test_passthrough_and_warmup_are_accepted(stack):
 
 
 # ==================================================================================== outlier detection
-
-
-def test_outlier_detection_ejects_and_returns(stack):
-    bad = stack.fixed["od-bad"]
-    bad.status = 500
-    bad.reset()
-    # Fresh connections spread over both workers; each worker ejects `bad` after 2 consecutive 5xx of its own.
-    statuses = Counter(stack.get("/", "outlier.example.com")[0] for _ in range(40))
-    assert bad.count() <= 2 * WORKERS, bad.count()
-    assert statuses[500] == bad.count()  # the default retry policy does not retry a 500
-    assert statuses[200] == 40 - bad.count()
-    # Ejected for baseEjectionTime (2 s): no traffic at all.
-    bad.reset()
-    for _ in range(20):
-        status, body, _ = stack.get("/", "outlier.example.com")
-        assert status == 200 and instance_of(body) == "od-good"
-    assert bad.count() == 0
-    # Healthy again and the ejection over: it gets its share back.
-    bad.status = 200
-    time.sleep(2.2)
-    instances = Counter(instance_of(stack.get("/", "outlier.example.com")[1]) for _ in range(20))
-    assert instances["od-bad"] >= 2 and instances["od-good"] >= 2, instances
 
 
 def test_max_ejection_percent_keeps_some_endpoints(stack):
