@@ -238,33 +238,22 @@ class Balancer:
         self.states[index].active += 1
 
     def settle(self, index: int, verdict: int, now: float) -> None:
-        """The end of a try started with on_start: finished with its verdict (a status, 0 for a failure with no
-        response), or cancelled when there is none (-1). Every try ends here exactly once (Lease, or the HTTP
-        forwarder's own try/finally on the hot path)."""
-        if verdict >= 0:
-            self.on_finish(index, verdict, now)
-        else:
-            self.on_cancel(index)
-
-    def on_cancel(self, index: int) -> None:
-        """A try that ended without a verdict on the endpoint (the client left)."""
+        """The end of a try started with on_start: finished with its verdict (a status, 0 for a connect failure or
+        a reset before a response), or cancelled when there is none (-1: the client left, an overflow, an error of
+        ours). Every try ends here exactly once (Lease, or the HTTP forwarder's own try/finally on the hot path)."""
         s = self.states[index]
         if s.active > 0:
             s.active -= 1
-
-    def on_finish(self, index: int, status: int, now: float) -> None:
-        """Record one try's outcome: status 0 = connect failure or reset before a response."""
-        s = self.states[index]
-        if s.active > 0:
-            s.active -= 1
+        if verdict < 0:
+            return
         s.total += 1
         outlier = self.outlier
         if outlier is None:
             return
-        is_5xx = status == 0 or status >= 500
-        if outlier.error_codes and status:
-            is_5xx = status in outlier.error_codes
-        is_gateway = status == 0 or status in (502, 503, 504)
+        is_5xx = verdict == 0 or verdict >= 500
+        if outlier.error_codes and verdict:
+            is_5xx = verdict in outlier.error_codes
+        is_gateway = verdict == 0 or verdict in (502, 503, 504)
         if is_5xx:
             s.failures += 1
             s.consecutive_5xx += 1
@@ -276,6 +265,14 @@ class Balancer:
         )
         if trip and s.ejected_until <= now:
             self._eject(s, now)
+
+    def on_cancel(self, index: int) -> None:
+        """A try that ended without a verdict on the endpoint."""
+        self.settle(index, -1, 0.0)
+
+    def on_finish(self, index: int, status: int, now: float) -> None:
+        """Record one try's outcome: status 0 = connect failure or reset before a response."""
+        self.settle(index, status, now)
 
     def _eject(self, s: EndpointState, now: float) -> None:
         outlier = self.outlier

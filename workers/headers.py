@@ -276,18 +276,6 @@ def header_value(headers: Iterable[Header], name: bytes) -> bytes | None:
     return found[0] if len(found) == 1 else b", ".join(found)
 
 
-def has_conflicting_framing(headers: Iterable[Header]) -> bool:
-    """Content-Length together with Transfer-Encoding: a smuggling risk that Envoy rejects (RFC 9112 §6.3
-    lets a server reject it and requires it to close the connection anyway)."""
-    length = chunked = False
-    for name, _ in headers:
-        if name == b"content-length":
-            length = True
-        elif name == b"transfer-encoding":
-            chunked = True
-    return length and chunked
-
-
 def has_underscore_name(headers: Iterable[Header]) -> bytes | None:
 
     """The first header name with an underscore (Envoy's edge default rejects such requests)."""

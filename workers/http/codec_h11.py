@@ -123,6 +123,10 @@ class H11Client:
         if t is h11.EndOfMessage:
             return END_OF_MESSAGE
         if t is h11.Response:
+            if _conflicting_framing(event.headers):
+                # h11 would let Transfer-Encoding win; Envoy refuses the response (a smuggling risk; RFC 9112 §6.3
+                # lets a recipient reject it), as FastClient does.
+                raise ProtocolError("upstream response with both Content-Length and Transfer-Encoding", 502)
             return Response(event.status_code, event.reason, event.headers, event.http_version)
         if t is h11.InformationalResponse:
             return InformationalResponse(event.status_code, event.reason, event.headers, event.http_version)
@@ -149,3 +153,13 @@ class H11Client:
 
     def start_next_cycle(self) -> None:
         self.conn.start_next_cycle()
+
+
+def _conflicting_framing(headers) -> bool:
+    length = chunked = False
+    for name, _ in headers:
+        if name == b"content-length":
+            length = True
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length and chunked

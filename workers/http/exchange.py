@@ -280,9 +280,7 @@ async def read_response_head(down, upstream: UpstreamConnection, watch_client: b
             codec.receive_data(data)
             continue
         t = type(event)
-        if t is Response:
-            if hdr.has_conflicting_framing(event.headers):
-                raise ProtocolError("upstream response with both Content-Length and Transfer-Encoding", 502)
+        if t is Response:  # its framing was checked by the codec (Content-Length with Transfer-Encoding is a 502)
             return event
         if t is InformationalResponse:
             if accept_switch and event.status_code == 101:
