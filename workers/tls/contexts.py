@@ -73,6 +73,17 @@ def _set_ciphers(ctx: ssl.SSLContext, names: Sequence[str], legacy: bool) -> Non
     ctx.set_ciphers(spec + (":@SECLEVEL=0" if legacy else ""))
 
 
+def _load_crl(ctx: ssl.SSLContext, crl: str) -> None:
+    """A certificate revocation list, checked for the peer's own certificate (Envoy checks the leaf by default)."""
+    if not crl:
+        return
+    try:
+        ctx.load_verify_locations(cafile=crl)
+    except (OSError, ssl.SSLError) as exc:
+        raise _load_error("CRL", crl, exc) from None
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
 def _load_error(what: str, path: str, exc: Exception) -> TLSConfigError:
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return TLSConfigError(f"cannot load {what} {path}: {reason}")
@@ -111,12 +122,7 @@ def build_server_context(tls: ServerTLS, files: ServerFiles, alpn: Sequence[str]
             ctx.load_verify_locations(cafile=files.ca)
         except (OSError, ssl.SSLError) as exc:
             raise _load_error("client CA", files.ca, exc) from None
-        if files.crl:
-            try:
-                ctx.load_verify_locations(cafile=files.crl)
-            except (OSError, ssl.SSLError) as exc:
-                raise _load_error("CRL", files.crl, exc) from None
-            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        _load_crl(ctx, files.crl)
         ctx.verify_mode = ssl.CERT_REQUIRED if tls.mode == "MUTUAL" else ssl.CERT_OPTIONAL
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
@@ -170,12 +176,7 @@ def _build_upstream(tls: UpstreamTLS, files: ClientFiles, *, for_http: bool) -> 
                 ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
         except (OSError, ssl.SSLError) as exc:
             raise _load_error("CA", files.ca, exc) from None
-        if files.crl:
-            try:
-                ctx.load_verify_locations(cafile=files.crl)
-            except (OSError, ssl.SSLError) as exc:
-                raise _load_error("CRL", files.crl, exc) from None
-            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        _load_crl(ctx, files.crl)
         ctx.subject_alt_names = tuple(tls.subject_alt_names)
         # Auto SAN validation: only when neither SANs nor an explicit SNI are configured (cluster_tls.go).
         ctx.check_hostname = for_http and not tls.subject_alt_names and not tls.sni
