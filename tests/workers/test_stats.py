@@ -89,3 +89,36 @@ def test_open_tcp_connections_report_their_bytes_as_they_grow_and_the_rest_at_cl
     stats._publish_tcp_progress()
     assert totals() == (135, 16, 1)  # a closed connection is no longer reported
     writer.close()
+
+
+@pytest.mark.parametrize(
+    ("down", "fields", "key", "words"),
+    [
+        # (down, RequestLog fields, expected entry key, (request bytes sum, response bytes sum, requests in it))
+        (SimpleNamespace(listener_key="0.0.0.0:80"), dict(route_name="r", upstream_cluster="outbound|80||a", status=200, bytes_received=5, bytes_sent=7),
+         ("0.0.0.0:80", "r", "outbound|80||a", 200, "-"), (5, 7, 1)),
+        (None, dict(status=400, flags="DPE"), ("-", "-", "-", 400, "DPE"), (0, 0, 1)),  # a codec error before any connection facts
+        (SimpleNamespace(listener_key="[::]:443"), dict(status=0, flags="DC", route_name="default", upstream_cluster="outbound|9080||items", bytes_received=3),
+         ("[::]:443", "default", "outbound|9080||items", 0, "DC"), (3, 0, 1)),
+        (SimpleNamespace(listener_key="0.0.0.0:80"), dict(status=502, flags="UPE", upstream_cluster="outbound|80||a", bytes_sent=10**9),
+         ("0.0.0.0:80", "-", "outbound|80||a", 502, "UPE"), (0, 10**9, 1)),
+    ],
+)  # fmt: skip
+def test_a_request_logs_key_and_words_are_pinned(segment, down, fields, key, words):
+    """The metrics a real RequestLog produces (the listener comes from its connection): the same entry key and
+    words whatever the record's shape, recorded twice to check the entry is found again, not duplicated."""
+    from edge.stats_shm import E_DURATION_SUM_US
+    from workers.http.log import RequestLog
+
+    writer = SlotWriter.attach(segment.name, 0)
+    stats = WorkerStats(writer)
+    log = RequestLog(time.time() - 0.002, down, None)
+    for name, value in fields.items():
+        setattr(log, name, value)
+    stats.record_request(log)
+    stats.record_request(log)
+    writer.close()
+    [(got_key, got)] = segment.read_slot(0).http
+    assert got_key == key
+    assert (got[E_REQUEST_BYTES_SUM], got[E_RESPONSE_BYTES_SUM], sum(got[E_DURATION_BUCKETS : E_DURATION_BUCKETS + 20])) == tuple(2 * w for w in words)
+    assert 2 * 2000 <= got[E_DURATION_SUM_US] < 2 * 1_000_000
