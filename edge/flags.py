@@ -43,7 +43,7 @@ ACCESS_LOG_OFF = "off"
 ACCESS_LOG_STDOUT = "-"
 ACCESS_LOG_FORMATS = ("text", "json")
 HTTP10_MODES = ("accept", "reject")
-HTTP_CODECS = ("h11", "httptools")
+HTTP_CODECS = ("auto", "h11", "httptools")
 
 WORKER_PROG = "workers.main"
 _AS_DEFAULT: Any = object()  # worker_default: the worker's default is the flag's
@@ -118,7 +118,11 @@ RUN_FLAGS: tuple[Flag, ...] = (
     ),  # fmt: skip
     Flag("idle-timeout", SECONDS, "3600", "close client connections idle this long (default 3600, Envoy's)", metavar="SECONDS"),
     Flag("max-connections-per-worker", INT, "10000", "stop accepting above this many client connections per worker (default 10000)", metavar="N"),
-    Flag("http-codec", CHOICE, "h11", "HTTP/1.1 engine: h11 (default, the reference) or httptools (faster; pip install 'edge[fast]')", choices=HTTP_CODECS, worker=True),
+    Flag(
+        "http-codec", CHOICE, "auto",
+        "HTTP/1.1 engine: auto (default: httptools when installed, else h11), httptools (llhttp: the fast one) or h11 (the reference)",
+        choices=HTTP_CODECS, worker=True,
+    ),  # fmt: skip
     Flag(
         "num-trusted-proxies", INT, "0",
         "proxies in front of edge whose X-Forwarded-For entries are trusted (Istio's gatewayTopology.numTrustedProxies; default 0)",

@@ -72,7 +72,7 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     stream_idle_timeout_s: float = 300.0  # a request whose bytes stop moving (Envoy's stream_idle_timeout; 0 = off)
     idle_timeout_s: float = 3600.0  # client connections with no request in flight (Envoy's default)
     max_connections_per_worker: int = 10_000
-    http_codec: str = "h11"  # "h11" (the reference) or "httptools" (the accelerated codec, edge[fast])
+    http_codec: str = "auto"  # "auto" (httptools when installed, else h11), "httptools" or "h11" (the reference)
     num_trusted_proxies: int = 0  # Istio's gatewayTopology.numTrustedProxies: X-Forwarded-For hops trusted
     preserve_external_request_id: bool = False  # Envoy's option: keep a client's x-request-id
     proxy_protocol: bool = False  # Istio's gatewayTopology.proxyProtocol: a PROXY header starts every connection
@@ -256,11 +256,12 @@ def _check_access_log_template(value, raw, where, kw) -> str:
 
 
 def _check_http_codec(value, raw, where, kw) -> str:
-    if value == "httptools":
-        try:
-            import httptools  # noqa: F401
-        except ImportError:
-            raise SettingsError(f"{where}: httptools is not installed (pip install 'edge[fast]')") from None
+    """`auto` stays `auto`: the workers decide it by workers/http/engines.resolve_codec, which the supervisor's log
+    line uses too (same interpreter, same answer)."""
+    from workers.http.engines import httptools  # pure
+
+    if value == "httptools" and httptools is None:
+        raise SettingsError(f"{where}: httptools is not installed (pip install httptools)")
     return value
 
 

@@ -72,6 +72,7 @@ import trio
 from edge import control
 from edge.admin import admin_routes, metrics_routes
 from edge.compiler import load_and_compile
+from workers.http.engines import resolve_codec
 from edge.dns import DnsResolver, Resolver
 from edge.errors import ERROR, WARNING, ConfigError, Diagnostic
 from edge.flags import worker_arguments
@@ -295,7 +296,7 @@ class Supervisor:
             f"generation {generation}: {len(compiled.table.listeners)} listener(s), "
             f"{len(compiled.table.clusters)} cluster(s) from {len(compiled.files)} file(s) "
             f"compiled in {format_seconds(trio.current_time() - started)}; "
-            f"starting {self.state.workers} worker(s)"
+            f"starting {self.state.workers} worker(s), HTTP/1.1 codec {resolve_codec(self.settings.http_codec)}"
         )
         for key in self.registry.keys():
             bind, port = self.registry.address(key)

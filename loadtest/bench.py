@@ -3,7 +3,7 @@
 #   .venv/bin/python -m loadtest.bench [--targets direct,nginx-proxy,proxy.py,edge-1w,edge-2w]
 #        [--rounds 3] [--duration 10] [--warmup 2] [--connections 64] [--script plain|mix|mix-get]
 #        [--rate 2000] [--ratio-to TARGET,...] [--install-refs]
-#   targets: direct, nginx-proxy, proxy.py, edge-<N>w[-fast][-nostats|-text|-json][-vs<V>]
+#   targets: direct, nginx-proxy, proxy.py, edge-<N>w[-fast|-h11][-nostats|-text|-json][-vs<V>]
 #
 # Order of a run: backend up -> every selected target up (a target that fails to start is reported and
 # left out, the others go on) -> R interleaved rounds (round 1: every target once, round 2: again, ...
@@ -42,7 +42,7 @@ LOAD_GRACE_S = 30.0
 WRK_TIMEOUT = "5s"  # a request unanswered this long counts as a wrk timeout error
 ALL_TARGETS = ("direct", "nginx-proxy", "proxy.py", "edge-1w", "edge-2w")
 REFERENCES = ("nginx-proxy", "proxy.py")
-EDGE_TARGET = re.compile(r"^edge-(\d+)w((?:-(?:fast|nostats|text|json|b|vs\d+))*)$")  # variants: targets.start_edge
+EDGE_TARGET = re.compile(r"^edge-(\d+)w((?:-(?:fast|h11|nostats|text|json|b|vs\d+))*)$")  # variants: targets.start_edge
 VHOSTS_VARIANT = re.compile(r"-vs\d+(?:-|$)")
 WRK_SCRIPTS = {"plain": WRK_DIR / "report.lua", "mix": WRK_DIR / "mix.lua", "mix-get": WRK_DIR / "mix.lua"}
 
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--targets", default=",".join(ALL_TARGETS),
                         help="comma list from: direct, nginx-proxy, proxy.py, "
-                             "edge-<N>w[-fast][-nostats|-text|-json][-vs<V>] (default: %(default)s); "
+                             "edge-<N>w[-fast|-h11][-nostats|-text|-json][-vs<V>] (default: %(default)s); "
                              "-vs<V>: a config of V VirtualServices with distinct hosts, plain script only")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds measured per target per round")

@@ -301,8 +301,8 @@ def default_edge_bin() -> Path:
 
 
 def start_edge(name: str, tmp: Path, backend_port: int, workers: int, edge_bin: Path, variant: str = "") -> Target:
-    """variant (edge-<N>w-<variant>[-<variant>…]): "" = h11 codec, metrics on, access log off (the default);
-    "fast" = the httptools codec; "nostats" = metrics and admin ports off, so no statistics are kept;
+    """variant (edge-<N>w-<variant>[-<variant>…]): "" = the default codec (auto: httptools when installed), metrics
+    on, access log off; "fast" = the httptools codec named explicitly; "h11" = the h11 codec (the reference); "nostats" = metrics and admin ports off, so no statistics are kept;
     "text" / "json" = metrics on and an access log in that format written to a file in the run's temp dir
     (buffered, as in production); "vs<N>" = a config of exactly N VirtualServices with distinct hosts
     (confgen.edge_vhosts_conf_yaml) instead of the mix's routes, loaded with Host: confgen.VHOST_MEASURED."""
@@ -341,8 +341,10 @@ def start_edge(name: str, tmp: Path, backend_port: int, workers: int, edge_bin: 
             argv += ["--access-log-format", part]
         elif part == "fast":
             argv += ["--http-codec", "httptools"]
+        elif part == "h11":
+            argv += ["--http-codec", "h11"]
         else:
-            raise StartFailed(f"unknown edge variant {part!r} (nostats, text, json, fast, vs<N>; joined with -)")
+            raise StartFailed(f"unknown edge variant {part!r} (nostats, text, json, fast, h11, vs<N>; joined with -)")
     proc = spawn(name, argv, tmp)
 
     def ready() -> bool:

@@ -41,6 +41,7 @@ PURE_MODULES = [
     "workers/http/codec.py",
     "workers/http/codec_h11.py",
     "workers/http/codec_fast.py",
+    "workers/http/engines.py",
     "workers/http/request.py",
     "workers/http/replies.py",
     "workers/http/retry.py",

@@ -125,7 +125,7 @@ WORKER_NAMESPACE_DEFAULTS = {
     "access_log": "off",
     "access_log_format": "text",
     "access_log_template": "",
-    "http_codec": "h11",
+    "http_codec": "auto",
     "stats_shm": None,
 }
 
@@ -144,7 +144,7 @@ def test_the_worker_command_line_of_the_defaults():
     argv = worker_arguments(DEFAULTS, slot=0, control_fd=5, table_shm="t")
     assert argv == [
         "--slot", "0", "--control-fd", "5", "--table-shm", "t",
-        "--credentials-dir=/etc/edge/credentials", "--access-log=off", "--access-log-format=text", "--http-codec=h11",
+        "--credentials-dir=/etc/edge/credentials", "--access-log=off", "--access-log-format=text", "--http-codec=auto",
     ]  # fmt: skip
     assert parse_worker_args(argv) == argparse.Namespace(
         slot=0, control_fd=5, table_shm="t", **{**WORKER_NAMESPACE_DEFAULTS, "credentials_dir": "/etc/edge/credentials"}

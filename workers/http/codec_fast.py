@@ -28,7 +28,7 @@ class FastServer(ServerCodec):
 
     def __init__(self, max_head_bytes: int):
         if httptools is None:
-            raise RuntimeError("the httptools codec needs the httptools package (pip install 'edge[fast]')")
+            raise RuntimeError("the httptools codec needs the httptools package (pip install httptools)")
         super().__init__(max_head_bytes)
         self.response_chunked = False
         self.response_has_body = True
