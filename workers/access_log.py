@@ -8,7 +8,11 @@
 #   JSON has the same fields under Istio's JSON keys, numbers as numbers and a missing value as null (Envoy's
 #   JSON formatter does that), one object per line, keys in a fixed order.
 # - TCP connections log the same line shape with `"- - -" 0` for method/path/protocol and status.
-# - Buffered like Envoy's --file-flush-interval-msec 1000: a line is appended to a list; the buffer is written
+# - A proxied request's line is built in one pass (request_line: its fields read once, repeating strings encoded
+#   once into cached fragments, header bytes copied unless they need escaping, one bytes %-format); the generic
+#   formatters (format_text, format_json) serve every other record and define the output: both give the same
+#   bytes, pinned for tricky records in tests/workers/test_access_log.py.
+# - Buffered like Envoy's --file-flush-interval-msec 1000: a line is appended to a bytearray; the buffer is written
 #   every FLUSH_INTERVAL_S, at once when it reaches FLUSH_BYTES, and on close (drain, exit). The write
 #   happens in a thread so a slow stdout pipe never stalls the event loop. While a write is stuck, at most
 #   MAX_PENDING_BYTES wait; lines beyond that are dropped and counted (dropped_lines), never buffered unbounded.
@@ -26,6 +30,7 @@ from typing import Callable
 import orjson
 import trio
 
+from workers.http.log import RequestLog
 from workers.log_format import compile_template, format_start_time
 
 FLUSH_BYTES = 64 * 1024
@@ -207,6 +212,168 @@ def format_tcp_json(log: TcpLog) -> bytes:
     return orjson.dumps(tcp_json_record(log)) + b"\n"
 
 
+# ------------------------------------------------------------------------------------------ one-pass lines
+# A RequestLog with an origin-form target (every proxied request) is written by request_line(): its fields are
+# read once, straight from the request, its connection and what went upstream, and the line is one bytes
+# %-format. Strings that repeat (route, cluster, flags, details, upstream host, addresses, method) are encoded
+# once into the fragment each format writes for them, in bounded caches; header values are bytes already and
+# are copied as they are unless they need JSON escaping or UTF-8 re-encoding (then they go the same way as the
+# generic formatters above, so the bytes are the same: tests/workers/test_access_log.py pins them). Anything
+# else (no request, absolute-form targets, TCP, test records) takes format_text / format_json.
+
+_JSON_LINE = (
+    b'{"start_time":"%s.%03dZ","route_name":%s,"method":%s,"path":"%s","protocol":"%s","response_code":%d,'
+    b'"response_flags":%s,"response_code_details":%s,"connection_termination_details":null,'
+    b'"upstream_transport_failure_reason":null,"bytes_received":%d,"bytes_sent":%d,"duration":%d,'
+    b'"upstream_service_time":%s,"x_forwarded_for":%s,"user_agent":%s,"request_id":%s,"authority":%s,'
+    b'"upstream_host":%s,"upstream_cluster":%s,"upstream_local_address":%s,"downstream_local_address":%s,'
+    b'"downstream_remote_address":%s,"requested_server_name":%s}\n'
+)
+_TEXT_LINE = b'[%s.%03dZ] "%s %s %s" %d %s %s - "-" %d %d %d %s "%s" "%s" "%s" "%s" "%s" %s %s %s %s %s %s\n'
+_JSON_SAFE = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')  # bytes a JSON string holds as they are
+_CACHE_LIMIT = 4096  # entries per fragment cache; a full cache starts over (client ports, upstream connections)
+_HEADER_SLOTS = {b"host": 0, b"user-agent": 1, b"x-request-id": 2, b"x-forwarded-for": 3}
+
+
+class _Fragments:
+    """value → the bytes a format writes for it, computed once per distinct value."""
+
+    __slots__ = ("cache", "make")
+
+    def __init__(self, make: Callable):
+        self.cache: dict = {}
+        self.make = make
+
+    def miss(self, value) -> bytes:
+        fragment = self.make(value)
+        if len(self.cache) >= _CACHE_LIMIT:
+            self.cache.clear()
+        self.cache[value] = fragment
+        return fragment
+
+
+def _json_str(value: str) -> bytes:
+    return b"null" if value == "-" or value == "" else orjson.dumps(value)
+
+
+def _text_str(value: str) -> bytes:
+    return value.encode("utf-8", "replace")
+
+
+def _address(pair) -> str:
+    return f"{pair[0]}:{pair[1]}" if pair else "-"  # RequestLog.downstream_local / downstream_remote
+
+
+_JSON_STR = _Fragments(_json_str)
+_TEXT_STR = _Fragments(_text_str)
+_JSON_ADDRESS = _Fragments(lambda pair: _json_str(_address(pair)))
+_TEXT_ADDRESS = _Fragments(lambda pair: _text_str(_address(pair)))
+_JSON_METHOD = _Fragments(lambda method: _json_str(method.decode("latin-1")))
+
+
+class _SecondPrefix:
+    """The start time up to the seconds, as bytes, for the second last seen (format_start_time's rounding)."""
+
+    __slots__ = ("second", "prefix")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = b""
+
+    def set(self, second: int) -> bytes:
+        self.second = second
+        self.prefix = format_start_time(second)[:-5].encode("ascii")
+        return self.prefix
+
+
+_CLOCK = _SecondPrefix()
+
+
+def _json_body(value: bytes) -> bytes:
+    """The inside of the JSON string orjson writes for value.decode("latin-1")."""
+    return value if not value.translate(None, _JSON_SAFE) else orjson.dumps(value.decode("latin-1"))[1:-1]
+
+
+def _json_value(value: bytes | None) -> bytes:
+    if value is None:
+        return b"null"
+    return b'"%s"' % value if not value.translate(None, _JSON_SAFE) else orjson.dumps(value.decode("latin-1"))
+
+
+def _text_value(value: bytes | None) -> bytes:
+    if value is None:
+        return b"-"
+    return value if value.isascii() else value.decode("latin-1").encode("utf-8")
+
+
+def request_line(log, json: bool) -> bytes | None:
+    """The TEXT or JSON line of a proxied RequestLog in one pass; None when it needs the generic formatter."""
+    request = log.request
+    down = log.down
+    if request is None or down is None or request.target[:1] != b"/":
+        return None
+    host = agent = rid = xff = None
+    slots = _HEADER_SLOTS
+    for name, value in request.headers:
+        slot = slots.get(name)
+        if slot is not None:
+            if slot == 1:
+                agent = value if agent is None else agent + b", " + value
+            elif slot == 0:
+                host = value if host is None else host + b", " + value
+            elif slot == 2:
+                rid = value if rid is None else rid + b", " + value
+            else:
+                xff = value if xff is None else xff + b", " + value
+    forwarded = log.forwarded
+    remote = None  # the client's address, when it is not the connection's peer
+    if forwarded is not None:
+        rid, xff = forwarded.request_id, forwarded.xff
+        if forwarded.client_from_xff:
+            remote = log.downstream_remote
+    if log.upstream_authority is not None:
+        host = log.upstream_authority
+    second, ms = divmod(int(log.start * 1000 + 0.5), 1000)
+    clock = _CLOCK
+    prefix = clock.prefix if second == clock.second else clock.set(second)
+    service = log.service_time_ms
+    route, flags, details, upstream_host, cluster, upstream_local = (
+        log.route_name, log.flags, log.details, log.upstream_host, log.upstream_cluster, log.upstream_local,
+    )  # fmt: skip
+    peer, local, sni = down.peer, down.local, down.sni or "-"
+    protocol = b"HTTP/1.0" if request.http_version == b"1.0" else b"HTTP/1.1"
+    if json:
+        strs, addresses = _JSON_STR.cache, _JSON_ADDRESS.cache
+        miss, address_miss = _JSON_STR.miss, _JSON_ADDRESS.miss
+        method, target, safe = request.method, request.target, _JSON_SAFE
+        return _JSON_LINE % (
+            prefix, ms, strs.get(route) or miss(route), _JSON_METHOD.cache.get(method) or _JSON_METHOD.miss(method),
+            target if not target.translate(None, safe) else _json_body(target), protocol, log.status, strs.get(flags) or miss(flags), strs.get(details) or miss(details),
+            log.bytes_received, log.bytes_sent, log.duration_ms, b"%d" % service if service >= 0 else b"null",
+            b"null" if xff is None else b'"%s"' % xff if not xff.translate(None, safe) else _json_value(xff),
+            b"null" if agent is None else b'"%s"' % agent if not agent.translate(None, safe) else _json_value(agent),
+            b"null" if rid is None else b'"%s"' % rid if not rid.translate(None, safe) else _json_value(rid),
+            b"null" if host is None else b'"%s"' % host if not host.translate(None, safe) else _json_value(host),
+            strs.get(upstream_host) or miss(upstream_host), strs.get(cluster) or miss(cluster),
+            strs.get(upstream_local) or miss(upstream_local), addresses.get(local) or address_miss(local),
+            (addresses.get(peer) or address_miss(peer)) if remote is None else _json_str(remote), strs.get(sni) or miss(sni),
+        )  # fmt: skip
+    strs, addresses = _TEXT_STR.cache, _TEXT_ADDRESS.cache
+    miss, address_miss = _TEXT_STR.miss, _TEXT_ADDRESS.miss
+    return _TEXT_LINE % (
+        prefix, ms, _text_value(request.method), _text_value(request.target), protocol, log.status,
+        strs.get(flags) or miss(flags), strs.get(details) or miss(details), log.bytes_received, log.bytes_sent,
+        log.duration_ms, b"%d" % service if service >= 0 else b"-",
+        b"-" if xff is None else xff if xff.isascii() else _text_value(xff),
+        b"-" if agent is None else agent if agent.isascii() else _text_value(agent),
+        b"-" if rid is None else rid if rid.isascii() else _text_value(rid),
+        b"-" if host is None else host if host.isascii() else _text_value(host), strs.get(upstream_host) or miss(upstream_host),
+        strs.get(cluster) or miss(cluster), strs.get(upstream_local) or miss(upstream_local),
+        addresses.get(local) or address_miss(local), (addresses.get(peer) or address_miss(peer)) if remote is None else _text_str(remote),
+        strs.get(sni) or miss(sni), strs.get(route) or miss(route),
+    )  # fmt: skip
+
+
 def split_for_pipe(data: bytes, limit: int = PIPE_BUF_BYTES) -> list[bytes]:
     """Pieces of at most `limit` bytes cut after a newline (a single longer line stays whole)."""
     pieces = []
@@ -225,7 +392,7 @@ def split_for_pipe(data: bytes, limit: int = PIPE_BUF_BYTES) -> list[bytes]:
     return pieces
 
 
-def _write_all(fd: int, data: bytes, atomic_pieces: bool) -> None:
+def _write_all(fd: int, data: bytes | bytearray, atomic_pieces: bool) -> None:
     for piece in split_for_pipe(data) if atomic_pieces else (data,):
         view = memoryview(piece)
         while view:
@@ -246,8 +413,7 @@ class AccessLog:
         self._fd = -1
         self._owns_fd = False
         self._pipe = False
-        self._buffer: list[bytes] = []
-        self._buffered = 0
+        self._buffer = bytearray()  # the lines not handed to a write yet, back to back
         self._pending = 0  # bytes handed to a writer thread and not yet written
         self._wake = trio.Event() if self.enabled else None
         self._retired: list[int] = []  # descriptors replaced by reopen() while a write to them was running
@@ -308,7 +474,7 @@ class AccessLog:
     def write(self, log) -> None:
         if self._template is not None:
             line = self._template.render(log)
-        else:
+        elif log.__class__ is not RequestLog or (line := request_line(log, self._json)) is None:
             line = format_json(log) if self._json else format_text(log).encode("utf-8", "replace")
         self._append(line)
 
@@ -322,24 +488,29 @@ class AccessLog:
         self._append(line)
 
     def _append(self, line: bytes) -> None:
-        if self._buffered + self._pending >= MAX_PENDING_BYTES:
+        buffer = self._buffer
+        if len(buffer) + self._pending >= MAX_PENDING_BYTES:
             self.dropped_lines += 1
             return
-        self._buffer.append(line)
-        self._buffered += len(line)
+        buffer += line
         self.lines += 1
-        if self._buffered >= FLUSH_BYTES:
+        if len(buffer) >= FLUSH_BYTES:
             self._wake.set()
+
+    @property
+    def _buffered(self) -> int:
+        """Bytes buffered and not handed to a write yet."""
+        return len(self._buffer)
 
     # ---------------------------------------------------------------------------------------- flushing
 
-    def _take(self) -> bytes:
-        data = b"".join(self._buffer)
-        self._buffer = []
-        self._buffered = 0
+    def _take(self) -> bytearray:
+        """The buffered bytes, for one write (the writer owns them; appends go to a fresh buffer)."""
+        data = self._buffer
+        self._buffer = bytearray()
         return data
 
-    def _write(self, fd: int, pipe: bool, data: bytes) -> None:
+    def _write(self, fd: int, pipe: bool, data: bytes | bytearray) -> None:
         try:
             _write_all(fd, data, pipe)
         except OSError as exc:
