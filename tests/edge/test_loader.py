@@ -7,7 +7,9 @@ import pathlib
 import textwrap
 
 import pytest
+import yaml
 
+from edge import loader as loader_module
 from edge.compiler import load_and_compile
 from edge.errors import ERROR, NOTE, WARNING
 from edge.loader import LoadResult, find_config_files, load_paths, load_text
@@ -287,3 +289,228 @@ def test_a_recursive_alias_is_refused():
     result = load("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec: &s\n  hosts: [*s]\n")
     assert result.resources == []
     assert [d.message.split(":")[0] for d in result.diagnostics] == ["excessive aliasing"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The fast path: documents are composed by libyaml (with a memoised resolver) and built into Python data by
+# edge.loader._construct, which leaves anything but plain mappings, sequences, strings, null, bools, ints and
+# floats to PyYAML's SafeConstructor. Each case below must give what PyYAML alone gives: the same node tags
+# and lines, the same data (or the same error), and the same load_text outcome, diagnostics included.
+
+VS_DOC = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: vs
+  creationTimestamp: "2024-01-01T00:00:00Z"
+spec:
+  hosts: [a.example.com]
+  gateways: [gw]
+  http:
+  - match:
+    - uri: {prefix: /api/}
+    route:
+    - destination: {host: a.internal, port: {number: 80}}
+      weight: 100
+"""
+
+FAST_PATH_CASES = {
+    "comments": "# leading\n" + GW.replace("kind: Gateway", "kind: Gateway  # trailing") + "# closing\n",
+    "multi-document": GW + "---\n" + VS_DOC + "---\n" + GW.replace("name: gw", "name: gw2"),
+    "empty-documents": "---\n---\n# only a comment\n---\n" + GW + "---\n...\n---\n",
+    "explicit-document-end": GW + "...\n---\n" + VS_DOC + "...\n",
+    "empty-file": "",
+    "only-comments": "# nothing\n# here\n",
+    "kubectl-list": "apiVersion: v1\nkind: List\nitems:\n" + textwrap.indent(GW, "  ").replace("  apiVersion", "- apiVersion", 1)
+    + textwrap.indent(VS_DOC, "  ").replace("  apiVersion", "- apiVersion", 1),
+    "nested-list": "kind: List\nitems:\n- kind: GatewayList\n  items:\n" + textwrap.indent(GW, "  - ").replace("  - ", "    ").replace("    apiVersion", "  - apiVersion", 1),
+    "list-with-empty-and-scalar-items": "kind: List\nitems:\n- \n- just text\n- [1, 2]\n",
+    "sequence-document": "- a\n- b\n",
+    "scalar-document": "just a string\n",
+    "number-document": "42\n",
+    "null-document": "~\n",
+    "anchors-and-aliases": GW.replace('hosts: ["*"]', 'hosts: &hosts ["*"]') + "---\n" + "kind: x\nlist: &l [1, {a: &s text}]\nagain: *l\nscalar: *s\n",
+    "merge-key": "base: &b {number: 80, name: http}\nport:\n  <<: *b\n  name: web\n",
+    "merge-key-list": "a: &a {x: 1}\nb: &b {y: 2}\nc:\n  <<: [*a, *b]\n  z: 3\n",
+    "duplicate-keys": "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: a\n  name: b\nspec: {}\nspec:\n  servers: []\n",
+    "duplicate-keys-mixed": "a: 1\nb: 2\na: 3\n1: one\n1: uno\n",
+    "tab-after-colon": "apiVersion:\tnetworking.istio.io/v1\nkind:\tGateway\nmetadata: {name:\tgw}\nspec: {}\n",
+    "tab-in-value": "kind: x\nvalue: a\tb\n",
+    "tab-indentation": "kind: x\nspec:\n\tservers: []\n",
+    "ints": "a: 0x1F\nb: 0o17\nc: 017\nd: 1_000\ne: -42\nf: +7\ng: 1:30\nh: 0b101\ni: 0\n",
+    "floats": "a: 1.5\nb: .inf\nc: -.Inf\nd: .NaN\ne: 1e3\nf: 6.8523015e+5\ng: 190:20:30.15\nh: 1_000.5\n",
+    "bools": "a: yes\nb: No\nc: on\nd: OFF\ne: true\nf: False\ng: y\nh: n\n",
+    "nulls": "a: ~\nb: null\nc:\nd: Null\ne: ''\n",
+    "timestamps": "a: 2024-01-01\nb: 2024-01-01T10:00:00Z\nc: 2001-12-14 21:59:43.10 -5\n",
+    "creation-timestamp-unquoted": VS_DOC.replace('"2024-01-01T00:00:00Z"', "2024-01-01T00:00:00Z"),
+    "quoted-scalars": "a: 'yes'\nb: \"123\"\nc: \"\\x41\\u00e9\"\nd: 'it''s'\ne: \"~\"\n",
+    "block-scalars": "a: |\n  line 1\n  line 2\nb: >\n  folded\n  text\nc: |-\n  kept\n",
+    "explicit-tags": "a: !!str 123\nb: !!int \"42\"\nc: !!float 1\nd: !!bool yes\ne: !!null ''\nf: !!str\n",
+    "binary-tag": "a: !!binary aGVsbG8=\n",
+    "set-and-omap": "a: !!set {x, y}\nb: !!omap [x: 1, y: 2]\nc: !!pairs [x: 1]\n",
+    "unknown-tag": "kind: !thing x\n",
+    "unknown-tag-on-mapping": "kind: x\nspec: !thing {a: 1}\n",
+    "bad-int": "port: !!int x\n",
+    "no-kind": GW + "---\nkind: x\n",
+    "non-string-keys": "80: http\n~: nothing\ntrue: yes\n1.5: x\n",
+    "sequence-key": "? [a, b]\n: x\n",
+    "mapping-key": "? {a: 1}\n: x\n",
+    "value-key": "=: x\n",
+    "long-values": "a: " + "x" * 100 + "\nb: " + "1" * 80 + "\nc: " + "1." + "5" * 70 + "\n",
+    "unicode-and-bom": "\ufeffkind: Gateway\nname: \u00e9t\u00e9 \U0001f600\n",
+    "json": '{"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "gw"}, "spec": {"servers": []}}',
+    "json-escapes": '{"kind": "x", "spec": {"export\\u0054o": ["."], "a\\tb": "\\n"}}\n',
+    "mesh-only-keys": GW.replace("spec:\n", "spec:\n  exportTo: ['.']\n"),
+    "mesh-only-key-escaped": '{"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "vs"}, '
+    '"spec": {"export\\u0054o": ["."], "hosts": ["a.example.com"], "http": [{"route": [{"destination": {"host": "a"}}]}]}}',
+    "mesh-only-key-in-list-item": "kind: List\nitems:\n- kind: Other\n  network: x\n" + textwrap.indent(VS_DOC.replace("spec:\n", "spec:\n  exportTo: ['.']\n"), "  ").replace("  apiVersion", "- apiVersion", 1),
+    "mesh-only-key-behind-merge": "x: &x {exportTo: ['.']}\n---\n" + VS_DOC.replace("spec:\n", "spec:\n  <<: {exportTo: ['.']}\n"),
+    "deep-nesting": "a: " + "[" * 300 + "]" * 300 + "\n",
+    "flow-mappings": "a: {b: {c: [1, 2, {d: e}]}, f: []}\ng: {}\n",
+    "syntax-error": GW + "---\nkind: [\n",
+    "recursive-alias": "a: &a [*a]\n",
+}
+
+
+def _compose(text: str, loader: type) -> list:
+    return [node for node in yaml.compose_all(text, Loader=loader) if node is not None]
+
+
+def _shape(node: yaml.Node, seen: set | None = None):
+    """A node tree as comparable data: class, tag, value, start line and column, recursively."""
+    seen = set() if seen is None else seen
+    head = (type(node).__name__, node.tag, node.start_mark.line, node.start_mark.column)
+    if isinstance(node, yaml.ScalarNode):
+        return (*head, node.value, node.style)
+    if id(node) in seen:
+        return (*head, "alias")
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        return (*head, [(_shape(k, seen), _shape(v, seen)) for k, v in node.value])
+    return (*head, [_shape(item, seen) for item in node.value])
+
+
+def _outcome(thunk):
+    try:
+        return "ok", thunk()
+    except Exception as exc:  # noqa: BLE001 -- the outcome being compared
+        return "error", type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize("name", FAST_PATH_CASES)
+def test_the_resolver_shortcuts_compose_what_pyyaml_composes(name):
+    text = FAST_PATH_CASES[name]
+    plain = _outcome(lambda: [_shape(n) for n in _compose(text, yaml.CSafeLoader)])
+    fast = _outcome(lambda: [_shape(n) for n in _compose(text, loader_module._YamlLoader)])
+    assert fast == plain
+
+
+@pytest.mark.parametrize("name", FAST_PATH_CASES)
+def test_the_fast_constructor_builds_what_pyyaml_builds_or_steps_aside(name):
+    text = FAST_PATH_CASES[name]
+    try:
+        nodes = _compose(text, loader_module._YamlLoader)
+    except yaml.YAMLError:
+        return  # a syntax error: no document reaches a constructor
+    for node in nodes:
+        if loader_module.expanded_size(node)[0] >= 1 << 62:
+            continue  # recursive: refused before construction
+        reference = _outcome(lambda: loader_module._Constructor().construct_document(node))
+        for shared in (False, True):
+            try:
+                built = loader_module._construct(node, shared)
+            except loader_module._NotPlain:
+                continue  # PyYAML's constructor builds it (or fails) instead
+            assert reference == ("ok", built)
+
+
+def _slow_load(text: str, monkeypatch) -> LoadResult:
+    """PyYAML's loader and constructor alone, and the mesh-only walk on every resource."""
+
+    def refuse(*args):
+        raise loader_module._NotPlain
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loader_module, "_construct", refuse)
+        patch.setattr(loader_module, "_YamlLoader", loader_module._BaseLoader)
+        result = LoadResult()
+        load_text(text, "conf.yaml", result)
+    return result
+
+
+@pytest.mark.parametrize("name", FAST_PATH_CASES)
+def test_load_text_gives_what_pyyaml_alone_gives(name, monkeypatch):
+    text = FAST_PATH_CASES[name]
+    fast = _outcome(lambda: load(text))
+    slow = _outcome(lambda: _slow_load(text, monkeypatch))
+    if fast[0] == "ok" and slow[0] == "ok":
+        assert fast[1].resources == slow[1].resources
+        assert [str(d) for d in fast[1].diagnostics] == [str(d) for d in slow[1].diagnostics]
+        assert fast[1].diagnostics == slow[1].diagnostics
+    else:
+        assert fast == slow
+
+
+# What PyYAML made of these before the fast path existed, pinned (data of the first document).
+PINNED_DATA = {
+    "duplicate-keys-mixed": {"a": 3, "b": 2, 1: "uno"},
+    "ints": {"a": 31, "b": "0o17", "c": 15, "d": 1000, "e": -42, "f": 7, "g": 90, "h": 5, "i": 0},
+    "bools": {"a": True, "b": False, "c": True, "d": False, "e": True, "f": False, "g": "y", "h": "n"},
+    "nulls": {"a": None, "b": None, "c": None, "d": None, "e": ""},
+    "quoted-scalars": {"a": "yes", "b": "123", "c": "A\u00e9", "d": "it's", "e": "~"},
+    "non-string-keys": {80: "http", None: "nothing", True: True, 1.5: "x"},
+    "merge-key": {"base": {"number": 80, "name": "http"}, "port": {"number": 80, "name": "web"}},
+    "tab-after-colon": {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "gw"}, "spec": {}},
+    "tab-in-value": {"kind": "x", "value": "a\tb"},
+    "sequence-document": ["a", "b"],
+    "number-document": 42,
+    "null-document": None,
+}
+
+
+@pytest.mark.parametrize("name", PINNED_DATA)
+def test_pinned_pyyaml_data(name):
+    assert yaml.load(FAST_PATH_CASES[name], Loader=loader_module._YamlLoader) == PINNED_DATA[name]
+    node = _compose(FAST_PATH_CASES[name], loader_module._YamlLoader)
+    built = _outcome(lambda: loader_module._construct(node[0], False)) if node else ("ok", None)
+    if built[0] == "ok":
+        assert built[1] == PINNED_DATA[name]
+
+
+# load_text outcomes pinned from the loader before the fast path: (resource names, diagnostics).
+PINNED_LOADS = {
+    "empty-file": ([], []),
+    "only-comments": ([], []),
+    "empty-documents": (["gw"], []),
+    "sequence-document": ([], [(ERROR, 1, "expected a Kubernetes object (a mapping)")]),
+    "scalar-document": ([], [(ERROR, 1, "expected a Kubernetes object (a mapping)")]),
+    "null-document": ([], []),
+    # The last of duplicate keys wins (PyYAML does not refuse them): `spec: {}` is replaced by the later one.
+    "duplicate-keys": ([], [(ERROR, 6, "a Gateway needs at least one server")]),
+    "tab-after-colon": ([], [(ERROR, 4, "a Gateway needs at least one server")]),
+    "tab-indentation": ([], [(ERROR, 3, "invalid YAML: while scanning for the next token, found character that cannot start any token")]),
+    "no-kind": (["gw"], [(ERROR, 10, "object (document 2) has no kind/apiVersion")]),
+    "list-with-empty-and-scalar-items": ([], [(ERROR, 4, "expected a Kubernetes object (a mapping)"), (ERROR, 5, "expected a Kubernetes object (a mapping)")]),
+    "mapping-key": ([], [(ERROR, 1, "invalid YAML: while constructing a mapping")]),
+    "sequence-key": ([], [(ERROR, 1, "invalid YAML: while constructing a mapping")]),
+    "unknown-tag-on-mapping": ([], [(ERROR, 2, "invalid YAML: could not determine a constructor for the tag '!thing'")]),
+    "recursive-alias": ([], [(ERROR, 1, "excessive aliasing: 2 YAML nodes expand to 4,611,686,018,427,387,904 through anchors and aliases (at most 1,000,000, or 10× the nodes written); the document is skipped")]),
+    "syntax-error": ([], [(ERROR, 11, "invalid YAML: while parsing a flow node, did not find expected node content")]),
+    "mesh-only-key-escaped": (["vs"], [(WARNING, 1, "has no effect here: namespace visibility is a Kubernetes mesh setting; every resource is visible here")]),
+    "mesh-only-key-in-list-item": (["vs"], [
+        (ERROR, 3, "object has no kind/apiVersion"),
+        (WARNING, 11, "has no effect here: namespace visibility is a Kubernetes mesh setting; every resource is visible here"),
+    ]),
+    "mesh-only-key-behind-merge": (["vs"], [
+        (ERROR, 1, "object (document 1) has no kind/apiVersion"),
+        (WARNING, 9, "has no effect here: namespace visibility is a Kubernetes mesh setting; every resource is visible here"),
+    ]),
+}
+
+
+@pytest.mark.parametrize("name", PINNED_LOADS)
+def test_pinned_load_outcomes(name):
+    result = load(FAST_PATH_CASES[name])
+    names, diagnostics = PINNED_LOADS[name]
+    assert [r.name for r in result.resources] == names
+    assert [(d.severity, d.line, d.message.split("\n")[0]) for d in result.diagnostics] == diagnostics
