@@ -4,8 +4,9 @@
 # - The proxy core (workers/http/respond.py, exchange.py, forward.py) reaches the client only through the per-request
 #   interface: start_response / queue_data / flush / send_end for the response; take_body_event (no I/O) and
 #   receive_body_event for the request body; drain_body, reset (the connection will not carry another request),
-#   watch_client around a wait on the upstream, and the client_gone / stream_timed_out flags the sweeps set. HTTP/2 streams will be its second
-#   implementation; WebSocket (workers/http/websocket.py) is HTTP/1-only and uses the codec and transport itself.
+#   watch_client around a wait on the upstream, and the client_gone / stream_timed_out flags the sweeps set.
+#   HTTP/2 streams will be its second implementation; WebSocket (workers/http/websocket.py) is HTTP/1-only and
+#   uses the codec and transport itself.
 # - HTTP/1 keeps one send per response head: start_response only queues the head; it leaves with the first body
 #   bytes, or with the end. Body bytes are coalesced up to BODY_CHUNK_BYTES, and flushed before the core waits
 #   on the upstream again (flush), so nothing sits queued while we wait. Queueing is a plain call: a coroutine
