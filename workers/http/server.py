@@ -6,8 +6,7 @@
 #      keep-alive connection was idle). The codec frames and checks it (workers/http/framing.py) and refuses
 #      malformed input with its status (400, 414, 431, 501, 505; flag DPE), written without the codec.
 #   2. The request's decisions are pure values (RequestInfo, a route runtime, Redirect, Answer, Forward,
-#      LocalReply); this
-#      module only carries them out. A fault delay is slept here (flag DI).
+#      LocalReply); this module only carries them out. A fault delay is slept here (flag DI).
 #   3. After a response: the connection closes when the request said so, the reply closed it, the worker is
 #      draining, or an unread body could not be drained (at most RETRY_BUFFER_BYTES within the header timeout).
 # - Between requests the connection is IDLE for the registry's sweeps (idle timeout, drain); a request in flight
