@@ -79,6 +79,18 @@ class TcpLog:
 _WANTED_HEADERS = {b"host": 0, b"user-agent": 1, b"x-request-id": 2, b"x-forwarded-for": 3}
 
 
+def logged_headers(headers) -> list:
+    """[host, user-agent, x-request-id, x-forwarded-for] as bytes (None when absent), repeated ones joined with
+    ", " as RequestLog does: one pass over the request's headers for every formatter."""
+    found: list = [None, None, None, None]
+    wanted = _WANTED_HEADERS
+    for name, value in headers:
+        index = wanted.get(name)
+        if index is not None:
+            found[index] = value if found[index] is None else found[index] + b", " + value
+    return found
+
+
 def request_headers(log, missing="-") -> tuple:
     """(authority, user agent, request id, x-forwarded-for) of a RequestLog, `missing` when absent.
 
@@ -90,13 +102,7 @@ def request_headers(log, missing="-") -> tuple:
     if request is None or not request.target.startswith(b"/"):  # absolute-form: RequestLog knows the rules
         found = (log.authority, log.user_agent, log.request_id, log.x_forwarded_for)
         return found if missing == "-" else tuple(_NULL.get(v, v) for v in found)
-    found: list = [None, None, None, None]
-    wanted = _WANTED_HEADERS
-    for name, value in request.headers:
-        index = wanted.get(name)
-        if index is not None:
-            found[index] = value if found[index] is None else found[index] + b", " + value
-    a, u, r, x = found
+    a, u, r, x = logged_headers(request.headers)
     forwarded = getattr(log, "forwarded", None)
     if forwarded is not None:  # logged as forwarded upstream, like Envoy's %REQ(...)% after its header changes
         r, x = forwarded.request_id, forwarded.xff
@@ -232,7 +238,6 @@ _JSON_LINE = (
 _TEXT_LINE = b'[%s.%03dZ] "%s %s %s" %d %s %s - "-" %d %d %d %s "%s" "%s" "%s" "%s" "%s" %s %s %s %s %s %s\n'
 _JSON_SAFE = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')  # bytes a JSON string holds as they are
 _CACHE_LIMIT = 4096  # entries per fragment cache; a full cache starts over (client ports, upstream connections)
-_HEADER_SLOTS = {b"host": 0, b"user-agent": 1, b"x-request-id": 2, b"x-forwarded-for": 3}
 
 
 class _Fragments:
@@ -312,19 +317,7 @@ def request_line(log, json: bool) -> bytes | None:
     down = log.down
     if request is None or down is None or request.target[:1] != b"/":
         return None
-    host = agent = rid = xff = None
-    slots = _HEADER_SLOTS
-    for name, value in request.headers:
-        slot = slots.get(name)
-        if slot is not None:
-            if slot == 1:
-                agent = value if agent is None else agent + b", " + value
-            elif slot == 0:
-                host = value if host is None else host + b", " + value
-            elif slot == 2:
-                rid = value if rid is None else rid + b", " + value
-            else:
-                xff = value if xff is None else xff + b", " + value
+    host, agent, rid, xff = logged_headers(request.headers)
     forwarded = log.forwarded
     remote = None  # the client's address, when it is not the connection's peer
     if forwarded is not None:

@@ -220,7 +220,7 @@ class WorkerContext:
     ):
         self.slot = slot
         self.log = worker_logger(slot)
-        self.view = TableView(view_reader, on_change=self._on_table, log=self.log) if view_reader is not None else None
+        self.view = TableView(view_reader, on_change=self._on_table, log=self.log)
         self.options = Options()
         self.server_header = self.options.server_header.encode()
         self.max_header_bytes = self.options.max_request_headers_bytes

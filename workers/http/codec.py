@@ -51,8 +51,8 @@ from workers.paths import split_target
 
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024  # an upstream response head, for both client engines (Envoy: 60 KiB)
 
-# The events every codec yields (defined with the framing, which both engines share), re-exported as the seam.
-EVENTS = (CLOSED, END_OF_MESSAGE, NEED_DATA, Data, IncompleteMessage, ProtocolError)
+# The events every codec yields are defined with the framing, which both engines share, and re-exported here as
+# the seam (__all__ below).
 
 
 class Request:
@@ -232,3 +232,10 @@ class ServerCodec:
 
 
 REASONS = {int(s): s.phrase.encode() for s in http.HTTPStatus}
+
+
+__all__ = [
+    "CLOSED", "END_OF_MESSAGE", "NEED_DATA", "Data", "IncompleteMessage", "ProtocolError",
+    "MAX_RESPONSE_HEAD_BYTES", "REASONS", "InformationalResponse", "Request", "Response", "ServerCodec",
+    "BODY", "DONE", "IDLE", "OWS", "has_token", "join_headers", "status_line",
+]  # fmt: skip

@@ -23,7 +23,7 @@ import trio
 
 from workers.context import STATE_BUSY, STATE_UPSTREAM_WAIT, WorkerContext
 from workers.http.codec import END_OF_MESSAGE, NEED_DATA, Data, ProtocolError
-from workers.netio import SocketTransport, Transport
+from workers.netio import Transport
 
 BODY_CHUNK_BYTES = 64 * 1024  # response bytes coalesced before a send
 
@@ -166,6 +166,5 @@ class Http1Downstream:
 
 
 def raw_socket(transport: Transport) -> socket.socket | None:
-    if isinstance(transport, SocketTransport):
-        return transport.sock
+    """The socket under a transport (SocketTransport and TLSTransport both keep it as `sock`)."""
     return getattr(transport, "sock", None)

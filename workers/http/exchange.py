@@ -110,37 +110,29 @@ def take_parsed_body(down, body: BodyState) -> None:
         body.buffer.append(bytes(event.data))
 
 
-async def open_upstream(ctx, cluster_rt, endpoint, host: bytes) -> UpstreamConnection:
+async def open_upstream(ctx, cluster_rt, endpoint, host: bytes, deadline: float = math.inf) -> UpstreamConnection | None:
     """A pooled connection to `endpoint` for requests carrying `host`, or a new one within the cluster's circuit
-    (TLS originated as the cluster says). Raises ConnectFailure or Overflow; the caller bounds the wait."""
+    (TLS originated as the cluster says); None when `deadline` passed first. Raises ConnectFailure or Overflow.
+    An idle connection is taken without a cancel scope: that is every request's path under load."""
     key, server_name = cluster_rt.origination(endpoint, host)
     idle = ctx.pools.take_idle(key)
     if idle is not None:
         return idle
-    return await _connect(ctx, cluster_rt, endpoint, key, server_name)
-
-
-async def _connect(ctx, cluster_rt, endpoint, key: tuple, server_name: str | None) -> UpstreamConnection:
     cluster = cluster_rt.cluster
-    return await ctx.pools.acquire(key, cluster_rt.circuit, endpoint.address, endpoint.port, cluster.pool, ctx.upstream_tls(cluster), server_name)
+    with trio.move_on_at(deadline):
+        return await ctx.pools.acquire(key, cluster_rt.circuit, endpoint.address, endpoint.port, cluster.pool, ctx.upstream_tls(cluster), server_name)
+    return None
 
 
 async def acquire(ex: Exchange, endpoint, try_deadline: float) -> UpstreamConnection | TryResult:
-    """open_upstream for one try: an idle connection without a cancel scope (the hot path), else a connect bounded
-    by the try's deadline; a failure is the try's result."""
-    ctx = ex.down.ctx
-    key, server_name = ex.cluster_rt.origination(endpoint, ex.host)
-    idle = ctx.pools.take_idle(key)
-    if idle is not None:
-        return idle
+    """open_upstream for one try, bounded by the try's deadline; a failure is the try's result."""
     try:
-        with trio.move_on_at(try_deadline):
-            return await _connect(ctx, ex.cluster_rt, endpoint, key, server_name)
+        upstream = await open_upstream(ex.down.ctx, ex.cluster_rt, endpoint, ex.host, try_deadline)
     except ConnectFailure as exc:
         return TryResult(Outcome.CONNECT_FAILURE, reason=exc.reason)
     except Overflow:
         return TryResult(Outcome.OVERFLOW)
-    return timed_out(ex, try_deadline)
+    return upstream if upstream is not None else timed_out(ex, try_deadline)
 
 
 def failure(exc: BaseException) -> TryResult:
