@@ -38,6 +38,24 @@ def exchange(port: int, data: bytes, *, timeout_s: float = CLIENT_TIMEOUT_S, shu
             raise AssertionError(f"no close within {timeout_s} s after {data[:80]!r}") from None
 
 
+def exchange_head(port: int, data: bytes, *, timeout_s: float = CLIENT_TIMEOUT_S) -> bytes:
+    """Send `data` on a new connection and read until the first response head is complete (or the gateway closes).
+    The connection stays open both ways while the answer is prepared: a client that half-closes is a client that
+    left (Envoy's DC), and may rightly get no answer once the request waits on an upstream."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(data)
+        try:
+            while b"\r\n\r\n" not in received:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        except TimeoutError:
+            raise AssertionError(f"no response head within {timeout_s} s after {data[:80]!r}") from None
+    return received
+
+
 def statuses(response: bytes) -> list[int]:
     """The status codes of every response head in a byte stream (pipelined answers included: a head follows the
     previous body directly). Test bodies never contain a status line."""
