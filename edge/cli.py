@@ -19,7 +19,7 @@ import os
 import sys
 from typing import TextIO
 
-from edge import istio, table
+from edge import kinds, table
 from edge.errors import ERROR, NOTE, WARNING, Diagnostic
 from edge.flags import DEFAULT_GATEWAY_LABELS, add_run_arguments, given_flags
 
@@ -104,10 +104,11 @@ def cmd_check(args) -> int:
     _print_diagnostics(diagnostics, sys.stderr, notes=args.verbose)
     errors = sum(d.severity == ERROR for d in diagnostics)
     warnings = sum(d.severity == WARNING for d in diagnostics)
-    counts = {kind: 0 for kind in istio.SPEC_TYPES}
+    # The Istio networking kinds are always counted (0 included); other kinds when present.
+    counts = {key: 0 for key in kinds.KEYS if kinds.KINDS_BY_KEY[key].mesh_fields}
     for res in loaded.resources:
-        counts[res.kind] += 1
-    parts = [f"{n} {_plural(kind, n)}" for kind, n in counts.items()]
+        counts[res.kind] = counts.get(res.kind, 0) + 1
+    parts = [f"{n} {_plural(kinds.DISPLAY[key], n)}" for key, n in counts.items()]
     summary = f"{' '.join(args.paths)}: {len(loaded.files)} file{'s' if len(loaded.files) != 1 else ''}, {', '.join(parts)}"
     if result.table is not None:
         summary += f"; {len(result.table.listeners)} listener{'s' if len(result.table.listeners) != 1 else ''}, {len(result.table.clusters)} cluster{'s' if len(result.table.clusters) != 1 else ''}"

@@ -6,8 +6,8 @@
 #   keep their real files in `..2024_…` folders behind `..data` symlinks; the visible names are enough).
 # - A file holds one or more YAML documents (JSON is read as YAML); a document is one object or a kubectl
 #   `List` (`kind: List` / `…List` with `items`). Empty documents are ignored.
-# - Objects of the networking.istio.io group (v1alpha3, v1beta1, v1) of kinds Gateway, VirtualService,
-#   DestinationRule and ServiceEntry are decoded strictly (edge/istio.py). Anything else (Deployment,
+# - Objects of the kinds in edge/kinds.py (the networking.istio.io group's Gateway, VirtualService,
+#   DestinationRule and ServiceEntry, and every other input's rows) are decoded strictly. Anything else (Deployment,
 #   Service, Gateway API objects, other Istio kinds) is skipped with a note.
 # - `metadata.namespace` defaults to "default". `metadata.name` is required.
 # - Load order = sorted file path order, then document order; it is the creation order of resources that
@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from edge import istio
+from edge import istio, kinds
 from edge.errors import ERROR, NOTE, WARNING, Diagnostic
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -409,8 +409,8 @@ def _load_resource(obj: dict, node: yaml.Node, path: str, doc: int, where: str, 
     """One object that is not a List: a resource edge serves, decoded strictly, or the diagnostic saying why not.
     `where` names the document when the file has several; `mesh_keys` False: its document has no mesh-only key."""
     line0 = node.start_mark.line + 1
-    problem = _kind_problem(obj, node, path, line0, where)
-    if problem is not None:
+    row, problem = _kind_problem(obj, node, path, line0, where)
+    if row is None:
         result.diagnostics.append(problem)
         return
     kind, api_version = obj["kind"], obj["apiVersion"]
@@ -433,35 +433,30 @@ def _load_resource(obj: dict, node: yaml.Node, path: str, doc: int, where: str, 
         return
     spec_node = _child(node, "spec")
     try:
-        decoded = istio.decode_spec(kind, spec)
+        decoded = kinds.decode_spec(row, spec)
     except msgspec.ValidationError as exc:
         json_path, line, message = _explain_validation_error(str(exc), spec, spec_node, line0)
         result.diagnostics.append(Diagnostic(severity=ERROR, file=path, line=line, resource=ref, path=json_path, message=message))
         return
 
-    for json_path, key_line, why in _mesh_only_fields(spec, spec_node, "$.spec") if mesh_keys else ():
+    for json_path, key_line, why in _mesh_only_fields(spec, spec_node, "$.spec") if mesh_keys and row.mesh_fields else ():
         result.diagnostics.append(Diagnostic(severity=WARNING, file=path, line=key_line, resource=ref, path=json_path, message=f"has no effect here: {why}"))
-    result.resources.append(_resource(kind, api_version, name, namespace, metadata, decoded, path, line0, doc, len(result.resources)))
+    result.resources.append(_resource(row.key, api_version, name, namespace, metadata, decoded, path, line0, doc, len(result.resources)))
 
 
-def _kind_problem(obj: dict, node: yaml.Node, path: str, line0: int, where: str) -> Diagnostic | None:
-    """Why the object is not a resource edge serves: no kind/apiVersion (an error), another group or kind (a note:
-    skipped), an API version of the group edge does not know (an error); None when it is one."""
+def _kind_problem(obj: dict, node: yaml.Node, path: str, line0: int, where: str) -> tuple[kinds.Kind | None, Diagnostic | None]:
+    """(the kind's row, None) for a resource edge serves; otherwise (None, why not): no kind/apiVersion (an
+    error), another group or kind (a note: skipped), an API version edge does not know for the kind (an error)."""
     kind = obj.get("kind")
     api_version = obj.get("apiVersion")
     if not isinstance(kind, str) or not isinstance(api_version, str):
-        return Diagnostic(severity=ERROR, file=path, line=line0, message=f"object{where} has no kind/apiVersion")
-    group, _, version = api_version.rpartition("/")
-    if group != istio.API_GROUP or kind not in istio.SPEC_TYPES:
-        return Diagnostic(severity=NOTE, file=path, line=line0, message=f"skipped {kind} ({api_version}){where}: not a resource edge serves")
-    if version not in istio.API_VERSIONS:
-        return Diagnostic(
-            severity=ERROR,
-            file=path,
-            line=_line(node, ["apiVersion"]),
-            message=f"{kind}: apiVersion {api_version} is not one of " + ", ".join(f"{istio.API_GROUP}/{v}" for v in istio.API_VERSIONS),
-        )
-    return None
+        return None, Diagnostic(severity=ERROR, file=path, line=line0, message=f"object{where} has no kind/apiVersion")
+    row, why = kinds.lookup(api_version, kind)
+    if why:
+        return None, Diagnostic(severity=ERROR, file=path, line=_line(node, ["apiVersion"]), message=why)
+    if row is None:
+        return None, Diagnostic(severity=NOTE, file=path, line=line0, message=f"skipped {kind} ({api_version}){where}: not a resource edge serves")
+    return row, None
 
 
 def _resource(kind: str, api_version: str, name: str, namespace: str, metadata: dict, spec: Any, path: str, line: int, doc: int, order: int) -> istio.Resource:

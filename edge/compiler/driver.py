@@ -63,6 +63,14 @@ class _Compiler:
         self.virtual_services: list[istio.Resource] = []
         self.destination_rules: list[istio.Resource] = []
         self.service_entries: list[istio.Resource] = []
+        # Every kind's resources by its key (edge/kinds.py), creation-ordered and deduplicated: the Istio
+        # networking lists above are four of them; front stages (other inputs) take theirs from here.
+        self.by_kind: dict[str, list[istio.Resource]] = {
+            "Gateway": self.gateways,
+            "VirtualService": self.virtual_services,
+            "DestinationRule": self.destination_rules,
+            "ServiceEntry": self.service_entries,
+        }
         self.invalid_servers: set[tuple[str, int]] = set()  # (gateway key, server index) admission refused
 
     def run(self, resources: list[istio.Resource]) -> CompileResult:
@@ -104,22 +112,14 @@ class _Compiler:
             keyed.append((key, res))
         keyed.sort(key=lambda kr: kr[0])
         seen: dict[tuple[str, str], istio.Resource] = {}
-        buckets = {
-            "Gateway": self.gateways,
-            "VirtualService": self.virtual_services,
-            "DestinationRule": self.destination_rules,
-            "ServiceEntry": self.service_entries,
-        }
         for _, res in keyed:
-            if res.kind not in buckets:
-                continue
             first = seen.get((res.kind, res.key))
             if first is not None:
                 a, b = sorted((first, res), key=lambda r: (r.file, r.line))
                 self.report.add(ERROR, b, "$.metadata.name", f"{res.kind} {res.key} is defined more than once (also at {a.file}:{a.line})")
                 continue
             seen[(res.kind, res.key)] = res
-            buckets[res.kind].append(res)
+            self.by_kind.setdefault(res.kind, []).append(res)
 
     def _admit(self) -> None:
         """Stage 1 (continued): each Gateway, ServiceEntry and DestinationRule validated on its own; the

@@ -1,0 +1,65 @@
+# The kinds edge reads: one table from (API group, kind) to how the object is decoded and what it is called
+# inside edge. Every input (Istio networking, Istio security, the Kubernetes Gateway API, Ingress) adds its rows
+# here and nowhere else in the loader.
+#
+# Rules:
+# - A row names the group, the YAML kind, the API versions accepted, the Struct its `spec` decodes into (strictly:
+#   msgspec with forbid_unknown_fields, the same dec_hook as the Istio kinds), and `key`: the name the compiler
+#   buckets it by. Keys are unique across groups: the Gateway API's `Gateway` is `KubernetesGateway`, as Istio's
+#   own gvk names it, so that it never mixes with networking.istio.io's `Gateway`.
+# - `mesh_fields`: the loader warns about mesh-only fields (edge/loader.py MESH_ONLY_KEYS) for this kind; only
+#   the Istio networking kinds have them.
+# - An object whose group or kind has no row is skipped with a note; a known kind under an unknown version is an
+#   error (the user meant a resource edge serves and will otherwise wonder why it does nothing).
+# - Pure: no I/O.
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgspec
+
+from edge import istio
+
+
+class Kind(NamedTuple):
+    group: str
+    name: str  # as written in YAML
+    versions: tuple[str, ...]
+    spec_type: type
+    key: str  # as the compiler buckets it (Resource.kind)
+    mesh_fields: bool = False
+
+
+KINDS: dict[tuple[str, str], Kind] = {}
+
+
+def register(*kinds: Kind) -> None:
+    for kind in kinds:
+        if (kind.group, kind.name) in KINDS or any(k.key == kind.key for k in KINDS.values()):
+            raise ValueError(f"kind {kind.group}/{kind.name} ({kind.key}) is registered twice")
+        KINDS[(kind.group, kind.name)] = kind
+
+
+register(*(Kind(istio.API_GROUP, name, istio.API_VERSIONS, spec_type, name, mesh_fields=True) for name, spec_type in istio.SPEC_TYPES.items()))
+
+# Keys in the order `edge check` counts them.
+KEYS: tuple[str, ...] = tuple(k.key for k in KINDS.values())
+KINDS_BY_KEY: dict[str, Kind] = {k.key: k for k in KINDS.values()}
+DISPLAY: dict[str, str] = {k.key: k.name for k in KINDS.values()}
+
+
+def lookup(api_version: str, kind: str) -> tuple[Kind | None, str]:
+    """(the row, "") for a kind edge reads under a version it accepts; (None, "") for one it does not read (skip
+    it); (None, why) for a known kind under an unknown version (an error)."""
+    group, _, version = api_version.rpartition("/")
+    row = KINDS.get((group, kind))
+    if row is None:
+        return None, ""
+    if version not in row.versions:
+        return None, f"{kind}: apiVersion {api_version} is not one of " + ", ".join(f"{group}/{v}" for v in row.versions)
+    return row, ""
+
+
+def decode_spec(row: Kind, spec: Any) -> Any:
+    """Strictly convert a plain spec (from YAML/JSON) to its Struct; raises msgspec.ValidationError."""
+    return msgspec.convert(spec, row.spec_type, dec_hook=istio.dec_hook)
