@@ -22,6 +22,7 @@ from collections.abc import Awaitable
 import trio
 
 from workers.context import STATE_BUSY, STATE_UPSTREAM_WAIT, WorkerContext
+from workers.http.access import ConnectionFacts
 from workers.http.codec import END_OF_MESSAGE, NEED_DATA, Data, ProtocolError
 from workers.netio import Transport
 
@@ -31,7 +32,7 @@ BODY_CHUNK_BYTES = 64 * 1024  # response bytes coalesced before a send
 class Http1Downstream:
     """One client connection: its transport, codec state and where it came from; and, one at a time, its request."""
 
-    __slots__ = ("ctx", "transport", "conn", "peer_ip", "peer", "local", "scheme", "scheme_bytes", "listener_key", "chain_index", "sni", "must_close", "scope", "state", "since", "client_gone", "fresh", "response_started", "activity", "stream_timed_out", "client_cert", "pending", "waiting")
+    __slots__ = ("ctx", "transport", "conn", "peer_ip", "peer", "local", "scheme", "scheme_bytes", "listener_key", "chain_index", "sni", "must_close", "scope", "state", "since", "client_gone", "fresh", "response_started", "activity", "stream_timed_out", "client_cert", "pending", "waiting", "_facts")
 
     def __init__(self, ctx: WorkerContext, transport: Transport, peer: tuple, local: tuple, scheme: str, listener_key: str, chain_index: int = -1, sni: str = "", client_cert: bytes | None = None):
         self.ctx = ctx
@@ -54,12 +55,21 @@ class Http1Downstream:
         self.response_started = False  # a response head for the current request went (or is going) out
         self.activity = 0.0  # monotonic time bytes last moved for the request in flight (the stream idle timeout)
         self.stream_timed_out = False
+        self._facts: ConnectionFacts | None = None
         self.client_cert = client_cert  # x-forwarded-client-cert of a verified client certificate (workers/tls/xfcc.py)
         self.pending = b""  # response bytes not sent yet
         self.waiting = ctx.registry.upstream_waiting  # the registry's set of requests waiting on an upstream
 
     def raw_socket(self) -> socket.socket | None:
         return raw_socket(self.transport)
+
+    def facts(self) -> ConnectionFacts:
+        """What access policies may ask of this connection (workers/http/access.py); built once per connection."""
+        facts = self._facts
+        if facts is None:
+            port = self.local[1] if self.local and len(self.local) > 1 else 0
+            facts = self._facts = ConnectionFacts(self.peer_ip, port, self.sni, self.client_cert)
+        return facts
 
     # ------------------------------------------------------------------ the response
 

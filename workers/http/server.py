@@ -25,6 +25,7 @@ import time
 import trio
 
 from workers.context import STATE_BUSY, STATE_IDLE, WorkerContext
+from workers.http.access import check_access
 from workers.http.codec import NEED_DATA, IncompleteMessage, ProtocolError, Request
 from workers.http.downstream import Http1Downstream
 from workers.http.forward import forward
@@ -176,6 +177,9 @@ async def _serve_request(down: Http1Downstream, request: Request, log: RequestLo
     log.forwarded = req.forwarded
     if refused is not None:
         return await _reply(down, log, refused, keep_alive=False)
+    denied = check_access(snapshot, req, down.facts())
+    if denied is not None:
+        return await _reply(down, log, denied)
     rt = find_route(snapshot, down.listener_key, down.chain_index, req)
     if type(rt) is Redirect:
         return await _reply(down, log, rt.reply, extra=[(b"location", rt.location)])
