@@ -23,6 +23,10 @@ MATCH_EXACT = 0
 MATCH_PREFIX = 1
 MATCH_REGEX = 2  # value is a Python `re` pattern (the compiler checked the RE2 and translated it); full match
 MATCH_PRESENT = 3  # header/query present with any value ({} or regex "*")
+# Envoy's path_separated_prefix: the path equals the value or continues it with "/" (`/foo` matches `/foo` and
+# `/foo/x`, never `/foobar`); the value has no trailing "/". Istio uses it for the prefixes of VirtualServices it
+# derives from Ingress and the Gateway API (route.go translateRouteMatch, UseIngressSemantics).
+MATCH_PATH_PREFIX = 4
 
 # Route actions.
 ACTION_FORWARD = 0

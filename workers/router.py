@@ -5,7 +5,8 @@
 #   `*suffix` wildcard (a wildcard matches at least one character: `*.foo.com` never matches `foo.com`) → `*`.
 #   Once a virtual host is chosen, only its routes are tried; there is no fallback to another host.
 # - Routes are tried in order; the first whose every condition holds wins. A miss is None (404 NR).
-# - Path: exact / prefix (plain string prefix, `/api` matches `/apiv2`) / regex, a full match as RE2 in Envoy;
+# - Path: exact / prefix (plain string prefix, `/api` matches `/apiv2`) / path-separated prefix (`/api` matches
+#   `/api` and `/api/v2`, not `/apiv2`: Envoy's path_separated_prefix) / regex, a full match as RE2 in Envoy;
 #   ignore_case applies to exact and prefix (no effect on a regex, as Envoy's StringMatcher). The path has no
 #   query string. Header and query tests are string_test predicates, CORS origins too.
 # - Headers: repeated headers are joined with ","; a missing header never matches, except that an inverted
@@ -21,6 +22,7 @@ from urllib.parse import unquote
 
 from edge.table import (
     MATCH_EXACT,
+    MATCH_PATH_PREFIX,
     MATCH_PREFIX,
     MATCH_PRESENT,
     MATCH_REGEX,
@@ -41,6 +43,8 @@ _PATH_PREFIX = 2
 _PATH_EXACT_NOCASE = 3
 _PATH_PREFIX_NOCASE = 4
 _PATH_REGEX = 5
+_PATH_SEGMENTS = 6  # path-separated prefix: path_value exactly, or path_dir (path_value + "/") as a prefix
+_PATH_SEGMENTS_NOCASE = 7
 
 # Where a header condition reads its value.
 _SRC_HEADER = 0
@@ -62,6 +66,11 @@ def string_test(m: StringMatcher):
         return lambda s: True
     if kind == MATCH_REGEX:
         return Regex(value).fullmatch
+    if kind == MATCH_PATH_PREFIX:
+        if m.ignore_case:
+            value = value.lower()
+            return lambda s: s.lower() == value or s.lower().startswith(value + "/")
+        return lambda s: s == value or s.startswith(value + "/")
     if m.ignore_case:
         value = value.lower()
         if kind == MATCH_PREFIX:
@@ -99,13 +108,18 @@ class _Plan:
     interned by RouteMatch value, so virtual hosts with the same match structure share them (and keep them
     in the CPU cache when a table has thousands of hosts)."""
 
-    __slots__ = ("path_kind", "path_value", "path_regex", "headers", "query")
+    __slots__ = ("path_kind", "path_value", "path_dir", "path_regex", "headers", "query")
 
     def __init__(self, match: RouteMatch):
         p = match.path
         self.path_regex = None
         self.path_value = ""
-        if p is None or p.kind == MATCH_PRESENT or (p.kind == MATCH_PREFIX and p.value == ""):
+        self.path_dir = ""
+        if p is not None and p.kind == MATCH_PATH_PREFIX:
+            self.path_kind = _PATH_SEGMENTS_NOCASE if p.ignore_case else _PATH_SEGMENTS
+            self.path_value = p.value.lower() if p.ignore_case else p.value
+            self.path_dir = self.path_value + "/"
+        elif p is None or p.kind == MATCH_PRESENT or (p.kind == MATCH_PREFIX and p.value == ""):
             self.path_kind = _PATH_ANY
         elif p.kind == MATCH_REGEX:
             self.path_kind = _PATH_REGEX
@@ -241,10 +255,16 @@ class Router:
             elif kind == _PATH_REGEX:
                 if not plan.path_regex.fullmatch(path):
                     continue
+            elif kind == _PATH_SEGMENTS:
+                if path != plan.path_value and not path.startswith(plan.path_dir):
+                    continue
             elif kind != _PATH_ANY:
                 if lowered is None:
                     lowered = path.lower()
-                if kind == _PATH_EXACT_NOCASE:
+                if kind == _PATH_SEGMENTS_NOCASE:
+                    if lowered != plan.path_value and not lowered.startswith(plan.path_dir):
+                        continue
+                elif kind == _PATH_EXACT_NOCASE:
                     if lowered != plan.path_value:
                         continue
                 elif not lowered.startswith(plan.path_value):
@@ -386,7 +406,7 @@ def _query_match(tests, query: dict[str, str]) -> bool:
 # Explanations
 # ---------------------------------------------------------------------------------------------------------
 
-_KIND_WORDS = {MATCH_EXACT: "exact", MATCH_PREFIX: "prefix", MATCH_REGEX: "regex", MATCH_PRESENT: "present"}
+_KIND_WORDS = {MATCH_EXACT: "exact", MATCH_PREFIX: "prefix", MATCH_PATH_PREFIX: "path prefix", MATCH_REGEX: "regex", MATCH_PRESENT: "present"}
 
 
 def describe_matcher(m: StringMatcher) -> str:
@@ -406,6 +426,8 @@ def _why_not(route: Route, request, headers: dict[str, str], query: dict[str, st
             _PATH_EXACT_NOCASE: lambda: path.lower() == plan.path_value,
             _PATH_PREFIX_NOCASE: lambda: path.lower().startswith(plan.path_value),
             _PATH_REGEX: lambda: plan.path_regex.fullmatch(path),
+            _PATH_SEGMENTS: lambda: path == plan.path_value or path.startswith(plan.path_dir),
+            _PATH_SEGMENTS_NOCASE: lambda: path.lower() == plan.path_value or path.lower().startswith(plan.path_dir),
         }[plan.path_kind]()
         if not ok:
             return f"path {path!r} does not match {describe_matcher(p)}"

@@ -18,7 +18,10 @@ import http
 
 from edge import istio, table, wire
 from edge.compiler.admission import duration_problem, validate_destination
-from edge.compiler.model import DEFAULT_RETRY_ON, JWT_CLAIM_PREFIX, PPM_PER_PERCENT, MatchBlock, PreparedVirtualService, Rule, ppm
+from edge.compiler.model import (
+    DEFAULT_RETRY_ON, JWT_CLAIM_PREFIX, PATH_SEPARATED_SEMANTICS, PPM_PER_PERCENT, ROUTE_SEMANTICS_ANNOTATION, MatchBlock,
+    PreparedVirtualService, Rule, ppm,
+)
 from edge.compiler.regex import RegexError, regex_groups, regex_problem, translate_re2_rewrite
 from edge.compiler.report import Report, Where
 
@@ -116,6 +119,9 @@ def _translate_match(w: Where, m: istio.HTTPMatchRequest, sub: str) -> MatchBloc
         u = m.uri
         if u.exact is not None:
             path = table.StringMatcher(kind=table.MATCH_EXACT, value=u.exact, ignore_case=m.ignore_uri_case)
+        elif u.prefix is not None and u.prefix != "/" and w.res.annotations.get(ROUTE_SEMANTICS_ANNOTATION) in PATH_SEPARATED_SEMANTICS:
+            value = u.prefix[:-1] if u.prefix.endswith("/") else u.prefix
+            path = table.StringMatcher(kind=table.MATCH_PATH_PREFIX, value=value, ignore_case=m.ignore_uri_case)
         elif u.prefix is not None:
             path = table.StringMatcher(kind=table.MATCH_PREFIX, value=u.prefix, ignore_case=m.ignore_uri_case)
             catch_all = u.prefix == "/"

@@ -18,6 +18,13 @@ DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 MESH_GATEWAY = "mesh"
 PPM_PER_PERCENT = 10_000
 JWT_CLAIM_PREFIX = "@request.auth.claims"
+# A VirtualService a front stage derives from another API carries Istio's own marker of whose path semantics
+# its routes keep (pkg/config/constants: InternalRouteSemantics): "ingress" and "gateway" prefixes are
+# path-separated (route.go: PathSeparatedPrefix with one trailing "/" trimmed, "/" stays a plain prefix).
+ROUTE_SEMANTICS_ANNOTATION = "internal.istio.io/route-semantics"
+ROUTE_SEMANTICS_INGRESS = "ingress"
+ROUTE_SEMANTICS_GATEWAY = "gateway"
+PATH_SEPARATED_SEMANTICS = frozenset({ROUTE_SEMANTICS_INGRESS, ROUTE_SEMANTICS_GATEWAY})
 
 # Istio ≥1.24 default retry policy (retry.go cachedDefaultPolicy): no retriable status codes, so 503 is not retried.
 DEFAULT_RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes")

@@ -5,6 +5,7 @@ import pytest
 
 from edge.table import (
     MATCH_EXACT,
+    MATCH_PATH_PREFIX,
     MATCH_PREFIX,
     MATCH_PRESENT,
     MATCH_REGEX,
@@ -130,6 +131,36 @@ PATHS = (
 def test_path_matching(path, expected):
     router, vh = routes_config(*PATHS)
     assert router.match(vh, Req(path)).name == expected
+
+
+# Envoy's path_separated_prefix (route_components.proto): the path equals the prefix or continues it with "/".
+SEGMENT_PATHS = (
+    r("foo", sm(MATCH_PATH_PREFIX, "/foo")),
+    r("nocase", sm(MATCH_PATH_PREFIX, "/Bar", ignore_case=True)),
+    r("rest", sm(MATCH_PREFIX, "/")),
+)
+
+
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("/foo", "foo"),
+        ("/foo/", "foo"),
+        ("/foo/x/y", "foo"),
+        ("/foobar", "rest"),
+        ("/fo", "rest"),
+        ("/FOO", "rest"),
+        ("/bar/x", "nocase"),
+        ("/BAR", "nocase"),
+        ("/barx", "rest"),
+    ],
+)
+def test_path_separated_prefix(path, expected):
+    router, vh = routes_config(*SEGMENT_PATHS)
+    assert router.match(vh, Req(path)).name == expected
+    explained = router.explain("h.com", Req(path))
+    assert explained.route.name == expected
+    assert string_test(SEGMENT_PATHS[0].match.path)(path) == (expected == "foo")
 
 
 HEADERS = (
