@@ -60,6 +60,10 @@ class HeaderMatcher(Frozen):
     name: str
     matcher: StringMatcher
     invert: bool = False  # withoutHeaders
+    # A JWT claim match (`@request.auth.claims.a.b` / `[a][b]`, Istio's gateway-only claim routing): the claim path
+    # in the verified payload, `name` kept as written. Istio's metadata matcher: a string claim, or a list holding
+    # a matching string; no verified token = no claim.
+    claim: tuple[str, ...] = ()
 
 
 class QueryMatcher(Frozen):
@@ -245,6 +249,34 @@ class Listener(Frozen):
     gateways: tuple[str, ...] = ()  # "namespace/name" of the Gateways contributing servers
 
 
+# RequestAuthentication, compiled (edge/compiler/authentication.py; verified by workers/jwt.py). One row per JWT
+# rule of every RequestAuthentication applying to this gateway, sorted by issuer (Istio's policy_applier order).
+
+
+class JwtLocation(Frozen):
+    name: str  # lowercase header name
+    prefix: str = ""
+
+
+class JwtRule(Frozen):
+    issuer: str = ""
+    audiences: tuple[str, ...] = ()
+    # The JWKS document: inline `jwks`, or the last good answer of `jwks_uri` filled in by the supervisor
+    # (edge/jwks.py); "" with a jwks_uri = never fetched: this issuer's tokens fail verification.
+    jwks: str = ""
+    jwks_uri: str = ""
+    fetch_timeout_s: float = 5.0  # JWTRule.timeout (Istio's default 5 s)
+    # No location at all = Envoy's defaults (Authorization "Bearer " and ?access_token=), applied by workers/jwt.py.
+    from_headers: tuple[JwtLocation, ...] = ()
+    from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()
+    forward_original_token: bool = False
+    output_payload_to_header: str = ""  # lowercase
+    output_claim_to_headers: tuple[tuple[str, str], ...] = ()  # (lowercase header, claim)
+    space_delimited_claims: tuple[str, ...] = ("permission", "scope")
+    policy: str = ""  # "namespace/name" of its RequestAuthentication
+
+
 class Endpoint(Frozen):
     address: str  # IP literal (or a DNS name before the supervisor resolved it)
     port: int
@@ -331,6 +363,7 @@ class RoutingTable(Frozen):
     clusters: dict[str, Cluster] = {}
     # Default retry policy applied to routes without `retries` (Istio ≥1.24).
     default_retry: RetryPolicy | None = None
+    jwt_rules: tuple[JwtRule, ...] = ()  # RequestAuthentications applying to this gateway
 
 
 _encoder = msgspec.msgpack.Encoder(order="sorted")
