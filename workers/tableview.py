@@ -27,6 +27,7 @@ from edge.table import (
 )
 from workers.balance import Balancer
 from workers.headers import compile_rules
+from workers.jwt import Authenticator
 from workers.regex import Regex
 from workers.route_policies import CompiledCors
 from workers.router import Router
@@ -113,13 +114,15 @@ class ListenerRuntime:
 
 
 class TableSnapshot:
-    __slots__ = ("generation", "table", "options", "listeners", "clusters", "routes", "server_header")
+    __slots__ = ("generation", "table", "options", "listeners", "clusters", "routes", "server_header", "authn")
 
     def __init__(self, generation: int, table: RoutingTable, previous: "TableSnapshot | None"):
         self.generation = generation
         self.table = table
         self.options = table.options
         self.server_header = table.options.server_header.encode()
+        # RequestAuthentication's rules with their JWKS parsed into keys, once per generation (workers/jwt.py).
+        self.authn = Authenticator(table.jwt_rules) if table.jwt_rules else None
         self.listeners = {listener_key(l.bind, l.port): ListenerRuntime(l) for l in table.listeners}
         old_clusters = previous.clusters if previous is not None else {}
         self.clusters = {name: ClusterRuntime(c, old_clusters.get(name), table.options.workers) for name, c in table.clusters.items()}

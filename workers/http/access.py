@@ -10,8 +10,10 @@
 # - Nothing here parses config: CIDRs, path patterns and keys were compiled at table load.
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
+from workers import headers as hdr
 from workers.http.replies import LocalReply
 
 
@@ -27,4 +29,33 @@ class ConnectionFacts(NamedTuple):
 
 def check_access(snapshot, req, conn: ConnectionFacts) -> LocalReply | None:
     """RequestAuthentication, then AuthorizationPolicy (see the rules above)."""
+    if snapshot.authn is not None:
+        refused = authenticate(snapshot.authn, req, time.time())
+        if refused is not None:
+            return refused
     return None
+
+
+JWT_DETAILS = "jwt_authn_access_denied{%s}"  # Envoy's response code details, spaces as "_"
+JWT_URI_MAX = 256  # Envoy's jwt_authn MaximumUriLength: the realm's path is cut there
+
+
+def authenticate(authn, req, now: float) -> LocalReply | None:
+    """RequestAuthentication (workers/jwt.py): sets req.auth; the token's removal and the output headers go into
+    req.headers / req.query, which are what is forwarded. A CORS preflight is not authenticated (Istio sets
+    jwt_authn's bypass_cors_preflight)."""
+    if req.method == "OPTIONS" and hdr.header_value(req.headers, b"origin") and hdr.header_value(req.headers, b"access-control-request-method"):
+        return None
+    outcome = authn.authenticate(req.headers, req.query, now)
+    req.headers = outcome.headers
+    if outcome.query is not req.query:
+        req.query = outcome.query
+        req.query_bytes = outcome.query.encode("latin-1")
+    refusal = outcome.refusal
+    if refusal is None:
+        req.auth = outcome.auth
+        return None
+    path = req.path + ("?" + req.query if req.query else "")
+    realm = f"{req.scheme}://{req.authority}{path[:JWT_URI_MAX]}"
+    body = refusal.message.encode()
+    return LocalReply(refusal.status, body, "-", JWT_DETAILS % refusal.message.replace(" ", "_"), headers=((b"www-authenticate", refusal.www_authenticate(realm)),))

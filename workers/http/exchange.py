@@ -67,7 +67,7 @@ class Exchange:
         head = request.head
         # Every try sends these plus its x-envoy-attempt-count (the x-request-id stays the same across tries).
         self.upstream_headers = hdr.upstream_request_headers(
-            request.headers,
+            req.headers,
             host=self.host,
             forwarded=req.forwarded,
             attempt=0,

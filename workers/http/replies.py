@@ -32,6 +32,7 @@ class LocalReply(NamedTuple):
     flags: str  # %RESPONSE_FLAGS%
     details: str  # %RESPONSE_CODE_DETAILS%
     close: bool = False
+    headers: tuple = ()  # sent with it (a JWT refusal's www-authenticate)
 
 
 LOCAL_REPLIES: dict[str, LocalReply] = {

@@ -27,7 +27,7 @@ from workers.route_policies import FAULT_ABORT_BODY, PREFLIGHT_FORWARD, cors_pre
 class RequestInfo:
     """The request as the router, the forwarder and the log see it: decided once, from the codec's parsed head."""
 
-    __slots__ = ("method", "path", "query", "authority", "authority_bytes", "scheme", "headers", "path_bytes", "query_bytes", "host", "port", "body_present", "chunked", "upgrade", "forwarded", "listener_port")
+    __slots__ = ("method", "path", "query", "authority", "authority_bytes", "scheme", "headers", "path_bytes", "query_bytes", "host", "port", "body_present", "chunked", "upgrade", "forwarded", "listener_port", "auth")
 
 
 def read_request(request: Request, peer_ip: bytes, scheme: bytes, opts: Options, rng) -> tuple[RequestInfo, LocalReply | None]:
@@ -36,7 +36,8 @@ def read_request(request: Request, peer_ip: bytes, scheme: bytes, opts: Options,
     head = request.head  # what the codec read from the fields, once (workers/http/framing.RequestHead)
     req = RequestInfo()
     req.method = request.method.decode("ascii")  # a token of KNOWN_METHODS
-    req.headers = request.headers
+    req.headers = request.headers  # the list sent upstream: RequestAuthentication may replace it (workers/http/access.py)
+    req.auth = None  # the verified JWT (workers/jwt.Auth), set by check_access
     upgrade = head.upgrade
     # WebSocket is the upgrade Istio's gateways enable (Envoy upgrade_configs); others are plain requests.
     req.upgrade = upgrade if upgrade is not None and upgrade.lower() == b"websocket" else None

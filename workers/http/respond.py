@@ -39,6 +39,8 @@ async def local_reply(
     log.flags = with_flag("DI", reply.flags) if log.flags == "DI" else reply.flags  # a fault delay stays on record
     log.details = reply.details
     ctx = down.ctx
+    if reply.headers:
+        extra = [*reply.headers, *(extra or ())]
     headers = reply_headers(body, content_type, ctx.server_header, extra, response_ops)
     log.response_headers = headers
     if ctx.draining or close or reply.close:
