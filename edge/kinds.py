@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from edge import istio
+from edge import ingress, istio
 
 
 class Kind(NamedTuple):
@@ -41,6 +41,10 @@ def register(*kinds: Kind) -> None:
 
 
 register(*(Kind(istio.API_GROUP, name, istio.API_VERSIONS, spec_type, name, mesh_fields=True) for name, spec_type in istio.SPEC_TYPES.items()))
+register(
+    Kind(ingress.API_GROUP, "Ingress", ingress.API_VERSIONS, ingress.IngressSpec, "Ingress"),
+    Kind(ingress.API_GROUP, "IngressClass", ingress.API_VERSIONS, ingress.IngressClassSpec, "IngressClass"),
+)
 
 # Keys in the order `edge check` counts them.
 KEYS: tuple[str, ...] = tuple(k.key for k in KINDS.values())

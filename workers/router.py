@@ -406,7 +406,7 @@ def _query_match(tests, query: dict[str, str]) -> bool:
 # Explanations
 # ---------------------------------------------------------------------------------------------------------
 
-_KIND_WORDS = {MATCH_EXACT: "exact", MATCH_PREFIX: "prefix", MATCH_PATH_PREFIX: "path prefix", MATCH_REGEX: "regex", MATCH_PRESENT: "present"}
+_KIND_WORDS = {MATCH_EXACT: "exact", MATCH_PREFIX: "prefix", MATCH_PATH_PREFIX: "path-separated prefix", MATCH_REGEX: "regex", MATCH_PRESENT: "present"}
 
 
 def describe_matcher(m: StringMatcher) -> str:

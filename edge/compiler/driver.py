@@ -19,6 +19,7 @@ import msgspec
 from edge import istio, table
 from edge.compiler.admission import validate_destination_rule, validate_gateway, validate_service_entry
 from edge.compiler.clusters import ClusterBuilder
+from edge.compiler.ingress import derive as derive_from_ingresses
 from edge.compiler.listeners import ListenerBuilder
 from edge.compiler.model import DEFAULT_RETRY, CompileOptions, CompileResult
 from edge.compiler.report import Report, Where
@@ -76,6 +77,7 @@ class _Compiler:
     def run(self, resources: list[istio.Resource]) -> CompileResult:
         report = self.report
         self._index(resources)
+        ingress = self._ingresses()
         self._admit()
         clusters = ClusterBuilder(report, self.domain)
         clusters.index_services(self.service_entries)
@@ -86,6 +88,7 @@ class _Compiler:
         builder = ListenerBuilder(report, clusters, RouteBuilder(report, self.labels, clusters), bound)
         listeners = [listener for plan in plans if (listener := builder.build_listener(plan)) is not None]
         check_bindings(report, roots, {g.key: g for g in self.gateways}, selected)
+        report.items[:] = ingress.attribute(report.items)
         if report.errors:
             return CompileResult(table=None, diagnostics=report.items)
         listeners.sort(key=lambda l: (l.port, l.bind))
@@ -120,6 +123,18 @@ class _Compiler:
                 continue
             seen[(res.kind, res.key)] = res
             self.by_kind.setdefault(res.kind, []).append(res)
+
+    def _ingresses(self):
+        """Front stage: Ingresses → derived Gateways and VirtualServices (ingress.py), ahead of the written ones
+        (they have no creation time, as in Istio)."""
+        o = self.options
+        derived = derive_from_ingresses(
+            self.report, self.by_kind.get("Ingress", []), self.by_kind.get("IngressClass", []), self.service_entries, self.domain,
+            o.ingress_class, o.ingress_controller_mode,
+        )
+        self.gateways[:0] = derived.gateways
+        self.virtual_services[:0] = derived.virtual_services
+        return derived
 
     def _admit(self) -> None:
         """Stage 1 (continued): each Gateway, ServiceEntry and DestinationRule validated on its own; the

@@ -52,6 +52,9 @@ class CompileOptions:
     gateway_labels: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_GATEWAY_LABELS))
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     table_options: table.Options = table.Options()
+    # Istio's mesh config ingressClass and ingressControllerMode (defaults "istio", STRICT): which Ingresses are served.
+    ingress_class: str = "istio"
+    ingress_controller_mode: str = "STRICT"
 
 
 @dataclass
