@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from edge import ingress, istio
+from edge import authorization, ingress, istio
 
 
 class Kind(NamedTuple):
@@ -44,6 +44,14 @@ register(*(Kind(istio.API_GROUP, name, istio.API_VERSIONS, spec_type, name, mesh
 register(
     Kind(ingress.API_GROUP, "Ingress", ingress.API_VERSIONS, ingress.IngressSpec, "Ingress"),
     Kind(ingress.API_GROUP, "IngressClass", ingress.API_VERSIONS, ingress.IngressClassSpec, "IngressClass"),
+)
+
+# security.istio.io: AuthorizationPolicy is enforced (edge/compiler/authorization.py); PeerAuthentication and
+# EnvoyFilter are read only to warn that this gateway does not apply them.
+register(
+    Kind(authorization.SECURITY_GROUP, "AuthorizationPolicy", authorization.SECURITY_VERSIONS, authorization.AuthorizationPolicy, "AuthorizationPolicy"),
+    Kind(authorization.SECURITY_GROUP, "PeerAuthentication", authorization.SECURITY_VERSIONS, authorization.PeerAuthentication, "PeerAuthentication"),
+    Kind(authorization.NETWORKING_GROUP, "EnvoyFilter", authorization.ENVOY_FILTER_VERSIONS, authorization.EnvoyFilter, "EnvoyFilter"),
 )
 
 # Keys in the order `edge check` counts them.

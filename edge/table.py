@@ -277,6 +277,76 @@ class JwtRule(Frozen):
     policy: str = ""  # "namespace/name" of its RequestAuthentication
 
 
+# AuthorizationPolicy, compiled (edge/compiler/authorization.py; evaluated by workers/authz.py). Istio turns each
+# policy rule into one Envoy RBAC policy: (any of its `from` AND-groups) AND (any of its `to` AND-groups), the `when`
+# conditions AND-ed into every group. A table holds the RBAC filters Istio would build for an HTTP and for a TCP
+# filter chain (the TCP ones without HTTP-only conditions: removed from DENY/AUDIT rules, whole rules dropped from
+# ALLOW), in Istio's order AUDIT, DENY, ALLOW.
+
+# What an AuthzCondition tests (Istio's attribute names).
+AUTHZ_SOURCE_IP = "source.ip"  # the direct peer (after PROXY protocol): ipBlocks
+AUTHZ_REMOTE_IP = "remote.ip"  # the trusted client address (XFF hops / PROXY protocol): remoteIpBlocks
+AUTHZ_DESTINATION_IP = "destination.ip"
+AUTHZ_DESTINATION_PORT = "destination.port"
+AUTHZ_SNI = "connection.sni"
+AUTHZ_PRINCIPAL = "source.principal"  # the verified client certificate's URI SAN (principals, namespaces, …)
+AUTHZ_HOST = "host"  # :authority, case-insensitive
+AUTHZ_METHOD = "method"
+AUTHZ_PATH = "path"  # without the query
+AUTHZ_HEADER = "request.headers"  # `name`
+AUTHZ_REQUEST_PRINCIPAL = "request.auth.principal"  # iss/sub of the verified JWT, matched separately
+AUTHZ_CLAIM = "request.auth.claims"  # `claim` path (audiences = aud, presenter = azp)
+
+
+class AuthzStrings(Frozen):
+    """An OR of Istio string forms: exact, prefix (`x*`), suffix (`*x`), non-empty (`*`), present (a header's `*`)
+    and regular expressions (path templates, principal namespace/service account/trust domain forms)."""
+
+    exact: tuple[str, ...] = ()
+    prefix: tuple[str, ...] = ()
+    suffix: tuple[str, ...] = ()
+    regex: tuple[str, ...] = ()  # Python `re`, full match
+    non_empty: bool = False
+    present: bool = False
+    ignore_case: bool = False  # hosts: values lowercased here, the request's lowercased once
+
+
+class AuthzCidrs(Frozen):
+    """IP ranges as merged, sorted, inclusive (first, last) integer pairs per family."""
+
+    v4: tuple[tuple[int, int], ...] = ()
+    v6: tuple[tuple[int, int], ...] = ()
+
+
+class AuthzCondition(Frozen):
+    attribute: str  # AUTHZ_*
+    negate: bool = False  # a not* field / notValues: NOT(any of them)
+    strings: AuthzStrings | None = None
+    cidrs: AuthzCidrs | None = None
+    ports: tuple[int, ...] = ()
+    name: str = ""  # AUTHZ_HEADER: the lowercase header name
+    claim: tuple[str, ...] = ()  # AUTHZ_CLAIM: the nested claim path
+    pairs: tuple[tuple[AuthzStrings, AuthzStrings], ...] = ()  # AUTHZ_REQUEST_PRINCIPAL: (iss, sub) matchers, OR-ed
+    source: str = ""  # the policy field it came from, for `edge route`: "from[0].source.ipBlocks"
+
+
+class AuthzRule(Frozen):
+    name: str  # Envoy's policy id: "ns[<ns>]-policy[<name>]-rule[<i>]"
+    principals: tuple[tuple[AuthzCondition, ...], ...] = ((),)  # OR of AND-groups; () in a group = any
+    permissions: tuple[tuple[AuthzCondition, ...], ...] = ((),)
+
+
+class AuthzFilter(Frozen):
+    action: str  # "AUDIT" | "DENY" | "ALLOW"
+    rules: tuple[AuthzRule, ...] = ()  # an ALLOW filter with no rule (or none matching) denies
+    policies: tuple[str, ...] = ()  # "namespace/name" of the policies it was built from
+
+
+class Authorization(Frozen):
+    http: tuple[AuthzFilter, ...] = ()
+    tcp: tuple[AuthzFilter, ...] = ()
+
+
 class Endpoint(Frozen):
     address: str  # IP literal (or a DNS name before the supervisor resolved it)
     port: int
@@ -363,6 +433,7 @@ class RoutingTable(Frozen):
     clusters: dict[str, Cluster] = {}
     # Default retry policy applied to routes without `retries` (Istio ≥1.24).
     default_retry: RetryPolicy | None = None
+    authorization: Authorization | None = None  # AuthorizationPolicies selecting this gateway; None = none
     jwt_rules: tuple[JwtRule, ...] = ()  # RequestAuthentications applying to this gateway
 
 

@@ -17,6 +17,7 @@ from datetime import datetime
 import msgspec
 
 from edge import istio, table
+from edge.compiler.authorization import PolicyScope, compile_authorization
 from edge.compiler.admission import validate_destination_rule, validate_gateway, validate_service_entry
 from edge.compiler.clusters import ClusterBuilder
 from edge.compiler.ingress import derive as derive_from_ingresses
@@ -88,6 +89,8 @@ class _Compiler:
         builder = ListenerBuilder(report, clusters, RouteBuilder(report, self.labels, clusters), bound)
         listeners = [listener for plan in plans if (listener := builder.build_listener(plan)) is not None]
         check_bindings(report, roots, {g.key: g for g in self.gateways}, selected)
+        scope = PolicyScope(self.labels, self.options.gateway_namespace, self.options.root_namespace)
+        authorization = compile_authorization(report, self.by_kind, scope, has_tcp=any(_serves_tcp(l) for l in listeners))
         report.items[:] = ingress.attribute(report.items)
         if report.errors:
             return CompileResult(table=None, diagnostics=report.items)
@@ -98,6 +101,7 @@ class _Compiler:
             listeners=tuple(listeners),
             clusters=dict(sorted(clusters.clusters.items())),
             default_retry=DEFAULT_RETRY,
+            authorization=authorization,
         )
         return CompileResult(table=routing, diagnostics=report.items)
 
@@ -146,6 +150,11 @@ class _Compiler:
             validate_service_entry(Where(self.report, res), res.spec)
         for res in self.destination_rules:
             validate_destination_rule(Where(self.report, res), res.spec)
+
+
+def _serves_tcp(listener: table.Listener) -> bool:
+    """A listener with a TCP, TLS passthrough or terminated-TCP side (where Istio builds TCP RBAC filters)."""
+    return listener.tcp is not None or any(chain.route_config is None for chain in listener.filter_chains)
 
 
 def _parse_timestamp(text: str) -> float | None:

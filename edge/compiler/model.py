@@ -52,6 +52,10 @@ class CompileOptions:
     gateway_labels: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_GATEWAY_LABELS))
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     table_options: table.Options = table.Options()
+    # Where AuthorizationPolicies apply (edge/compiler/authorization.py): the gateway workload's namespace and
+    # Istio's root namespace (meshConfig.rootNamespace), both istio-system by default.
+    gateway_namespace: str = "istio-system"
+    root_namespace: str = "istio-system"
     # Istio's mesh config ingressClass and ingressControllerMode (defaults "istio", STRICT): which Ingresses are served.
     ingress_class: str = "istio"
     ingress_controller_mode: str = "STRICT"
