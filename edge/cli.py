@@ -36,8 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     return args.handler(args)
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml through the package metadata)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as distribution_version
+
+    try:
+        return distribution_version("edge")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description="An Istio-compatible gateway: Gateway, VirtualService, DestinationRule and ServiceEntry YAML, served.")
+    parser.add_argument("--version", action="version", version=f"edge {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def config_args(p: argparse.ArgumentParser) -> None:

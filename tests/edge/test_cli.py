@@ -172,3 +172,12 @@ def test_run_rejects_bad_settings_before_starting(args, env, message):
     p = edge("run", *args, env=env)
     assert p.returncode == 2
     assert message in p.stderr
+
+
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    p = edge("--version")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == f"edge {version('edge')}\n"
+    assert version("edge") != ""
