@@ -12,6 +12,9 @@
 #   HTTP connections and the sweeps over them (idle timeout scaled under pressure, stream idle timeout, the client
 #   leaving while its request waits on an upstream). A sweep acts by cancelling a connection's scope: the handler
 #   owns what happens next (a 408/504, or a quiet close).
+# - Idle keep-alive connections beyond PARK_ABOVE_TASKS live HTTP connection tasks are parked without a task
+#   (workers/parking.py); the idle timeout and drain close parked ones through the same close_idle, and they count
+#   against the limit until closed.
 from __future__ import annotations
 
 import os
@@ -28,6 +31,7 @@ import trio
 from edge.table import Cluster, Options
 from workers.access_log import AccessLog, TcpLog
 from workers.overload import scaled_idle_timeout
+from workers.parking import Parker
 from workers.stats import WorkerStats
 from workers.tableview import TableSnapshot, TableView
 from workers.tls.contexts import TLSConfigError, TLSContexts
@@ -36,6 +40,11 @@ from workers.upstream import ConnectFailure, UpstreamPools
 SWEEP_INTERVAL_S = 0.1  # client-gone checks of requests waiting on an upstream
 IDLE_SWEEP_INTERVAL_S = 1.0  # idle and stream idle timeouts
 MAX_ERROR_SIGNATURES = 1000  # distinct places whose first error is logged with its traceback
+# An HTTP connection going idle is parked (no task: ~0.6 KB instead of ~6.7 KB) when more than this many HTTP
+# connections of the worker hold a task. Below it, idle connections keep their task, so a keep-alive request at
+# ordinary concurrency pays nothing for parking (a resume is a new task: ~15 µs); above it, idle connections cost
+# at most this many tasks' memory (measured in loadtest/bench_scale.py; loadtest/README.md).
+PARK_ABOVE_TASKS = 128
 
 # What an HTTP connection is doing, for the sweeps. BUSY: reading a head or handling a request; IDLE: waiting
 # for the next request (the idle timeout applies; drain closes it); UPSTREAM_WAIT: its request waits on an
@@ -124,6 +133,7 @@ class ConnectionRegistry:
         self.active = 0  # accepted and not yet closed (counted by the accept loop, so a drain never misses one)
         self.http: set = set()  # the workers/http/server.Http1Downstream of every HTTP connection
         self.upstream_waiting: set = set()  # those whose request waits on an upstream response head
+        self.parked = Parker(self.closed)  # idle ones held without a task (counted in `active` until closed)
         self._slot_free = trio.Event()
 
     # ------------------------------------------------------------------ counting
@@ -145,7 +155,12 @@ class ConnectionRegistry:
 
     # ------------------------------------------------------------------ sweeps
 
+    def should_park(self) -> bool:
+        """Whether a connection going idle now gives up its task (see PARK_ABOVE_TASKS)."""
+        return len(self.http) > PARK_ABOVE_TASKS and self.parked.serving
+
     def close_idle(self, now: float, idle_timeout_s: float) -> None:
+        self.parked.sweep(now, idle_timeout_s)
         for down in list(self.http):
             if down.state == STATE_IDLE and now - down.since >= idle_timeout_s and down.scope is not None:
                 down.scope.cancel()

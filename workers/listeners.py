@@ -11,7 +11,9 @@
 # - run_connection is each connection's outermost boundary: an unexpected error is logged, counted and closes that
 #   connection only (an HTTP connection has the same boundary one level down, where it can still answer 500:
 #   workers/http/server.serve_http_connection).
-# - Handlers take (WorkerContext, socket, listener key); this module imports them, they never import it.
+# - Handlers take (WorkerContext, socket, listener key); this module imports them, they never import it. A handler
+#   returns True when it parked the connection (workers/parking.py): it stays open and counted, and the parker
+#   hands it to resume_connection, a fresh task with the same boundary, when its socket is readable or closed.
 # - With --proxy-protocol (Istio's gatewayTopology.proxyProtocol) every connection must start with a PROXY
 #   protocol header (workers/proxy_protocol.py), read within PROXY_HEADER_TIMEOUT_S before the protocol handler
 #   runs; its addresses replace the connection's own for everything downstream (X-Forwarded-For, logs,
@@ -25,12 +27,12 @@ import trio
 
 from edge.table import PROTO_HTTP, PROTO_HTTPS, PROTO_TCP, PROTO_TLS
 from workers.context import WorkerContext
-from workers.http.server import serve_http
+from workers.http.server import serve_http, serve_http_connection
 from workers.l4.tcp import serve_tcp
 from workers.proxy_protocol import MAX_HEADER_BYTES, NEED_MORE, ProxyProtocolError, parse_header
 from workers.tls.listener import serve_tls
 
-Handler = Callable[[WorkerContext, socket.socket, str], Awaitable[None]]
+Handler = Callable[[WorkerContext, socket.socket, str], Awaitable[bool | None]]
 
 ACCEPT_BURST = 64
 PROXY_HEADER_TIMEOUT_S = 15.0  # Envoy's listener_filters_timeout default
@@ -107,19 +109,40 @@ async def run_connection(ctx: WorkerContext, handler: Handler, sock: socket.sock
     """One accepted connection, start to end (the boundary: see the module's rules)."""
     # The registry counted it when it was accepted.
     served: socket.socket | None = sock
+    parked = False
     try:
         if ctx.options.proxy_protocol:
             served = await accept_proxy_header(sock)
             if served is None:
                 return
-        await handler(ctx, served, key)
+        parked = bool(await handler(ctx, served, key))
     except Exception as exc:  # noqa: BLE001 - the connection boundary (see the module's rules)
         ctx.records.connection_failed(exc, key)
     finally:
-        ctx.registry.closed()
-        for each in (sock, served):
-            if each is not None and each.fileno() >= 0:
-                each.close()
+        if not parked:
+            ctx.registry.closed()
+            for each in (sock, served):
+                if each is not None and each.fileno() >= 0:
+                    each.close()
+
+
+async def resume_connection(ctx: WorkerContext, down) -> None:
+    """A parked HTTP connection whose socket became readable (or closed): served on in a fresh task, with the
+    boundary of run_connection."""
+    parked = False
+    try:
+        parked = bool(await serve_http_connection(down))
+    except Exception as exc:  # noqa: BLE001 - the connection boundary (see the module's rules)
+        ctx.records.connection_failed(exc, down.listener_key)
+    finally:
+        if not parked:
+            ctx.registry.closed()
+            down.transport.close()
+
+
+async def serve_parked(ctx: WorkerContext, connections: trio.Nursery) -> None:
+    """The worker's parker (workers/parking.py): a parked connection that wakes gets its task in `connections`."""
+    await ctx.registry.parked.serve(lambda down: connections.start_soon(resume_connection, ctx, down))
 
 
 def _accept_ready(ctx: WorkerContext, key: str, listen_sock: socket.socket, connections: trio.Nursery, limit: int) -> int:
@@ -171,4 +194,4 @@ async def serve_accept_loop(ctx: WorkerContext, key: str, listen_sock: socket.so
         listen_sock.close()
 
 
-__all__ = ["HANDLERS", "accept_proxy_header", "run_connection", "serve_accept_loop"]
+__all__ = ["HANDLERS", "accept_proxy_header", "resume_connection", "run_connection", "serve_accept_loop", "serve_parked"]

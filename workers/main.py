@@ -2,8 +2,9 @@
 #
 # Rules:
 # - One trio loop, one root nursery. Its children: the control channel (the supervisor's commands), one
-#   accept loop per listening socket, the upstream idle reaper, the registry's sweeper, the stats publisher, the
-#   access-log flusher, and the connection nursery that owns every client connection.
+#   accept loop per listening socket, the upstream idle reaper, the registry's sweeper, the parker of idle
+#   connections (workers/parking.py), the stats publisher, the access-log flusher, and the connection nursery
+#   that owns every client connection.
 # - This module is the process shell: it builds the WorkerContext (workers/context.py) that every handler gets,
 #   and talks to the supervisor. Handlers never import it.
 # - The worker starts with nothing; the supervisor sends LISTENERS (sockets) and TABLE. It answers SERVING
@@ -30,7 +31,7 @@ from edge.stats_shm import SlotWriter, StatsSegmentError
 from workers.access_log import AccessLog
 from workers.context import WorkerContext, worker_logger
 from workers.http.engines import codec_classes
-from workers.listeners import serve_accept_loop
+from workers.listeners import serve_accept_loop, serve_parked
 from workers.stats import WorkerStats
 
 DRAIN_POLL_S = 0.05
@@ -152,6 +153,7 @@ class Worker:
                 self.connection_nursery = connections
                 root.start_soon(ctx.pools.serve_idle_reaper)
                 root.start_soon(ctx.registry.serve_sweeper)
+                root.start_soon(serve_parked, ctx, connections)
                 root.start_soon(self._serve_signals)
                 root.start_soon(ctx.records.stats.serve_publisher, ctx)
                 root.start_soon(ctx.records.access_log.serve_flusher)

@@ -130,6 +130,12 @@ class SocketTransport:
             self.closed = True
             close_socket(self.sock)
 
+    close_nowait = close  # what aclose does, without the checkpoint (a parked connection closed by a sweep)
+
+    def has_buffered(self) -> bool:
+        """Whether bytes already read wait in the transport (never: a socket transport keeps none)."""
+        return False
+
     async def aclose(self) -> None:
         self.close()
         await trio.lowlevel.checkpoint()

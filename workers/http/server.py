@@ -9,7 +9,10 @@
 #      LocalReply); this module only carries them out. A fault delay is slept here (flag DI).
 #   3. After a response: the connection closes when the request said so, the reply closed it, the worker is
 #      draining, or an unread body could not be drained (at most RETRY_BUFFER_BYTES within the header timeout).
-# - Between requests the connection is IDLE for the registry's sweeps (idle timeout, drain); a request in flight
+# - Between requests the connection is IDLE for the registry's sweeps (idle timeout, drain). When the worker holds
+#   many connection tasks (ConnectionRegistry.should_park), a connection going idle with nothing buffered is parked
+#   instead (workers/parking.py): its task ends, serve_http_connection returns True, and the parker hands it to a
+#   fresh task (workers/listeners.resume_connection) when its socket is readable or closed. A request in flight
 #   whose bytes stop moving for the stream idle timeout is cancelled and answered 408 (body still arriving) or
 #   504 (SI) when no response has started.
 # - serve_http_connection is the connection's boundary: an unexpected error is logged and counted
@@ -39,10 +42,11 @@ from workers.netio import SocketTransport
 # How a connection's request handling may end without an answer from us: the client or its transport went away,
 # or a response broke after it started. The connection just closes.
 _QUIET_ENDINGS = (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone, ResponseAborted)
+_PARK = object()  # _read_request_head's value for "idle: park it" (workers/parking.py)
 
 
-async def serve_http(ctx: WorkerContext, sock: socket.socket, key: str) -> None:
-    """PROTO_HTTP listeners: plain-text HTTP/1.1 on an accepted socket."""
+async def serve_http(ctx: WorkerContext, sock: socket.socket, key: str) -> bool | None:
+    """PROTO_HTTP listeners: plain-text HTTP/1.1 on an accepted socket; True when it was parked (still open)."""
     transport = SocketTransport(sock)
     try:
         peer = sock.getpeername()
@@ -50,20 +54,27 @@ async def serve_http(ctx: WorkerContext, sock: socket.socket, key: str) -> None:
     except OSError:
         transport.close()
         return
-    await serve_http_connection(Http1Downstream(ctx, transport, peer, local, "http", key))
+    return await serve_http_connection(Http1Downstream(ctx, transport, peer, local, "http", key))
 
 
-async def serve_http_connection(down: Http1Downstream) -> None:
+async def serve_http_connection(down: Http1Downstream) -> bool | None:
+    """Serve requests until the connection closes (None) or is parked (True: open, owned by the parker)."""
     ctx = down.ctx
     conn = down.conn
+    if conn is None:  # resumed after parking
+        conn = down.conn = ctx.server_codec(ctx.max_header_bytes)
     registry = ctx.registry
     registry.http.add(down)
+    parked = False
     try:
         with trio.CancelScope() as down.scope:
             while True:
                 request = await _read_request_head(down)
                 if request is None:
                     return
+                if request is _PARK:
+                    parked = _park(down)
+                    return parked or None
                 keep_alive = await _handle_request(down, request)
                 if not keep_alive or down.must_close or ctx.draining:
                     return
@@ -83,11 +94,25 @@ async def serve_http_connection(down: Http1Downstream) -> None:
     finally:
         registry.http.discard(down)
         registry.upstream_waiting.discard(down)
-        await down.transport.aclose()
+        if not parked:
+            await down.transport.aclose()
 
 
-async def _read_request_head(down: Http1Downstream) -> Request | None:
-    """The next request head; None when the connection should just close (idle, EOF, or answered error)."""
+def _park(down: Http1Downstream) -> bool:
+    """Hand an idle connection to the worker's parker (False: it could not be watched, so it closes)."""
+    down.conn = None  # a fresh codec is made on resume: between requests it holds nothing
+    down.state = STATE_IDLE
+    down.since = time.monotonic()
+    down.fresh = True  # the resumed task reads first: the parker saw the socket readable
+    if down.ctx.registry.parked.park(down):
+        return True
+    down.state = STATE_BUSY
+    return False
+
+
+async def _read_request_head(down: Http1Downstream) -> Request | object | None:
+    """The next request head; None when the connection should just close (idle, EOF, or answered error); _PARK
+    when it is idle and should be parked."""
     conn = down.conn
     header_deadline = math.inf
     while True:
@@ -107,6 +132,8 @@ async def _read_request_head(down: Http1Downstream) -> Request | None:
         if buffered and header_deadline == math.inf:
             header_deadline = trio.current_time() + down.ctx.options.request_headers_timeout_s
         data = await _recv_for_head(down, buffered, header_deadline)
+        if data is _PARK:
+            return _PARK
         if data is None:
             if buffered:
                 await send_closing_reply(down, RequestLog(time.time(), down), LOCAL_REPLIES["request_header_timeout"])
@@ -114,9 +141,10 @@ async def _read_request_head(down: Http1Downstream) -> Request | None:
         conn.receive_data(data)
 
 
-async def _recv_for_head(down: Http1Downstream, buffered: bool, header_deadline: float) -> bytes | None:
+async def _recv_for_head(down: Http1Downstream, buffered: bool, header_deadline: float) -> bytes | object | None:
     """Bytes for the request head, or None on timeout. Between requests the connection is IDLE: the registry's
-    sweep closes it at the idle timeout or when the worker drains (by cancelling the connection's scope)."""
+    sweep closes it at the idle timeout or when the worker drains (by cancelling the connection's scope), or it is
+    parked (_PARK) when the worker holds many connection tasks."""
     transport = down.transport
     if buffered:
         with trio.move_on_at(header_deadline):
@@ -129,8 +157,11 @@ async def _recv_for_head(down: Http1Downstream, buffered: bool, header_deadline:
         data = transport.recv_nowait()
         if data is not None:
             return data
-    if down.ctx.draining:
+    ctx = down.ctx
+    if ctx.draining:
         return b""
+    if ctx.registry.should_park() and down.raw_socket() is not None and not transport.has_buffered():
+        return _PARK
     down.state = STATE_IDLE
     down.since = time.monotonic()
     try:

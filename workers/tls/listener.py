@@ -65,8 +65,9 @@ async def read_client_hello(sock: socket.socket) -> HelloRead:
             return HelloRead(hello, reader.buffered, "")
 
 
-async def serve_tls(ctx: WorkerContext, sock: socket.socket, key: str) -> None:
-    """PROTO_HTTPS and PROTO_TLS listeners: route on the ClientHello, then pass through or terminate."""
+async def serve_tls(ctx: WorkerContext, sock: socket.socket, key: str) -> bool | None:
+    """PROTO_HTTPS and PROTO_TLS listeners: route on the ClientHello, then pass through or terminate. True when
+    the HTTP connection was parked (open, owned by the parker: workers/parking.py)."""
     snapshot = ctx.current()
     lr = snapshot.listeners.get(key) if snapshot is not None else None
     if lr is None:
@@ -97,15 +98,18 @@ async def serve_tls(ctx: WorkerContext, sock: socket.socket, key: str) -> None:
     except OSError:
         return
     transport = TLSTransport(sock, context, read.buffered)
+    parked = None
     try:
         if not await _handshake(transport, deadline) or _refused_client(transport, chain.tls):
-            return
+            return None
         if chain.route_config is not None:
-            await serve_http_connection(Http1Downstream(ctx, transport, peer, local, "https", key, index, server_name or "", _client_cert_header(transport, chain.tls)))
+            parked = await serve_http_connection(Http1Downstream(ctx, transport, peer, local, "https", key, index, server_name or "", _client_cert_header(transport, chain.tls)))
         elif chain.tcp is not None:
             await proxy_l4(ctx, snapshot, transport, chain.tcp, new_tcp_log(sock, key, server_name))
     finally:
-        await transport.aclose()
+        if not parked:
+            await transport.aclose()
+    return parked
 
 
 def _log_no_chain(ctx: WorkerContext, sock: socket.socket, key: str, server_name: str | None) -> None:

@@ -233,7 +233,7 @@ class TLSTransport:
             self.closed = True
             close_socket(self.sock)
 
-    async def aclose(self) -> None:
+    def close_nowait(self) -> None:
         """close_notify when the session is up (best effort, no wait), then close."""
         if not self.closed:
             try:
@@ -242,7 +242,15 @@ class TLSTransport:
                 pass
             self._flush_nowait()
             self.close()
+
+    async def aclose(self) -> None:
+        self.close_nowait()
         await trio.lowlevel.checkpoint()
+
+    def has_buffered(self) -> bool:
+        """Whether ciphertext or plaintext already read waits in the session (a connection with some is not
+        parked: its socket would not wake the parker)."""
+        return bool(self._incoming.pending) or self.ssl_object.pending() > 0
 
     # -- what the session negotiated
 
