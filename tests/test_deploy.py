@@ -105,16 +105,20 @@ def test_dockerfile_healthcheck_asks_the_status_port(tmp_path):
 # ------------------------------------------------------------------------------------------------ Kubernetes
 
 
+KUSTOMIZATION = "kustomization.yaml"
+MANIFESTS = sorted(p.name for p in (DEPLOY / "kubernetes").glob("*.yaml") if p.name != KUSTOMIZATION)
+
+
 def manifests() -> dict[str, dict]:
     out = {}
-    for path in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
+    for name in MANIFESTS:
+        for doc in yaml.safe_load_all((DEPLOY / "kubernetes" / name).read_text()):
             out[doc["kind"]] = doc
     return out
 
 
 @pytest.mark.skipif(tool("kubernetes-validate") is None, reason="kubernetes-validate not installed (pip install kubernetes-validate; it is in the test extra)")
-@pytest.mark.parametrize("manifest", sorted(p.name for p in (DEPLOY / "kubernetes").glob("*.yaml")))
+@pytest.mark.parametrize("manifest", MANIFESTS)
 def test_manifest_validates_against_the_kubernetes_schema(manifest):
     result = subprocess.run(
         [tool("kubernetes-validate"), "--strict", "--no-warn", str(DEPLOY / "kubernetes" / manifest)],
@@ -157,6 +161,35 @@ def test_service_maps_80_and_443_to_the_ports_edge_binds():
     service = {p["port"]: named[p["targetPort"]] for p in docs["Service"]["spec"]["ports"]}
     assert service == {80: 8080, 443: 8443, 15021: 15021}
     assert docs["Service"]["spec"]["selector"].items() <= docs["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_kustomization_lists_every_manifest():
+    """`kubectl apply -k deploy/kubernetes` is the one command: the kustomization names every manifest."""
+    kustomization = yaml.safe_load((DEPLOY / "kubernetes" / KUSTOMIZATION).read_text())
+    assert kustomization["kind"] == "Kustomization" and kustomization["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
+    assert sorted(kustomization["resources"]) == MANIFESTS
+
+
+@pytest.mark.skipif(tool("kubectl") is None, reason="kubectl not installed (it renders the kustomization offline)")
+def test_kustomization_renders_with_kubectl():
+    result = subprocess.run([tool("kubectl"), "kustomize", str(DEPLOY / "kubernetes")], capture_output=True, text=True, timeout=TOOL_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    assert sorted(doc["kind"] for doc in yaml.safe_load_all(result.stdout)) == sorted(manifests())
+
+
+def test_autoscaler_and_disruption_budget_as_istios_gateway_chart():
+    """manifests/charts/gateway: autoscaling max 5 at 80% CPU; podDisruptionBudget minAvailable 1, rendered only
+    with minReplicas > 1 (kubernetes#93476); the Deployment leaves `replicas` to the autoscaler."""
+    docs = manifests()
+    deployment, hpa, pdb = docs["Deployment"], docs["HorizontalPodAutoscaler"]["spec"], docs["PodDisruptionBudget"]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    assert hpa["maxReplicas"] == 5 and hpa["minReplicas"] > pdb["minAvailable"] == 1
+    [metric] = hpa["metrics"]
+    assert metric["resource"] == {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["requests"]["cpu"]  # utilization is measured against the request
+    assert "replicas" not in deployment["spec"]
+    assert pdb["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
 
 def test_the_configmap_config_compiles(tmp_path):
