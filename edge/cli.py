@@ -21,7 +21,7 @@ from typing import TextIO
 
 from edge import kinds, table
 from edge.errors import ERROR, NOTE, WARNING, Diagnostic
-from edge.flags import DEFAULT_GATEWAY_LABELS, add_run_arguments, given_flags
+from edge.flags import DEFAULT_GATEWAY_CLASS, DEFAULT_GATEWAY_LABELS, add_run_arguments, given_flags
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("paths", nargs="+", metavar="PATH", help="YAML/JSON files or directories (walked recursively)")
         p.add_argument("--gateway-labels", default=None, metavar="K=V,...", help="this gateway's labels, matched against Gateway.selector (default istio=ingressgateway)")
         p.add_argument("--cluster-domain", default="cluster.local", help="domain of short host names (default cluster.local)")
+        p.add_argument("--gateway-class", default=DEFAULT_GATEWAY_CLASS, metavar="NAME,...", help="Gateway API GatewayClass names served (default istio)")
 
     p = sub.add_parser("check", help="validate configuration without serving it")
     config_args(p)
@@ -90,14 +91,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _compile(args):
     from edge.compiler import CompileOptions, load_and_compile
-    from edge.settings import SettingsError, parse_labels
+    from edge.settings import SettingsError, gateway_classes, parse_labels
 
     try:
         labels = parse_labels(args.gateway_labels if args.gateway_labels is not None else DEFAULT_GATEWAY_LABELS)
     except SettingsError as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return None, None
-    options = CompileOptions(gateway_labels=labels, cluster_domain=args.cluster_domain)
+    options = CompileOptions(gateway_labels=labels, cluster_domain=args.cluster_domain, gateway_classes=gateway_classes(args.gateway_class))
     return load_and_compile(args.paths, options)
 
 
@@ -131,9 +132,11 @@ def cmd_check(args) -> int:
 
 
 def _plural(word: str, n: int) -> str:
-    if n == 1:
-        return word
-    return word[:-1] + "ies" if word.endswith("ry") else word + "s"
+    """"Gateway (gateway.networking.k8s.io)" → "Gateways (gateway.networking.k8s.io)": the kind, not its group."""
+    word, space, group = word.partition(" ")
+    if n != 1:
+        word = word[:-1] + "ies" if word.endswith("ry") else word + "s"
+    return word + space + group
 
 
 def cmd_dump(args) -> int:

@@ -39,6 +39,7 @@ KINDS = (TEXT, CHOICE, INT, PORT, SECONDS, BOOL, PATHS, PORT_MAP, LABELS)
 DEFAULT_CONFIG_DIR = "/etc/edge"
 DEFAULT_CREDENTIALS_DIR = "/etc/edge/credentials"
 DEFAULT_GATEWAY_LABELS = "istio=ingressgateway"
+DEFAULT_GATEWAY_CLASS = "istio"  # Istio's built-in GatewayClass
 ACCESS_LOG_OFF = "off"
 ACCESS_LOG_STDOUT = "-"
 ACCESS_LOG_FORMATS = ("text", "json")
@@ -93,6 +94,7 @@ RUN_FLAGS: tuple[Flag, ...] = (
     Flag("admin-port", PORT, "15000", "admin endpoints (default 15000)", metavar="PORT"),
     Flag("admin-bind", TEXT, "127.0.0.1", "admin address (default 127.0.0.1)", metavar="ADDR"),
     Flag("gateway-labels", LABELS, DEFAULT_GATEWAY_LABELS, "matched against Gateway.selector (default istio=ingressgateway)", metavar="K=V,..."),
+    Flag("gateway-class", TEXT, DEFAULT_GATEWAY_CLASS, "Kubernetes Gateway API GatewayClass names served, comma-separated (default istio)", metavar="NAME,..."),
     Flag(
         "credentials-dir", TEXT, DEFAULT_CREDENTIALS_DIR, "one folder per credentialName with tls.crt, tls.key, ca.crt (default /etc/edge/credentials)",
         metavar="DIR", worker=True, worker_default=None,

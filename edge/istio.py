@@ -678,6 +678,10 @@ SPEC_TYPES: dict[str, type[Message]] = {
 Spec = Gateway | VirtualService | DestinationRule | ServiceEntry
 
 
+# Resource.kind (edge/kinds.py key) → what diagnostics call it; edge/kinds.py register() fills it.
+DISPLAY_NAMES: dict[str, str] = {}
+
+
 class Resource(msgspec.Struct, frozen=True, kw_only=True):
     """One loaded Istio object with where it came from.
 
@@ -704,7 +708,7 @@ class Resource(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def ref(self) -> str:
-        return f"{self.kind} {self.namespace}/{self.name}"
+        return f"{DISPLAY_NAMES.get(self.kind, self.kind)} {self.namespace}/{self.name}"
 
 
 def decode_spec(kind: str, spec: Any) -> Message:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from edge import authorization, ingress, istio
+from edge import authorization, gateway_api, ingress, istio
 
 
 class Kind(NamedTuple):
@@ -38,6 +38,9 @@ def register(*kinds: Kind) -> None:
         if (kind.group, kind.name) in KINDS or any(k.key == kind.key for k in KINDS.values()):
             raise ValueError(f"kind {kind.group}/{kind.name} ({kind.key}) is registered twice")
         KINDS[(kind.group, kind.name)] = kind
+        # What diagnostics (istio.Resource.ref) and `edge check` call it: the YAML kind, with its group when the
+        # key differs from it ("Gateway (gateway.networking.k8s.io)" for KubernetesGateway).
+        istio.DISPLAY_NAMES[kind.key] = kind.name if kind.key == kind.name else f"{kind.name} ({kind.group})"
 
 
 register(*(Kind(istio.API_GROUP, name, istio.API_VERSIONS, spec_type, name, mesh_fields=True) for name, spec_type in istio.SPEC_TYPES.items()))
@@ -45,7 +48,7 @@ register(
     Kind(ingress.API_GROUP, "Ingress", ingress.API_VERSIONS, ingress.IngressSpec, "Ingress"),
     Kind(ingress.API_GROUP, "IngressClass", ingress.API_VERSIONS, ingress.IngressClassSpec, "IngressClass"),
 )
-
+register(*(Kind(gateway_api.API_GROUP, name, versions, spec_type, key) for name, (versions, spec_type, key) in gateway_api.KINDS.items()))
 # security.istio.io: AuthorizationPolicy is enforced (edge/compiler/authorization.py); PeerAuthentication and
 # EnvoyFilter are read only to warn that this gateway does not apply them.
 register(
@@ -57,7 +60,7 @@ register(
 # Keys in the order `edge check` counts them.
 KEYS: tuple[str, ...] = tuple(k.key for k in KINDS.values())
 KINDS_BY_KEY: dict[str, Kind] = {k.key: k for k in KINDS.values()}
-DISPLAY: dict[str, str] = {k.key: k.name for k in KINDS.values()}
+DISPLAY: dict[str, str] = istio.DISPLAY_NAMES
 
 
 def lookup(api_version: str, kind: str) -> tuple[Kind | None, str]:

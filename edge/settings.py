@@ -58,6 +58,7 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     admin_port: int = 15000
     admin_bind: str = "127.0.0.1"
     gateway_labels: dict[str, str] = msgspec.field(default_factory=lambda: {"istio": "ingressgateway"})  # vs Gateway.selector
+    gateway_class: str = "istio"  # Gateway API GatewayClass names served, comma-separated
     credentials_dir: str = DEFAULT_CREDENTIALS_DIR  # <dir>/<credentialName>/{tls.crt,tls.key,ca.crt}
     access_log: str = ACCESS_LOG_OFF  # "off", "-" (stdout) or a file path
     access_log_format: str = "text"  # "text" (Istio's default TEXT format) or "json"
@@ -100,7 +101,17 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     def compile_options(self):
         from edge.compiler import CompileOptions
 
-        return CompileOptions(gateway_labels=dict(self.gateway_labels), cluster_domain=self.cluster_domain, table_options=self.table_options())
+        return CompileOptions(
+            gateway_labels=dict(self.gateway_labels), cluster_domain=self.cluster_domain, table_options=self.table_options(), gateway_classes=self.gateway_classes()
+        )
+
+    def gateway_classes(self) -> tuple[str, ...]:
+        return gateway_classes(self.gateway_class)
+
+
+def gateway_classes(text: str) -> tuple[str, ...]:
+    """--gateway-class "istio,other" → ("istio", "other")."""
+    return tuple(name for name in (part.strip() for part in text.split(",")) if name)
 
 
 def parse_port_map(text: str, where: str = "--port-map") -> dict[int, int]:

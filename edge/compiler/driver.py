@@ -20,6 +20,8 @@ from edge import istio, table
 from edge.compiler.authorization import PolicyScope, compile_authorization
 from edge.compiler.admission import validate_destination_rule, validate_gateway, validate_service_entry
 from edge.compiler.clusters import ClusterBuilder
+from edge.compiler.gateway_api import remap as remap_gateway_api
+from edge.compiler.gateway_api import translate as translate_gateway_api
 from edge.compiler.ingress import derive as derive_from_ingresses
 from edge.compiler.listeners import ListenerBuilder
 from edge.compiler.model import DEFAULT_RETRY, CompileOptions, CompileResult
@@ -79,6 +81,10 @@ class _Compiler:
         report = self.report
         self._index(resources)
         ingress = self._ingresses()
+        # Front stage: Gateway API objects become Istio Gateways and VirtualServices, admitted like any other.
+        gateway_api = translate_gateway_api(report, self.by_kind, self.options.gateway_classes, self.domain)
+        self.gateways.extend(gateway_api.gateways)
+        self.virtual_services.extend(gateway_api.virtual_services)
         self._admit()
         clusters = ClusterBuilder(report, self.domain)
         clusters.index_services(self.service_entries)
@@ -91,7 +97,7 @@ class _Compiler:
         check_bindings(report, roots, {g.key: g for g in self.gateways}, selected)
         scope = PolicyScope(self.labels, self.options.gateway_namespace, self.options.root_namespace)
         authorization = compile_authorization(report, self.by_kind, scope, has_tcp=any(_serves_tcp(l) for l in listeners))
-        report.items[:] = ingress.attribute(report.items)
+        report.items[:] = remap_gateway_api(ingress.attribute(report.items), gateway_api.origins)
         if report.errors:
             return CompileResult(table=None, diagnostics=report.items)
         listeners.sort(key=lambda l: (l.port, l.bind))

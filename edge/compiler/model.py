@@ -15,6 +15,7 @@ from edge.errors import ERROR, WARNING, Diagnostic
 
 DEFAULT_GATEWAY_LABELS = {"istio": "ingressgateway"}
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
+DEFAULT_GATEWAY_CLASSES = ("istio",)  # Istio's built-in GatewayClass
 MESH_GATEWAY = "mesh"
 PPM_PER_PERCENT = 10_000
 JWT_CLAIM_PREFIX = "@request.auth.claims"
@@ -52,6 +53,7 @@ class CompileOptions:
     gateway_labels: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_GATEWAY_LABELS))
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     table_options: table.Options = table.Options()
+    gateway_classes: tuple[str, ...] = DEFAULT_GATEWAY_CLASSES  # Gateway API classes served (--gateway-class)
     # Where AuthorizationPolicies apply (edge/compiler/authorization.py): the gateway workload's namespace and
     # Istio's root namespace (meshConfig.rootNamespace), both istio-system by default.
     gateway_namespace: str = "istio-system"
