@@ -497,6 +497,21 @@ def route_label(listener: str, route: str, flags: str = "-") -> str:
     return f"{listener} {'(no route)' if flags == 'NR' else '(unnamed)'}"
 
 
+def cluster_label(cluster: str, route: str, code: int, flags: str = "-") -> str:
+    """The admin page's name for where a request went: its cluster, or, without one, what answered it: no route
+    (NR), an unknown destination (NC), the route's redirect (a 3xx: route-level redirects are always 301, 302,
+    303, 307 or 308) or direct response, or a local reply before any route (a bad request)."""
+    if cluster and cluster != "-":
+        return cluster
+    if "NR" in flags:
+        return "(no route)"
+    if "NC" in flags:
+        return "(unknown destination)"
+    if not route or route == "-":
+        return "(local reply)"
+    return "(redirect)" if 300 <= code < 400 else "(direct response)"
+
+
 def live_sample(totals: Totals, at: float) -> LiveSample:
     routes: dict[str, list] = {}
     clusters: dict[str, list] = {}
@@ -504,7 +519,7 @@ def live_sample(totals: Totals, at: float) -> LiveSample:
     for (listener, route, cluster, code, flags), entry in totals.http.items():
         n = entry.count
         errors = n if is_error(code) else 0
-        for into, name in ((routes, route_label(listener, route, flags)), (clusters, cluster if cluster and cluster != "-" else "(no cluster)"), (total, "all")):
+        for into, name in ((routes, route_label(listener, route, flags)), (clusters, cluster_label(cluster, route, code, flags)), (total, "all")):
             acc = into.get(name)
             if acc is None:
                 acc = into[name] = [0, 0, [0] * N_DURATION]
@@ -577,6 +592,6 @@ class LiveHistory:
 
 __all__ = [
     "Totals", "HttpTotals", "TcpTotals", "sum_slots", "render_prometheus", "SupervisorView", "envoy_stats",
-    "render_envoy_stats", "LiveSample", "live_sample", "live_view", "LiveHistory", "bucket_quantile",
+    "render_envoy_stats", "LiveSample", "live_sample", "cluster_label", "live_view", "LiveHistory", "bucket_quantile",
     "service_labels", "cluster_host", "code_class",
 ]  # fmt: skip

@@ -14,6 +14,7 @@ from edge.metrics import (
     cluster_host,
     envoy_stats,
     escape_label,
+    cluster_label,
     live_sample,
     live_view,
     render_envoy_stats,
@@ -214,7 +215,7 @@ def test_live_view_turns_samples_into_rates_error_rates_and_latency(segment):
     assert 1 < reviews["p50_ms"][0] <= 5
     assert view["routes"]["0.0.0.0:80 (no route)"]["rps"] == [0.5]  # the 404 NR
     assert view["clusters"][B]["error_rate"] == [1.0]
-    assert view["clusters"]["(no cluster)"]["requests_total"] == 1
+    assert view["clusters"]["(no route)"]["requests_total"] == 1  # the 404 NR: answered without a cluster
     assert view["total"]["all"]["rps"] == [3.5]
     assert view["total"]["all"]["error_rate"] == [pytest.approx(1 / 7, abs=1e-4)]
 
@@ -225,3 +226,20 @@ def test_live_view_of_a_quiet_interval_has_no_latency():
     view = live_view([empty, later])
     assert view["routes"]["r"] == {"rps": [0.0], "error_rate": [0.0], "p50_ms": [None], "p99_ms": [None], "requests_total": 5, "errors_total": 0}
     assert math.isfinite(view["times"][0])
+
+
+@pytest.mark.parametrize(
+    "cluster, route, code, flags, expected",
+    [
+        ("outbound|80||a.local", "r", 200, "-", "outbound|80||a.local"),
+        ("-", "moved", 301, "-", "(redirect)"),
+        ("", "moved", 308, "-", "(redirect)"),
+        ("-", "teapot", 418, "-", "(direct response)"),
+        ("-", "ok", 200, "-", "(direct response)"),
+        ("-", "-", 404, "NR", "(no route)"),
+        ("-", "r", 503, "NC", "(unknown destination)"),
+        ("-", "-", 400, "-", "(local reply)"),
+    ],
+)
+def test_admin_page_names_requests_without_a_cluster_by_what_answered_them(cluster, route, code, flags, expected):
+    assert cluster_label(cluster, route, code, flags) == expected
