@@ -132,6 +132,11 @@ RUN_FLAGS: tuple[Flag, ...] = (
     ),  # fmt: skip
     Flag("preserve-external-request-id", BOOL, "false", "keep a client's x-request-id instead of replacing it (Envoy's preserve_external_request_id)"),
     Flag("dns-refresh-rate", SECONDS, None, "how often ServiceEntry DNS names are resolved again (Istio's meshConfig.dnsRefreshRate; default 60)", metavar="SECONDS"),
+    Flag(
+        "jwks-refresh-interval", SECONDS, "1200",
+        "how often RequestAuthentication jwksUri keys are fetched again (istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL; default 1200)",
+        metavar="SECONDS",
+    ),  # fmt: skip
     Flag("proxy-protocol", BOOL, "false", "every connection starts with a PROXY protocol v1/v2 header, as from AWS NLB (Istio's gatewayTopology.proxyProtocol)"),
 )
 WORKER_FLAGS: tuple[Flag, ...] = tuple(flag for flag in RUN_FLAGS if flag.worker)

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from edge import authorization, gateway_api, ingress, istio
+from edge import authentication, authorization, gateway_api, ingress, istio
 
 
 class Kind(NamedTuple):
@@ -56,6 +56,8 @@ register(
     Kind(authorization.SECURITY_GROUP, "PeerAuthentication", authorization.SECURITY_VERSIONS, authorization.PeerAuthentication, "PeerAuthentication"),
     Kind(authorization.NETWORKING_GROUP, "EnvoyFilter", authorization.ENVOY_FILTER_VERSIONS, authorization.EnvoyFilter, "EnvoyFilter"),
 )
+# RequestAuthentication: JWT rules verified at the gateway (edge/compiler/authentication.py, workers/jwt.py).
+register(Kind(authorization.SECURITY_GROUP, "RequestAuthentication", authorization.SECURITY_VERSIONS, authentication.RequestAuthentication, "RequestAuthentication"))
 
 # Keys in the order `edge check` counts them.
 KEYS: tuple[str, ...] = tuple(k.key for k in KINDS.values())

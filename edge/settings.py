@@ -78,6 +78,7 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     preserve_external_request_id: bool = False  # Envoy's option: keep a client's x-request-id
     proxy_protocol: bool = False  # Istio's gatewayTopology.proxyProtocol: a PROXY header starts every connection
     dns_refresh_rate_s: float | None = None  # Istio's meshConfig.dnsRefreshRate (None: each cluster's, 60 s)
+    jwks_refresh_interval_s: float = 1200.0  # istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL (edge/jwks.py)
 
     def table_options(self):
         """The per-table switches workers read (edge.table.Options)."""

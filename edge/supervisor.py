@@ -48,6 +48,8 @@
 # - DNS ServiceEntries (edge/dns.py): before a compiled table is published, names seen for the first time are
 #   resolved (bounded wait) and replaced by addresses; a refresher looks them up again every refresh interval and
 #   publishes a new generation ("generation G published: DNS addresses changed") only when an answer changed.
+#   RequestAuthentication jwksUri documents (edge/jwks.py) go the same way: fetched before publishing (bounded by
+#   each rule's timeout), refreshed every --jwks-refresh-interval, republished ("JWKS keys changed") on change.
 # - SupervisorState (edge/state.py) holds everything the status, metrics and admin ports show; they read it,
 #   never change it.
 from __future__ import annotations
@@ -74,6 +76,7 @@ from edge.admin import admin_routes, metrics_routes
 from edge.compiler import load_and_compile
 from workers.http.engines import resolve_codec
 from edge.dns import DnsResolver, Resolver
+from edge.jwks import Fetch, JwksFetcher
 from edge.errors import ERROR, WARNING, ConfigError, Diagnostic
 from edge.flags import worker_arguments
 from edge.loader import FileCache
@@ -199,10 +202,12 @@ class Supervisor:
         worker_argv: Sequence[str] | None = None,
         environ: Mapping[str, str] = os.environ,
         dns_resolve: Resolver | None = None,
+        jwks_fetch: Fetch | None = None,
     ):
         self.settings = settings
         # ServiceEntry DNS names → addresses (edge/dns.py); --dns-refresh-rate replaces every cluster's interval.
         self.dns = DnsResolver(dns_resolve, log=log, refresh_override_s=settings.dns_refresh_rate_s)
+        self.jwks = JwksFetcher(jwks_fetch, refresh_s=settings.jwks_refresh_interval_s, log=log)
         self.worker_argv = tuple(WORKER_ARGV if worker_argv is None else worker_argv)
         self.config_paths = tuple(settings.config)
         workers = settings.workers
@@ -305,6 +310,7 @@ class Supervisor:
         nursery.start_soon(self._serve_heartbeats)
         nursery.start_soon(self._serve_reloads)
         nursery.start_soon(self.dns.serve_refresh, self._publish_dns_change)
+        nursery.start_soon(self.jwks.serve_refresh, lambda: self._publish_dns_change("JWKS keys changed"))
         nursery.start_soon(self.readout.serve_live_samples)
         if self.watchdog_s is not None:
             nursery.start_soon(self._serve_watchdog)
@@ -312,6 +318,7 @@ class Supervisor:
 
     def _adopt(self, compiled: CompiledConfig, generation: int) -> None:
         self.dns.follow(compiled.source if compiled.source is not None else compiled.table)
+        self.jwks.follow(compiled.source if compiled.source is not None else compiled.table)
         self.payload_digest = payload_digest(compiled.payload)
         self.state.generation = generation
         self.state.table = compiled.table
@@ -467,17 +474,18 @@ class Supervisor:
     async def _resolve_dns(self, compiled: CompiledConfig) -> CompiledConfig:
         """The compiled table with the names of its DNS ServiceEntries replaced by addresses; names never
         looked up before are resolved now, with a bounded wait (edge/dns.py)."""
-        table = await self.dns.resolve_new(compiled.table)
+        table = await self.jwks.resolve_new(await self.dns.resolve_new(compiled.table))
         if table is compiled.table:
             return compiled
         return CompiledConfig(table, encode_table(table), compiled.files, compiled.warnings, source=compiled.table)
 
-    def _publish_dns_change(self) -> None:
-        """The refresher saw new addresses: publish them as a new generation (the listeners are unchanged)."""
+    def _publish_dns_change(self, reason: str = "DNS addresses changed") -> None:
+        """A refresher saw new addresses (or JWKS keys): publish them as a new generation (the listeners are
+        unchanged)."""
         if self.writer is None or self.state.draining or self.dns.source is None:
             return
         source = self.dns.source
-        table = self.dns.resolved()
+        table = self.jwks.apply(self.dns.resolved())
         payload = encode_table(table)
         if payload_digest(payload) == self.payload_digest:
             return
@@ -490,7 +498,7 @@ class Supervisor:
         for handle in list(self.handles.values()):
             if handle.record.state != DRAINING:
                 self._send(handle, control.Message(op=control.TABLE, generation=generation))
-        log(f"generation {generation} published: DNS addresses changed")
+        log(f"generation {generation} published: {reason}")
         self.ready_pending = True
         self._check_ready()
 

@@ -43,7 +43,7 @@ from urllib.parse import unquote
 
 from jwt import PyJWK
 from jwt.algorithms import get_default_algorithms
-from jwt.exceptions import PyJWKError, PyJWTError
+from jwt.exceptions import PyJWTError
 
 from edge.table import JwtLocation, JwtRule
 
@@ -184,7 +184,7 @@ def parse_jwks(text: str) -> tuple[tuple, str]:
         alg = jwk.get("alg", "")
         try:
             key = PyJWK(jwk, algorithm=alg or None).key
-        except (PyJWKError, ValueError, TypeError, KeyError, binascii.Error) as exc:
+        except (PyJWTError, ValueError, TypeError, KeyError, binascii.Error) as exc:
             problems.append(f"key {index}: {exc}")
             continue
         kid = jwk.get("kid", "")

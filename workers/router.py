@@ -52,6 +52,7 @@ _SRC_METHOD = 1
 _SRC_AUTHORITY = 2
 _SRC_SCHEME = 3
 _SRC_PATH = 4
+_SRC_CLAIM = 5  # a JWT claim of the verified token (request.auth.claims), Istio's claim-based routing
 _PSEUDO_SOURCES = {":method": _SRC_METHOD, ":authority": _SRC_AUTHORITY, ":scheme": _SRC_SCHEME, ":path": _SRC_PATH}
 
 
@@ -83,12 +84,13 @@ def string_test(m: StringMatcher):
 
 
 class _HeaderTest:
-    __slots__ = ("name", "key", "source", "present", "invert", "test")
+    __slots__ = ("name", "key", "source", "present", "invert", "test", "claim")
 
     def __init__(self, h: HeaderMatcher):
         self.name = h.name
         self.key = h.name.encode("latin-1")
-        self.source = _PSEUDO_SOURCES.get(h.name, _SRC_HEADER)
+        self.claim = h.claim
+        self.source = _SRC_CLAIM if h.claim else _PSEUDO_SOURCES.get(h.name, _SRC_HEADER)
         self.present = h.matcher.kind == MATCH_PRESENT
         self.invert = h.invert
         self.test = string_test(h.matcher)
@@ -373,8 +375,28 @@ def _pseudo_value(source: int, request) -> str:
     return request.path + ("?" + request.query if request.query else "")
 
 
+def _claim_match(t: _HeaderTest, request) -> bool:
+    """Istio's metadata matcher on the verified payload: a string claim that matches, or a list holding one;
+    inverted (withoutHeaders) it holds when that is not so, a missing claim or token included."""
+    auth = getattr(request, "auth", None)
+    value = auth.claims if auth is not None else None
+    for part in t.claim:
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, str):
+        found = bool(t.test(value))
+    elif isinstance(value, list):
+        found = any(isinstance(v, str) and t.test(v) for v in value)
+    else:
+        found = False
+    return found != t.invert
+
+
 def _headers_match(tests, headers: dict[str, str] | None, request) -> bool:
     for t in tests:
+        if t.source == _SRC_CLAIM:
+            if not _claim_match(t, request):
+                return False
+            continue
         if t.source == _SRC_HEADER:
             value = headers.get(t.name) if headers else None
         else:
@@ -432,6 +454,10 @@ def _why_not(route: Route, request, headers: dict[str, str], query: dict[str, st
         if not ok:
             return f"path {path!r} does not match {describe_matcher(p)}"
     for t, h in zip(plan.headers, route.match.headers):
+        if t.source == _SRC_CLAIM and not _claim_match(t, request):
+            auth = getattr(request, "auth", None)
+            shown = "no verified JWT" if auth is None else f"claims {auth.claims!r}"
+            return f"JWT claim {'.'.join(t.claim)} ({shown}) {'must not match' if t.invert else 'does not match'} {describe_matcher(h.matcher)}"
         if not _headers_match((t,), headers, request):
             value = headers.get(t.name) if t.source == _SRC_HEADER else _pseudo_value(t.source, request)
             shown = "missing" if value is None else repr(value)

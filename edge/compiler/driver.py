@@ -18,6 +18,7 @@ import msgspec
 
 from edge import istio, table
 from edge.compiler.authorization import PolicyScope, compile_authorization
+from edge.compiler.authentication import compile_authentication
 from edge.compiler.admission import validate_destination_rule, validate_gateway, validate_service_entry
 from edge.compiler.clusters import ClusterBuilder
 from edge.compiler.gateway_api import remap as remap_gateway_api
@@ -97,6 +98,7 @@ class _Compiler:
         check_bindings(report, roots, {g.key: g for g in self.gateways}, selected)
         scope = PolicyScope(self.labels, self.options.gateway_namespace, self.options.root_namespace)
         authorization = compile_authorization(report, self.by_kind, scope, has_tcp=any(_serves_tcp(l) for l in listeners))
+        jwt_rules = compile_authentication(report, self.by_kind, scope.applies)
         report.items[:] = remap_gateway_api(ingress.attribute(report.items), gateway_api.origins)
         if report.errors:
             return CompileResult(table=None, diagnostics=report.items)
@@ -108,6 +110,7 @@ class _Compiler:
             clusters=dict(sorted(clusters.clusters.items())),
             default_retry=DEFAULT_RETRY,
             authorization=authorization,
+            jwt_rules=jwt_rules,
         )
         return CompileResult(table=routing, diagnostics=report.items)
 

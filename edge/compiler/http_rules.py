@@ -136,11 +136,17 @@ def _translate_match(w: Where, m: istio.HTTPMatchRequest, sub: str) -> MatchBloc
         for name in sorted(source):
             key = f"{where}.{name}"
             if name.lower().startswith(JWT_CLAIM_PREFIX):
-                if invert:
-                    mw.warn("JWT claims need RequestAuthentication, which is not supported here: the claim is never present, so this condition always holds", key)
-                    continue
-                mw.warn("JWT claims need RequestAuthentication, which is not supported here: this match block never matches and is left out", key)
-                return None
+                claim = routing_claim(name)
+                sm = source[name]
+                if not claim:
+                    mw.error(f"{name}: a JWT claim is written @request.auth.claims.<name>[.<nested>] or @request.auth.claims[<name>][<nested>]", key)
+                elif sm.is_empty or sm.regex == "*":
+                    mw.error("a JWT claim match needs exact, prefix or regex (Istio makes a metadata string matcher of it)", key)
+                else:
+                    matcher = _string_matcher(mw, sm, key)
+                    if matcher is not None:
+                        headers.append(table.HeaderMatcher(name=name, matcher=matcher, invert=invert, claim=claim))
+                continue
             if name not in _PSEUDO_HEADERS and wire.header_name_problem(name) is not None:
                 mw.error(f"header name {name} is not a valid header name", key)
                 continue
@@ -177,6 +183,17 @@ def _translate_match(w: Where, m: istio.HTTPMatchRequest, sub: str) -> MatchBloc
         path=w.path + sub,
         stat_prefix=m.stat_prefix,
     )
+
+
+def routing_claim(name: str) -> tuple[str, ...]:
+    """Istio's jwt.ToRoutingClaim: `@request.auth.claims.a.b` → ("a", "b"), `@request.auth.claims[a][b]` → ("a", "b");
+    () when the name is neither form."""
+    rest = name[len(JWT_CLAIM_PREFIX) :]
+    if rest.startswith(".") and len(rest) > 1:
+        return tuple(rest[1:].split("."))
+    if rest.startswith("[") and rest.endswith("]") and len(rest) > 2:
+        return tuple(rest[1:-1].split("]["))
+    return ()
 
 
 def _string_matcher(w: Where, sm: istio.StringMatch, sub: str) -> table.StringMatcher | None:

@@ -54,6 +54,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "num-trusted-proxies": ("2", 2),
     "preserve-external-request-id": ("on", True),
     "dns-refresh-rate": ("30", 30.0),
+    "jwks-refresh-interval": ("60", 60.0),
     "proxy-protocol": ("true", True),
 }
 # A template in the JSON encoding needs --access-log-format json beside it.
