@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("paths", nargs="+", metavar="PATH", help="YAML/JSON files or directories (walked recursively)")
         p.add_argument("--gateway-labels", default=None, metavar="K=V,...", help="this gateway's labels, matched against Gateway.selector (default istio=ingressgateway)")
         p.add_argument("--cluster-domain", default="cluster.local", help="domain of short host names (default cluster.local)")
+        p.add_argument("--gateway-namespace", default="istio-system", metavar="NS", help="the gateway's namespace: its AuthorizationPolicies apply (default istio-system)")
+        p.add_argument("--root-namespace", default="istio-system", metavar="NS", help="Istio's root namespace: its AuthorizationPolicies apply (default istio-system)")
         p.add_argument("--gateway-class", default=DEFAULT_GATEWAY_CLASS, metavar="NAME,...", help="Gateway API GatewayClass names served (default istio)")
 
     p = sub.add_parser("check", help="validate configuration without serving it")
@@ -98,7 +100,7 @@ def _compile(args):
     except SettingsError as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return None, None
-    options = CompileOptions(gateway_labels=labels, cluster_domain=args.cluster_domain, gateway_classes=gateway_classes(args.gateway_class))
+    options = CompileOptions(gateway_labels=labels, cluster_domain=args.cluster_domain, gateway_namespace=args.gateway_namespace, root_namespace=args.root_namespace, gateway_classes=gateway_classes(args.gateway_class))
     return load_and_compile(args.paths, options)
 
 
@@ -135,7 +137,7 @@ def _plural(word: str, n: int) -> str:
     """"Gateway (gateway.networking.k8s.io)" → "Gateways (gateway.networking.k8s.io)": the kind, not its group."""
     word, space, group = word.partition(" ")
     if n != 1:
-        word = word[:-1] + "ies" if word.endswith("ry") else word + "s"
+        word = word[:-1] + "ies" if word.endswith(("ry", "cy")) else word + "s"
     return word + space + group
 
 

@@ -94,6 +94,8 @@ RUN_FLAGS: tuple[Flag, ...] = (
     Flag("admin-port", PORT, "15000", "admin endpoints (default 15000)", metavar="PORT"),
     Flag("admin-bind", TEXT, "127.0.0.1", "admin address (default 127.0.0.1)", metavar="ADDR"),
     Flag("gateway-labels", LABELS, DEFAULT_GATEWAY_LABELS, "matched against Gateway.selector (default istio=ingressgateway)", metavar="K=V,..."),
+    Flag("gateway-namespace", TEXT, "istio-system", "the gateway workload's namespace: its AuthorizationPolicies apply (default istio-system)", metavar="NS"),
+    Flag("root-namespace", TEXT, "istio-system", "Istio's root namespace (meshConfig.rootNamespace): its AuthorizationPolicies apply, mesh-wide without a selector (default istio-system)", metavar="NS"),
     Flag("gateway-class", TEXT, DEFAULT_GATEWAY_CLASS, "Kubernetes Gateway API GatewayClass names served, comma-separated (default istio)", metavar="NAME,..."),
     Flag(
         "credentials-dir", TEXT, DEFAULT_CREDENTIALS_DIR, "one folder per credentialName with tls.crt, tls.key, ca.crt (default /etc/edge/credentials)",

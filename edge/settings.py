@@ -58,6 +58,8 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     admin_port: int = 15000
     admin_bind: str = "127.0.0.1"
     gateway_labels: dict[str, str] = msgspec.field(default_factory=lambda: {"istio": "ingressgateway"})  # vs Gateway.selector
+    gateway_namespace: str = "istio-system"  # AuthorizationPolicies in it apply (with the root namespace's)
+    root_namespace: str = "istio-system"  # Istio's meshConfig.rootNamespace
     gateway_class: str = "istio"  # Gateway API GatewayClass names served, comma-separated
     credentials_dir: str = DEFAULT_CREDENTIALS_DIR  # <dir>/<credentialName>/{tls.crt,tls.key,ca.crt}
     access_log: str = ACCESS_LOG_OFF  # "off", "-" (stdout) or a file path
@@ -103,7 +105,8 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
         from edge.compiler import CompileOptions
 
         return CompileOptions(
-            gateway_labels=dict(self.gateway_labels), cluster_domain=self.cluster_domain, table_options=self.table_options(), gateway_classes=self.gateway_classes()
+            gateway_labels=dict(self.gateway_labels), cluster_domain=self.cluster_domain, table_options=self.table_options(),
+            gateway_namespace=self.gateway_namespace, root_namespace=self.root_namespace, gateway_classes=self.gateway_classes()
         )
 
     def gateway_classes(self) -> tuple[str, ...]:

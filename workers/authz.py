@@ -59,11 +59,13 @@ ALLOWED = Verdict(True, "", "")
 
 
 @lru_cache(maxsize=IP_CACHE_ENTRIES)
-def ip_key(text: str) -> tuple[int, int] | None:
+def ip_key(text: str | bytes) -> tuple[int, int] | None:
     """(4 or 6, the address as an integer), or None for text that is not an address."""
     try:
+        if isinstance(text, bytes):
+            text = text.decode("ascii")
         address = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         return None
     return address.version, int(address)
 
@@ -103,7 +105,7 @@ class _Cidrs:
         self.starts = {4: [a for a, _ in c.v4], 6: [a for a, _ in c.v6]}
         self.ends = {4: [b for _, b in c.v4], 6: [b for _, b in c.v6]}
 
-    def match(self, text: str) -> bool:
+    def match(self, text: str | bytes) -> bool:
         key = ip_key(text) if text else None
         if key is None:
             return False

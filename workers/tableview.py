@@ -25,6 +25,7 @@ from edge.table import (
     WeightedCluster,
     decode_table,
 )
+from workers.authz import Authorizer
 from workers.balance import Balancer
 from workers.headers import compile_rules
 from workers.jwt import Authenticator
@@ -114,7 +115,7 @@ class ListenerRuntime:
 
 
 class TableSnapshot:
-    __slots__ = ("generation", "table", "options", "listeners", "clusters", "routes", "server_header", "authn")
+    __slots__ = ("generation", "table", "options", "listeners", "clusters", "routes", "server_header", "authn", "authz")
 
     def __init__(self, generation: int, table: RoutingTable, previous: "TableSnapshot | None"):
         self.generation = generation
@@ -123,6 +124,7 @@ class TableSnapshot:
         self.server_header = table.options.server_header.encode()
         # RequestAuthentication's rules with their JWKS parsed into keys, once per generation (workers/jwt.py).
         self.authn = Authenticator(table.jwt_rules) if table.jwt_rules else None
+        self.authz = Authorizer(table.authorization) if table.authorization is not None else None  # workers/authz.py
         self.listeners = {listener_key(l.bind, l.port): ListenerRuntime(l) for l in table.listeners}
         old_clusters = previous.clusters if previous is not None else {}
         self.clusters = {name: ClusterRuntime(c, old_clusters.get(name), table.options.workers) for name, c in table.clusters.items()}

@@ -14,7 +14,8 @@ import time
 from typing import NamedTuple
 
 from workers import headers as hdr
-from workers.http.replies import LocalReply
+from workers.authz import Authorizer, Facts, authorize
+from workers.http.replies import LOCAL_REPLIES, LocalReply
 
 
 class ConnectionFacts(NamedTuple):
@@ -22,9 +23,11 @@ class ConnectionFacts(NamedTuple):
     connection.sni, source.principal)."""
 
     peer_ip: bytes  # the direct peer, or the PROXY protocol's source when the listener takes it
-    port: int  # the gateway port the request came in on
+    port: int  # the local port the connection came in on (the PROXY protocol's destination when taken): destination.port
     sni: str
     client_cert: bytes | None
+    local_ip: bytes = b""  # destination.ip (likewise)
+    principal: str = ""  # the verified client certificate's URI SAN (else DNS SAN, else subject): source.principal
 
 
 def check_access(snapshot, req, conn: ConnectionFacts) -> LocalReply | None:
@@ -33,7 +36,34 @@ def check_access(snapshot, req, conn: ConnectionFacts) -> LocalReply | None:
         refused = authenticate(snapshot.authn, req, time.time())
         if refused is not None:
             return refused
+    if snapshot.authz is not None:
+        return authorize_request(snapshot.authz, req, conn)
     return None
+
+
+def request_facts(req, conn: ConnectionFacts) -> Facts:
+    """What AuthorizationPolicy may ask of this request: remote.ip is the trusted client address (X-Forwarded-For
+    hops / PROXY protocol, workers/headers.forwarded_for), source.ip the direct peer."""
+    return Facts(
+        conn.peer_ip, req.forwarded.client_ip, conn.local_ip, conn.port, conn.sni, conn.principal,
+        host=req.authority, method=req.method, path=req.path, headers=req.headers, auth=req.auth,
+    )
+
+
+def authorize_request(authz: Authorizer, req, conn: ConnectionFacts) -> LocalReply | None:
+    """AuthorizationPolicy (workers/authz.py) over the HTTP filter chain's rules: None, or Envoy's RBAC 403 whose
+    response code details name the deciding rule (or "none": no ALLOW rule matched)."""
+    verdict = authorize(authz.http, request_facts(req, conn))
+    if verdict.allowed:
+        return None
+    return rbac_refusal(verdict.policy)
+
+
+def rbac_refusal(policy: str) -> LocalReply:
+    return LOCAL_REPLIES["rbac_denied"]._replace(details=RBAC_DETAILS % policy)
+
+
+RBAC_DETAILS = "rbac_access_denied_matched_policy[%s]"  # Envoy's RBAC responseDetail
 
 
 JWT_DETAILS = "jwt_authn_access_denied{%s}"  # Envoy's response code details, spaces as "_"

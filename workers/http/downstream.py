@@ -25,6 +25,7 @@ from workers.context import STATE_BUSY, STATE_UPSTREAM_WAIT, WorkerContext
 from workers.http.access import ConnectionFacts
 from workers.http.codec import END_OF_MESSAGE, NEED_DATA, Data, ProtocolError
 from workers.netio import Transport
+from workers.tls.xfcc import peer_principal
 
 BODY_CHUNK_BYTES = 64 * 1024  # response bytes coalesced before a send
 
@@ -68,7 +69,11 @@ class Http1Downstream:
         facts = self._facts
         if facts is None:
             port = self.local[1] if self.local and len(self.local) > 1 else 0
-            facts = self._facts = ConnectionFacts(self.peer_ip, port, self.sni, self.client_cert)
+            local_ip = str(self.local[0]).encode() if self.local else b""
+            principal = ""
+            if self.client_cert is not None:  # a verified client certificate (MUTUAL / OPTIONAL_MUTUAL servers)
+                principal = peer_principal(self.transport.getpeercert() or {})
+            facts = self._facts = ConnectionFacts(self.peer_ip, port, self.sni, self.client_cert, local_ip, principal)
         return facts
 
     # ------------------------------------------------------------------ the response

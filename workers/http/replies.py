@@ -41,6 +41,8 @@ LOCAL_REPLIES: dict[str, LocalReply] = {
     "http10_refused": LocalReply(426, b"", "-", "http1.0_not_allowed", close=True),
     "underscore_header": LocalReply(400, b"", "-", "http1.invalid_characters", close=True),
     "connect_refused": LocalReply(404, b"", "NR", "route_not_found", close=True),
+    # AuthorizationPolicy (workers/http/access.py): Envoy's RBAC filter, details naming the deciding rule.
+    "rbac_denied": LocalReply(403, b"RBAC: access denied", "-", "rbac_access_denied_matched_policy[none]"),
     "path_normalization_failed": LocalReply(400, b"", "-", "path_normalization_failed", close=True),
     # Routing and the route's own action (request.find_route, request.decide_action).
     "route_not_found": LocalReply(404, b"", "NR", "route_not_found"),

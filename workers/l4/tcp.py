@@ -27,11 +27,15 @@ import trio
 
 from edge.table import L4Route
 from workers.access_log import TcpLog
+from workers.authz import Facts, authorize
 from workers.balance import cumulative_weights, pick_weighted
 from workers.context import WorkerContext
 from workers.l4.splice import Splice, splice_bytes
 from workers.netio import Transport, close_socket, open_tcp_socket, set_tcp_keepalive
+from workers.tls.xfcc import peer_principal
 from workers.upstream import Circuit, address_text
+
+RBAC_DETAILS = "rbac_access_denied_matched_policy[%s]"  # Envoy's connection termination details of a denial
 
 STATUS_CONNECT_FAILURE = 0  # the outlier verdict of a failed connect (as an HTTP failure with no response)
 STATUS_CONNECTED = 200  # a connect that succeeded resets the endpoint's failure streak
@@ -172,6 +176,9 @@ async def proxy_l4(ctx: WorkerContext, snapshot, client: socket.socket | Transpo
     None when none was reached. `initial`: bytes already read from the client (a ClientHello)."""
     splice = None
     try:
+        if snapshot.authz is not None and not _authorized(snapshot.authz, client, log):
+            ctx.records.tcp_opened(log)
+            return None  # closed by the caller, as Envoy's network RBAC filter closes it
         upstream = await _open_upstream(ctx, snapshot, route, log)
         if upstream is None:
             return None
@@ -185,6 +192,27 @@ async def proxy_l4(ctx: WorkerContext, snapshot, client: socket.socket | Transpo
             upstream.finish()
     finally:
         _finish_log(ctx, log, splice)
+
+
+def _split_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port) if port.isdigit() else 0
+
+
+def _authorized(authz, client: socket.socket | Transport, log: TcpLog) -> bool:
+    """AuthorizationPolicy's TCP rules, once at connection start, with the L4 attributes only (the addresses
+    as the log took them at accept time: the PROXY protocol's when the listener reads it). A denial is logged
+    with Envoy's connection termination details."""
+    source, _ = _split_address(log.downstream_remote)
+    local, port = _split_address(log.downstream_local)
+    getpeercert = getattr(client, "getpeercert", None)  # a terminated TLS connection's verified certificate
+    principal = peer_principal(getpeercert() or {}) if getpeercert is not None and getpeercert(True) else ""
+    sni = log.sni if log.sni != "-" else ""
+    verdict = authorize(authz.tcp, Facts(source, source, local, port, sni, principal))
+    if verdict.allowed:
+        return True
+    log.termination_details = RBAC_DETAILS % verdict.policy
+    return False
 
 
 def _finish_log(ctx: WorkerContext, log: TcpLog, splice: Splice | None) -> None:

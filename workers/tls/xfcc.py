@@ -71,6 +71,17 @@ def rfc2253_subject(subject) -> str:
     return ",".join(rdns)
 
 
+def peer_principal(decoded: dict) -> str:
+    """The principal Envoy's RBAC `authenticated` matcher compares (source.principal, principals, namespaces): the
+    certificate's first URI SAN, else its first DNS SAN, else its subject (RFC 2253)."""
+    alt_names = decoded.get("subjectAltName", ())
+    for wanted in ("URI", "DNS"):
+        for kind, value in alt_names:
+            if kind == wanted:
+                return value
+    return rfc2253_subject(decoded.get("subject"))
+
+
 def forwarded_client_cert(der: bytes, decoded: dict) -> bytes:
     """The x-forwarded-client-cert value for a verified client certificate."""
     parts = [f"Hash={hashlib.sha256(der).hexdigest()}", f'Cert="{url_encode(der_to_pem(der))}"', f'Subject="{rfc2253_subject(decoded.get("subject"))}"']
