@@ -34,6 +34,7 @@ PURE_MODULES = [
     "workers/proxy_protocol.py",
     "workers/log_format.py",
     "workers/regex.py",
+    "workers/jwt.py",
     "workers/paths.py",
     "workers/overload.py",
     "workers/route_policies.py",
