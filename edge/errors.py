@@ -12,6 +12,7 @@ import msgspec
 ERROR = "error"
 WARNING = "warning"
 NOTE = "note"
+HINT = "hint"  # a suggestion that goes with the diagnostic before it (printed always, counted as neither)
 
 
 class Diagnostic(msgspec.Struct, frozen=True, kw_only=True):

@@ -29,8 +29,8 @@ from typing import Any
 import msgspec
 import yaml
 
-from edge import istio, kinds
-from edge.errors import ERROR, NOTE, WARNING, Diagnostic
+from edge import istio, kinds, spec_fields
+from edge.errors import ERROR, HINT, NOTE, WARNING, Diagnostic
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 DEFAULT_NAMESPACE = "default"
@@ -437,11 +437,27 @@ def _load_resource(obj: dict, node: yaml.Node, path: str, doc: int, where: str, 
     except msgspec.ValidationError as exc:
         json_path, line, message = _explain_validation_error(str(exc), spec, spec_node, line0)
         result.diagnostics.append(Diagnostic(severity=ERROR, file=path, line=line, resource=ref, path=json_path, message=message))
+        _more_unknown_fields(row.spec_type, spec, spec_node, path, ref, (json_path, message), result)
         return
 
     for json_path, key_line, why in _mesh_only_fields(spec, spec_node, "$.spec") if mesh_keys and row.mesh_fields else ():
         result.diagnostics.append(Diagnostic(severity=WARNING, file=path, line=key_line, resource=ref, path=json_path, message=f"has no effect here: {why}"))
     result.resources.append(_resource(row.key, api_version, name, namespace, metadata, decoded, path, line0, doc, len(result.resources)))
+
+
+def _more_unknown_fields(spec_type: type, spec: Any, spec_node: yaml.Node | None, path: str, ref: str, first: tuple[str, str], result: LoadResult) -> None:
+    """msgspec stops at the first error; every unknown field of the spec is reported (the first error as it was),
+    each followed by a hint naming the closest known field when there is one."""
+    for tokens, name in spec_fields.unknown_fields(spec_type, spec):
+        json_path = "$.spec" + "".join(f"[{t}]" if isinstance(t, int) else f".{t}" for t in tokens)
+        message = f"unknown field {name!r}"
+        line = _line(spec_node, [*tokens, name]) if spec_node is not None else 0
+        where = dict(file=path, line=line, resource=ref, path=json_path)
+        if (json_path, message) != first:
+            result.diagnostics.append(Diagnostic(severity=ERROR, message=message, **where))
+        hint = spec_fields.suggestion(name, spec_fields.known_fields(spec_type, tokens))
+        if hint:
+            result.diagnostics.append(Diagnostic(severity=HINT, message=hint.strip(" ()"), **where))
 
 
 def _kind_problem(obj: dict, node: yaml.Node, path: str, line0: int, where: str) -> tuple[kinds.Kind | None, Diagnostic | None]:
