@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="GET")
     p.add_argument("--scheme", choices=("http", "https"), default=None, help="default: https on TLS listeners, else http")
     p.add_argument("--sni", default=None, help="TLS server name (default: the host, on TLS listeners)")
+    p.add_argument("--jwt", default=None, metavar="TOKEN", help="a JWT sent as Authorization: Bearer TOKEN (RequestAuthentication decides on it)")
     p.set_defaults(handler=cmd_route)
 
     p = sub.add_parser("run", help="serve the configuration (supervisor and workers)")
