@@ -36,6 +36,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "admin-port": ("3", 3),
     "admin-bind": ("::1", "::1"),
     "gateway-labels": ("app=edge", {"app": "edge"}),
+    "gateway-class": ("istio,other", "istio,other"),
     "gateway-namespace": ("foo", "foo"),
     "root-namespace": ("mesh-root", "mesh-root"),
     "credentials-dir": ("/c", "/c"),
