@@ -63,9 +63,21 @@ class RouteExplainer:
     def say(self, text: str = "", indent: int = 0) -> None:
         print("  " * indent + text, file=self.out)
 
-    def where(self, kind: str, key: str) -> str:
+    def where(self, kind: str, key: str, index: int = 0) -> str:
         res = self.by_ref.get((kind, key))
+        if res is None and kind in ("VirtualService", "Gateway"):
+            return self._from_ingress(kind, key, index)
         return f" ({res.file}:{res.line})" if res is not None else ""
+
+    def _from_ingress(self, kind: str, key: str, index: int) -> str:
+        """A Gateway or VirtualService derived from an Ingress (edge/compiler/ingress.py): the Ingress path it came from."""
+        from edge.compiler.ingress import derive
+        from edge.compiler.report import Report
+
+        of = lambda k: [r for r in self.resources if r.kind == k]  # noqa: E731
+        derived = derive(Report(), of("Ingress"), of("IngressClass"), of("ServiceEntry"), getattr(self.args, "cluster_domain", "cluster.local"))
+        origin = derived.origin(kind, key, index)
+        return f" (from Ingress {origin[0].namespace}/{origin[0].name} {origin[1]}, {origin[0].file}:{origin[0].line})" if origin else ""
 
     def explain(self, request: RouteRequest) -> bool:
         port = self.args.port
@@ -142,7 +154,7 @@ class RouteExplainer:
 
     def _route(self, route: table.Route, request: RouteRequest, indent: int) -> None:
         origin = _http_route_origin(route)
-        where = self.where("HTTPRoute", origin[0]) if origin is not None else self.where("VirtualService", route.virtual_service)
+        where = self.where("HTTPRoute", origin[0]) if origin is not None else self.where("VirtualService", route.virtual_service, route.rule_index)
         self.say(f"matched {self._route_label(route)}{where}", indent)
         self.say(f"match: {_describe_match(route.match)}", indent + 1)
         i = indent + 1

@@ -302,3 +302,16 @@ def test_load_rejects_a_backend_with_both_service_and_resource():
     doc = yaml.safe_load(bad)
     with pytest.raises(msgspec.ValidationError, match="exactly one of service or resource"):
         msgspec.convert(doc["spec"], k8s.IngressSpec)
+
+
+def test_edge_route_names_the_ingress_path_a_route_came_from(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "ingress.yaml").write_text(SERVED)
+    p = subprocess.run(
+        [sys.executable, "-m", "edge", "route", str(tmp_path), "--port", "80", "--host", "web.example.com", "--path", "/legacy/x"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"(from Ingress default/web $.spec.rules[0].http.paths[2], {tmp_path / 'ingress.yaml'}:" in p.stdout
