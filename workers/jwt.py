@@ -184,6 +184,8 @@ def parse_jwks(text: str) -> tuple[tuple, str]:
         alg = jwk.get("alg", "")
         try:
             key = PyJWK(jwk, algorithm=alg or None).key
+            if hasattr(key, "public_key"):
+                key = key.public_key()  # a private JWK (the compiler warns): only its public half verifies
         except (PyJWTError, ValueError, TypeError, KeyError, binascii.Error) as exc:
             problems.append(f"key {index}: {exc}")
             continue

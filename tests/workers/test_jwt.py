@@ -221,3 +221,10 @@ def test_parse_jwks_problems():
     assert v.parse_jwks("{}")[1] == "Jwks does not have [keys] field"
     keys, problem = v.parse_jwks(json.dumps({"keys": [{"kty": "RSA", "n": "!!"}, jwk_of("ES256", _KEYS["ES256"], "e")]}))
     assert len(keys) == 1 and problem.startswith("key 0")
+
+
+def test_a_private_jwk_verifies_with_its_public_half():
+    private = json.loads(get_default_algorithms()["RS256"].to_jwk(_RSA))
+    assert "d" in private
+    out = run([rule(jwks=json.dumps({"keys": [{**private, "kid": "RS256"}]}))], [bearer(token())])
+    assert out.auth is not None
