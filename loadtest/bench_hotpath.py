@@ -160,19 +160,26 @@ async def one_round(codec: str, requests: int, payload: bytes) -> float:
     return elapsed / requests * 1e6
 
 
+def authz_policy(cidrs: int) -> str:
+    """An ALLOW list of `cidrs` blocks in the root namespace (applies to every gateway); 127.0.0.1 is the last."""
+    blocks = [f"10.{i % 256}.{i // 256}.0/24" for i in range(cidrs - 1)] + ["127.0.0.1"]  # not adjacent: nothing merges
+    return "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-list, namespace: istio-system}\nspec:\n  rules:\n  - from:\n    - source:\n        ipBlocks: [" + ", ".join(f'"{b}"' for b in blocks) + "]\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--codec", default="both", choices=["h11", "httptools", "both"])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--config", default=None, help="a config file or directory instead of the built-in one")
+    parser.add_argument("--authz-cidrs", type=int, default=0, metavar="N", help="add a mesh-wide ALLOW AuthorizationPolicy of N ipBlocks (the client's last)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         path = args.config
         if path is None:
             path = os.path.join(tmp, "bench.yaml")
             with open(path, "w") as f:
-                f.write(CONFIG)
+                f.write(CONFIG + (authz_policy(args.authz_cidrs) if args.authz_cidrs else ""))
         _, result = load_and_compile([path], CompileOptions())
     if result.table is None:
         print("\n".join(str(d) for d in result.diagnostics))

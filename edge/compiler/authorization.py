@@ -102,6 +102,8 @@ def compile_authorization(report: Report, by_kind: dict[str, list[istio.Resource
         rules = compile_rules(where, res, spec)
         if not scope.applies(where, res, spec):
             continue
+        if res.annotations.get("istio.io/dry-run", "").lower() == "true":
+            where.warn(f"AuthorizationPolicy {res.key} has istio.io/dry-run: edge has no shadow rules and enforces it", "")
         if spec.action == "CUSTOM":
             provider = spec.provider.name if spec.provider is not None else ""
             where.error(f"action CUSTOM (external authorization by provider {provider!r}) cannot be enforced by edge: there is no ext_authz here; express the policy as ALLOW/DENY rules or put the external authorizer behind edge", ".action")
