@@ -94,15 +94,15 @@ def test_other_kinds_are_skipped_with_a_note():
     kind: Service
     metadata: {name: productpage}
     ---
-    apiVersion: gateway.networking.k8s.io/v1
-    kind: HTTPRoute
+    apiVersion: telemetry.istio.io/v1
+    kind: Telemetry
     metadata: {name: r}
     """
     result = load(text)
     assert result.resources == []
     assert [(d.severity, d.line, d.message) for d in result.diagnostics] == [
         (NOTE, 1, "skipped Service (v1) (document 1): not a resource edge serves"),
-        (NOTE, 5, "skipped HTTPRoute (gateway.networking.k8s.io/v1) (document 2): not a resource edge serves"),
+        (NOTE, 5, "skipped Telemetry (telemetry.istio.io/v1) (document 2): not a resource edge serves"),
     ]
 
 
