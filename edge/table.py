@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-TABLE_LAYOUT_VERSION = 1
+TABLE_LAYOUT_VERSION = 2  # 2: authorization, jwt_rules, HeaderMatcher.claim (issue 15)
 
 # StringMatcher kinds (a table, not an enum, so that msgpack stays small and workers index by int).
 MATCH_EXACT = 0
