@@ -12,9 +12,9 @@
 #   HTTP connections and the sweeps over them (idle timeout scaled under pressure, stream idle timeout, the client
 #   leaving while its request waits on an upstream). A sweep acts by cancelling a connection's scope: the handler
 #   owns what happens next (a 408/504, or a quiet close).
-# - Idle keep-alive connections beyond PARK_ABOVE_TASKS live HTTP connection tasks are parked without a task
-#   (workers/parking.py); the idle timeout and drain close parked ones through the same close_idle, and they count
-#   against the limit until closed.
+# - Idle keep-alive connections are parked without a task (workers/parking.py): at once when PARK_IDLE_TASKS
+#   connections already wait idle in their tasks, and by the idle sweep once idle for PARK_AFTER_S. The idle timeout
+#   and drain close parked ones through the same close_idle, and they count against the limit until closed.
 from __future__ import annotations
 
 import os
@@ -40,11 +40,13 @@ from workers.upstream import ConnectFailure, UpstreamPools
 SWEEP_INTERVAL_S = 0.1  # client-gone checks of requests waiting on an upstream
 IDLE_SWEEP_INTERVAL_S = 1.0  # idle and stream idle timeouts
 MAX_ERROR_SIGNATURES = 1000  # distinct places whose first error is logged with its traceback
-# An HTTP connection going idle is parked (no task: ~0.6 KB instead of ~6.7 KB) when more than this many HTTP
-# connections of the worker hold a task. Below it, idle connections keep their task, so a keep-alive request at
-# ordinary concurrency pays nothing for parking (a resume is a new task: ~15 µs); above it, idle connections cost
-# at most this many tasks' memory (measured in loadtest/bench_scale.py; loadtest/README.md).
-PARK_ABOVE_TASKS = 128
+# Parking (no task: ~1.4 KiB of RSS per idle connection instead of ~7.2; loadtest/bench_scale.py): an HTTP
+# connection going idle is parked at once when this many connections already wait idle in their tasks (so a burst
+# of idle connections costs at most this many tasks' memory), and the idle sweep parks those idle PARK_AFTER_S or
+# longer. A connection whose requests come more often than that keeps its task and pays nothing for parking (a
+# park and resume is a new task and two epoll_ctl calls).
+PARK_IDLE_TASKS = 128
+PARK_AFTER_S = 1.0
 
 # What an HTTP connection is doing, for the sweeps. BUSY: reading a head or handling a request; IDLE: waiting
 # for the next request (the idle timeout applies; drain closes it); UPSTREAM_WAIT: its request waits on an
@@ -134,6 +136,7 @@ class ConnectionRegistry:
         self.http: set = set()  # the workers/http/server.Http1Downstream of every HTTP connection
         self.upstream_waiting: set = set()  # those whose request waits on an upstream response head
         self.parked = Parker(self.closed)  # idle ones held without a task (counted in `active` until closed)
+        self.idle_tasks = 0  # HTTP connections waiting idle in their own task
         self._slot_free = trio.Event()
 
     # ------------------------------------------------------------------ counting
@@ -156,8 +159,18 @@ class ConnectionRegistry:
     # ------------------------------------------------------------------ sweeps
 
     def should_park(self) -> bool:
-        """Whether a connection going idle now gives up its task (see PARK_ABOVE_TASKS)."""
-        return len(self.http) > PARK_ABOVE_TASKS and self.parked.serving
+        """Whether a connection going idle now gives up its task at once (see PARK_IDLE_TASKS)."""
+        return self.idle_tasks >= PARK_IDLE_TASKS and self.parked.serving
+
+    def park_idle(self, now: float) -> None:
+        """Ask connections idle in their task for PARK_AFTER_S to park (workers/http/server.py does it when its
+        idle wait is cancelled with park_requested set)."""
+        if not self.parked.serving:
+            return
+        for down in list(self.http):
+            if down.state == STATE_IDLE and now - down.since >= PARK_AFTER_S and down.scope is not None:
+                down.park_requested = True
+                down.scope.cancel()
 
     def close_idle(self, now: float, idle_timeout_s: float) -> None:
         self.parked.sweep(now, idle_timeout_s)
@@ -193,6 +206,7 @@ class ConnectionRegistry:
             self.close_idle(now, timeout)
         if options.stream_idle_timeout_s > 0:
             self.expire_streams(now, options.stream_idle_timeout_s)
+        self.park_idle(now)
 
     async def serve_sweeper(self) -> None:
         """Client-gone checks every SWEEP_INTERVAL_S; idle and stream idle timeouts every IDLE_SWEEP_INTERVAL_S."""

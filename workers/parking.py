@@ -14,8 +14,8 @@
 # - The idle timeout (its overload-scaled value included) and drain reach parked connections through sweep(),
 #   which closes them here, without a task. Parking is not closing: the worker's connection count keeps a parked
 #   connection (on_closed is called only when the parker closes one).
-# - Connections are parked in time order and `since` is fixed while parked, so the dict's insertion order is the
-#   order of their deadlines: a sweep stops at the first one not yet due (O(closed), not O(parked)).
+# - `since` is when the connection went idle (a connection parked by the idle sweep has been idle a while), so a
+#   sweep looks at every parked connection: ~0.1 µs each, once per IDLE_SWEEP_INTERVAL_S.
 from __future__ import annotations
 
 import select
@@ -35,6 +35,7 @@ class Parker:
         self._on_closed = on_closed
         self._epoll: select.epoll | None = None  # created by serve(): a context that never serves opens nothing
         self._parked: dict[int, object] = {}  # fd -> item, in parking order
+        self._resume: Callable[[object], None] | None = None
 
     def __len__(self) -> int:
         return len(self._parked)
@@ -57,8 +58,13 @@ class Parker:
         self._parked[fd] = item
         return True
 
+    def hand_over(self, item) -> None:
+        """A connection about to be parked whose next bytes were already read: to `resume` at once."""
+        self._resume(item)
+
     async def serve(self, resume: Callable[[object], None]) -> None:
         """Hand every parked connection whose socket becomes ready to `resume`, until cancelled."""
+        self._resume = resume
         epoll = self._epoll = select.epoll()
         try:
             while True:
@@ -79,16 +85,10 @@ class Parker:
 
     def sweep(self, now: float, idle_timeout_s: float) -> int:
         """Close the parked connections idle for `idle_timeout_s` or more (0: all of them); returns how many."""
-        parked = self._parked
-        closed = 0
-        while parked:
-            fd = next(iter(parked))
-            item = parked[fd]
-            if now - item.since < idle_timeout_s:
-                break
+        due = [fd for fd, item in self._parked.items() if now - item.since >= idle_timeout_s]
+        for fd in due:
             self._close(fd)
-            closed += 1
-        return closed
+        return len(due)
 
     def close_all(self) -> None:
         for fd in list(self._parked):

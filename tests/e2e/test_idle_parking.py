@@ -1,8 +1,9 @@
 """Idle keep-alive connections parked without a task (issue 13, item 4; workers/parking.py), end to end.
 
-A worker parks a connection going idle when it holds more than PARK_ABOVE_TASKS connection tasks, so these tests
-open more than that against one worker. Parking is seen from outside in the worker's epoll sets
-(/proc/PID/fdinfo): the parker watches with EPOLLRDHUP, which trio's own set never asks for.
+A worker parks a connection going idle at once when PARK_IDLE_TASKS connections already wait idle in their tasks,
+and the idle sweep parks the rest after PARK_AFTER_S; these tests open more than PARK_IDLE_TASKS against one worker,
+so both happen. Parking is seen from outside in the worker's epoll sets (/proc/PID/fdinfo): the parker watches
+with EPOLLRDHUP, which trio's own set never asks for.
 
 Covered: parked connections resume with a later request and with pipelined requests (both codecs), TLS keep-alive
 connections park and resume, the idle timeout closes parked connections, the per-worker connection limit counts
@@ -26,13 +27,13 @@ import trustme
 from tests.e2e.harness import EdgeProcess
 from tests.e2e.fixed_backend import FixedBackend
 from tests.security.tools import CODECS, codec_args, static_service
-from workers.context import PARK_ABOVE_TASKS
+from workers.context import PARK_IDLE_TASKS
 
 pytestmark = pytest.mark.e2e
 
 HOST = "app.example.com"
 TIMEOUT_S = 10.0
-MANY = PARK_ABOVE_TASKS + 72  # one worker: the last 72 go idle above the limit and are parked
+MANY = PARK_IDLE_TASKS + 72  # one worker: the last 72 are parked as they go idle, the others by the sweep
 EPOLLRDHUP = 0x2000
 
 
@@ -153,7 +154,7 @@ def test_parked_connections_resume_with_a_later_and_with_pipelined_requests(edge
     conns = open_idle(edge.port(80), MANY)
     try:
         worker = edge.worker_pids()[0]
-        assert wait_for(lambda: parked_sockets(worker) >= MANY - PARK_ABOVE_TASKS - 2, "parked connections")
+        assert wait_for(lambda: parked_sockets(worker) == MANY, "every idle connection parked")
         # Every connection, parked or not, serves on: a later request on each, then two pipelined ones on each.
         for sock in conns:
             sock.sendall(request())
@@ -177,7 +178,7 @@ def test_tls_keep_alive_connections_park_and_resume(edge, pki):
     conns = open_idle(edge.port(443), MANY, lambda raw: client.wrap_socket(raw, server_hostname=HOST))
     try:
         worker = edge.worker_pids()[0]
-        assert wait_for(lambda: parked_sockets(worker) >= MANY - PARK_ABOVE_TASKS - 2, "parked TLS connections")
+        assert wait_for(lambda: parked_sockets(worker) == MANY, "every idle TLS connection parked")
         for sock in conns:
             sock.sendall(request() + request())
         for sock in conns:
@@ -189,12 +190,12 @@ def test_tls_keep_alive_connections_park_and_resume(edge, pki):
 
 def test_idle_timeout_closes_parked_connections_and_the_limit_counts_them(tmp_path):
     limit = MANY
-    extra = ("--idle-timeout", "1.5", "--max-connections-per-worker", str(limit))
+    extra = ("--idle-timeout", "4", "--max-connections-per-worker", str(limit))  # longer than opening them takes
     with EdgeProcess(tmp_path, config(), workers=1, gateway_ports=(80,), extra_args=extra) as edge:
         conns = open_idle(edge.port(80), limit)
         try:
             worker = edge.worker_pids()[0]
-            assert parked_sockets(worker) >= limit - PARK_ABOVE_TASKS - 2
+            assert wait_for(lambda: parked_sockets(worker) >= limit - PARK_IDLE_TASKS, "parked connections")
             # The limit is reached with parked connections counted: one more waits in the kernel's backlog...
             late = socket.create_connection(("127.0.0.1", edge.port(80)), timeout=TIMEOUT_S)
             late.sendall(request())
@@ -222,7 +223,7 @@ def _drain(tmp_path: Path, slow_port: int) -> None:
     try:
         conns = open_idle(edge.port(80), MANY)
         worker = edge.worker_pids()[0]
-        assert wait_for(lambda: parked_sockets(worker) >= MANY - PARK_ABOVE_TASKS - 2, "parked connections")
+        assert wait_for(lambda: parked_sockets(worker) == MANY, "every idle connection parked")
         busy = conns.pop()
         busy.sendall(request("/slow"))  # the backend answers after 2 s: in flight when the drain starts
         time.sleep(0.2)

@@ -9,6 +9,7 @@ connections, SIGTERM): tests/e2e/test_idle_parking.py.
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 import trio
@@ -24,6 +25,7 @@ from workers.http.engines import codec_classes
 from workers.http.server import serve_http
 from workers.listeners import run_connection, serve_parked
 from workers.netio import SocketTransport
+from workers.context import PARK_AFTER_S
 from workers.overload import MIN_IDLE_TIMEOUT_S
 
 KEY = "0.0.0.0:80"
@@ -87,8 +89,8 @@ async def answer(client: socket.socket, count: int = 1) -> bytes:
 
 @pytest.fixture
 def park_always(monkeypatch):
-    """Every connection going idle is parked (the worker's threshold is PARK_ABOVE_TASKS live tasks)."""
-    monkeypatch.setattr(workers.context, "PARK_ABOVE_TASKS", 0)
+    """Every connection going idle is parked at once (the worker's threshold is PARK_IDLE_TASKS idle tasks)."""
+    monkeypatch.setattr(workers.context, "PARK_IDLE_TASKS", 0)
 
 
 # ------------------------------------------------------------------------------------------ the parker itself
@@ -217,5 +219,66 @@ async def test_a_draining_worker_does_not_park(autojump_clock, tmp_path, park_al
         await run_connection(ctx, serve_http, server, KEY)
         assert b"connection: close" in (await answer(client)).lower()
         assert len(ctx.registry.parked) == 0 and ctx.registry.active == 0 and server.fileno() < 0
+        connections.cancel_scope.cancel()
+    client.close()
+
+
+async def test_the_idle_sweep_parks_a_connection_idle_in_its_task_and_it_resumes(autojump_clock, tmp_path, codec="httptools"):
+    ctx = context(tmp_path, codec)
+    registry = ctx.registry
+    server, client = tcp_pair()
+    async with trio.open_nursery() as connections:
+        connections.start_soon(serve_parked, ctx, connections)
+        await trio.testing.wait_all_tasks_blocked()
+        client.sendall(REQUEST)
+        registry.opened()
+        connections.start_soon(run_connection, ctx, serve_http, server, KEY)
+        assert (await answer(client)).endswith(b"ok")
+        await trio.testing.wait_all_tasks_blocked()
+        assert registry.idle_tasks == 1 and len(registry.parked) == 0  # below PARK_IDLE_TASKS: it keeps its task
+        (down,) = registry.http
+        registry.park_idle(down.since + PARK_AFTER_S - 0.1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert registry.idle_tasks == 1 and len(registry.parked) == 0
+        went_idle = down.since
+        registry.park_idle(down.since + PARK_AFTER_S)
+        await trio.testing.wait_all_tasks_blocked()
+        assert registry.idle_tasks == 0 and len(registry.parked) == 1 and not registry.http
+        assert down.since == went_idle  # its idle time so far counts towards the idle timeout
+        client.sendall(REQUEST)
+        assert (await answer(client)).endswith(b"ok")
+        await trio.testing.wait_all_tasks_blocked()
+        assert registry.http == {down} and registry.idle_tasks == 1 and registry.active == 1
+        connections.cancel_scope.cancel()
+    client.close()
+
+
+async def test_bytes_that_arrive_as_the_sweep_parks_are_served_by_a_fresh_task(autojump_clock, tmp_path, monkeypatch):
+    """The sweep's cancel can land after the idle wait succeeded (the task was woken by the I/O check, not yet run):
+    the bytes read go to the codec and a fresh task serves them, no request is cancelled. trio runs a batch of woken
+    tasks in either order, so a sweep right after one checkpoint of this task meets the connection's task in every
+    state over the rounds: woken but not run (the hand-over), back idle (parked), or parked already (resumed)."""
+    ctx = context(tmp_path)
+    registry = ctx.registry
+    hand_overs = []
+    original = registry.parked.hand_over
+    monkeypatch.setattr(registry.parked, "hand_over", lambda down: (hand_overs.append(down), original(down)))
+    server, client = tcp_pair()
+    async with trio.open_nursery() as connections:
+        connections.start_soon(serve_parked, ctx, connections)
+        await trio.testing.wait_all_tasks_blocked()
+        registry.opened()
+        client.sendall(REQUEST)
+        connections.start_soon(run_connection, ctx, serve_http, server, KEY)
+        assert (await answer(client)).endswith(b"ok")
+        for _ in range(40):
+            await trio.testing.wait_all_tasks_blocked()
+            client.sendall(REQUEST)
+            await trio.lowlevel.checkpoint()
+            registry.park_idle(time.monotonic() + 3600.0)
+            assert (await answer(client)).endswith(b"ok")
+        await trio.testing.wait_all_tasks_blocked()
+        assert registry.active == 1 and ctx.records.connection_errors == 0
+        assert hand_overs  # the race was met (each round meets it with probability 1/2)
         connections.cancel_scope.cancel()
     client.close()

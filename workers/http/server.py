@@ -9,10 +9,13 @@
 #      LocalReply); this module only carries them out. A fault delay is slept here (flag DI).
 #   3. After a response: the connection closes when the request said so, the reply closed it, the worker is
 #      draining, or an unread body could not be drained (at most RETRY_BUFFER_BYTES within the header timeout).
-# - Between requests the connection is IDLE for the registry's sweeps (idle timeout, drain). When the worker holds
-#   many connection tasks (ConnectionRegistry.should_park), a connection going idle with nothing buffered is parked
-#   instead (workers/parking.py): its task ends, serve_http_connection returns True, and the parker hands it to a
-#   fresh task (workers/listeners.resume_connection) when its socket is readable or closed. A request in flight
+# - Between requests the connection is IDLE for the registry's sweeps (idle timeout, drain, parking). It is parked
+#   (workers/parking.py) at once when many connections wait idle in their tasks (ConnectionRegistry.should_park) and
+#   nothing is buffered, or when the idle sweep cancels its wait with park_requested set: its task ends,
+#   serve_http_connection returns True, and the parker hands it to a fresh task (workers/listeners.resume_connection)
+#   when its socket is readable or closed. If the sweep's cancel lands just as bytes arrived (the wait had already
+#   succeeded), those bytes go to the codec and a fresh task takes the connection at once, with no checkpoint in
+#   between: the pending cancel never reaches a request. A request in flight
 #   whose bytes stop moving for the stream idle timeout is cancelled and answered 408 (body still arriving) or
 #   504 (SI) when no response has started.
 # - serve_http_connection is the connection's boundary: an unexpected error is logged and counted
@@ -43,6 +46,7 @@ from workers.netio import SocketTransport
 # or a response broke after it started. The connection just closes.
 _QUIET_ENDINGS = (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone, ResponseAborted)
 _PARK = object()  # _read_request_head's value for "idle: park it" (workers/parking.py)
+_HAND_OVER = object()  # ... for "bytes arrived as the sweep asked to park: a fresh task goes on at once"
 
 
 async def serve_http(ctx: WorkerContext, sock: socket.socket, key: str) -> bool | None:
@@ -75,6 +79,11 @@ async def serve_http_connection(down: Http1Downstream) -> bool | None:
                 if request is _PARK:
                     parked = _park(down)
                     return parked or None
+                if request is _HAND_OVER:
+                    down.park_requested = False
+                    registry.parked.hand_over(down)
+                    parked = True
+                    return True
                 keep_alive = await _handle_request(down, request)
                 if not keep_alive or down.must_close or ctx.draining:
                     return
@@ -82,6 +91,9 @@ async def serve_http_connection(down: Http1Downstream) -> bool | None:
                     return  # a body we did not forward, or the end of a body-less request, is left
                 if conn.will_close or not conn.start_next_cycle():
                     return
+        if down.park_requested:  # the idle sweep cancelled the idle wait: park (or close while draining)
+            parked = _park(down, down.since)
+            return parked or None
         if down.stream_timed_out and not down.response_started:
             status = stream_timeout_status(conn.request_body_pending)
             await send_before_close(down, closing_reply(ctx.server_header, status, BODY_STREAM_TIMEOUT, b"text/plain"))
@@ -98,11 +110,15 @@ async def serve_http_connection(down: Http1Downstream) -> bool | None:
             await down.transport.aclose()
 
 
-def _park(down: Http1Downstream) -> bool:
-    """Hand an idle connection to the worker's parker (False: it could not be watched, so it closes)."""
+def _park(down: Http1Downstream, since: float | None = None) -> bool:
+    """Hand an idle connection to the worker's parker (False: draining, or it could not be watched: it closes).
+    `since`: when it went idle, if before now (the idle sweep parks connections idle for a while)."""
+    down.park_requested = False
+    if down.ctx.draining:
+        return False
     down.conn = None  # a fresh codec is made on resume: between requests it holds nothing
     down.state = STATE_IDLE
-    down.since = time.monotonic()
+    down.since = time.monotonic() if since is None else since
     down.fresh = True  # the resumed task reads first: the parker saw the socket readable
     if down.ctx.registry.parked.park(down):
         return True
@@ -134,6 +150,9 @@ async def _read_request_head(down: Http1Downstream) -> Request | object | None:
         data = await _recv_for_head(down, buffered, header_deadline)
         if data is _PARK:
             return _PARK
+        if down.park_requested:
+            conn.receive_data(data)
+            return _HAND_OVER
         if data is None:
             if buffered:
                 await send_closing_reply(down, RequestLog(time.time(), down), LOCAL_REPLIES["request_header_timeout"])
@@ -164,10 +183,13 @@ async def _recv_for_head(down: Http1Downstream, buffered: bool, header_deadline:
         return _PARK
     down.state = STATE_IDLE
     down.since = time.monotonic()
+    registry = ctx.registry
+    registry.idle_tasks += 1
     try:
         return await transport.recv_waiting()
     finally:
         down.state = STATE_BUSY
+        registry.idle_tasks -= 1
 
 
 async def _handle_request(down: Http1Downstream, request: Request) -> bool:
