@@ -38,10 +38,15 @@ GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 SPIFFE_PREFIX = "spiffe://"
 ACTION_ORDER = ("AUDIT", "DENY", "ALLOW")  # the RBAC filters' order in Istio's chain (CUSTOM first: refused here)
 
-# RFC 3986 pchar without "/" (Envoy's uri_template kSegmentRegex / istio's validLiteral).
-_PCHAR = r"[a-zA-Z0-9\-._~%!$&'()+,;:@=]"
+# Path templates (Istio's CheckValidPathTemplate, Envoy's uri_template): a literal segment is RFC 3986 pchars
+# (Envoy's kLiteral, "=" included since Envoy allows it; istio's validLiteral); `*` is `[pchar]+`, `**` `[pchar/]*`.
+_PCHAR = "a-zA-Z0-9\\-._~%!$&'()+,;:@="
+_LITERAL = re.compile(f"[{_PCHAR}]+")
+_SEGMENT_ONE = f"[{_PCHAR}]+"
+_SEGMENT_ANY = f"[{_PCHAR}/]*"
 _TEMPLATE_ONE = "{*}"
 _TEMPLATE_ANY = "{**}"
+PATH_TEMPLATE_MAX_CHARS = 256  # Envoy's UriTemplateMatchConfig.path_template max_len
 
 HTTP_ONLY = frozenset({table.AUTHZ_HOST, table.AUTHZ_METHOD, table.AUTHZ_PATH, table.AUTHZ_HEADER, table.AUTHZ_REQUEST_PRINCIPAL, table.AUTHZ_CLAIM})
 # Attributes evaluated on the destination side in Istio's model (permissions); the rest are principals.
@@ -385,9 +390,9 @@ def path_forms(at: Where, values: list[str], field: str) -> table.AuthzStrings |
     for v in values:
         if v in plain:
             continue
-        pattern = path_template_regex(v)
+        pattern, why = path_template_regex(v)
         if pattern is None:
-            at.error(f"invalid or unsupported path {v}: a path template allows `{{*}}` and `{{**}}` (last) as whole segments only", field)
+            at.error(f"invalid or unsupported path template {v}: {why}", field)
             return None
         templates.append(pattern)
     if templates:
@@ -395,21 +400,38 @@ def path_forms(at: Where, values: list[str], field: str) -> table.AuthzStrings |
     return forms
 
 
-def path_template_regex(path: str) -> str | None:
-    """`/foo/{*}/bar/{**}` → a full-match regex, or None for an invalid template (istio CheckValidPathTemplate)."""
+def path_template_regex(path: str) -> tuple[str | None, str]:
+    """A path template as the full-match regex Envoy's uri_template matcher builds from Istio's translation
+    (`{*}` → `*`, `{**}` → `**`), or (None, why) when Istio's validation (CheckValidPathTemplate) or Envoy's parser
+    (parseURLPatternSyntax) refuses it. Segments are split at "/": `{*}` is one non-empty segment of pchars,
+    `{**}` any run of pchars and "/" (zero or more segments), a literal is itself; a trailing "/" stays a required
+    "/" (so `/foo/{**}/` is valid and needs a path ending in "/" below `/foo/`, i.e. at least `/foo//`), and
+    nothing but literals may follow `{**}`."""
+    if len(path) > PATH_TEMPLATE_MAX_CHARS:
+        return None, f"a path template is at most {PATH_TEMPLATE_MAX_CHARS} characters (Envoy's path_template)"
+    if not path.startswith("/"):
+        return None, "a path template starts with '/' (Envoy refuses the pattern otherwise)"
+    globs = path[1:].split("/")
+    if globs[-1] == "":
+        globs.pop()  # the trailing "/": an empty last literal in Envoy's parse
+        trailing = True
+    else:
+        trailing = False
     parts = []
     seen_any = False
-    for glob in path.split("/"):
-        if glob == _TEMPLATE_ONE and not seen_any:
-            parts.append(_PCHAR + "+")
-        elif glob == _TEMPLATE_ANY and not seen_any:
-            seen_any = True
-            parts.append(r"[a-zA-Z0-9\-._~%!$&'()+,;:@=/]*")
-        elif glob in (_TEMPLATE_ONE, _TEMPLATE_ANY) or any(ch in glob for ch in "{}*"):
-            return None
+    for glob in globs:
+        if glob in (_TEMPLATE_ONE, _TEMPLATE_ANY):
+            if seen_any:
+                return None, "{**} is not the last operator"
+            seen_any = glob == _TEMPLATE_ANY
+            parts.append(_SEGMENT_ANY if seen_any else _SEGMENT_ONE)
+        elif "{" in glob or "}" in glob:
+            return None, "contains '{' or '}' beyond a supported path template ({*} and {**} as whole segments)"
+        elif _LITERAL.fullmatch(glob) is None:
+            return None, f"contains segment {glob!r} with invalid string literal (RFC 3986 pchars, no '*')"
         else:
             parts.append(re.escape(glob))
-    return "/".join(parts)
+    return "/" + "/".join(parts) + ("/" if trailing else ""), ""
 
 
 def namespace_forms(values: list[str]) -> table.AuthzStrings:
