@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", choices=("http", "https"), default=None, help="default: https on TLS listeners, else http")
     p.add_argument("--sni", default=None, help="TLS server name (default: the host, on TLS listeners)")
     p.add_argument("--jwt", default=None, metavar="TOKEN", help="a JWT sent as Authorization: Bearer TOKEN (RequestAuthentication decides on it)")
+    p.add_argument("--peer-ip", default=None, metavar="IP", help="the client's address as AuthorizationPolicy's source.ip / ipBlocks see it (the PROXY protocol source when used; default 127.0.0.1)")
+    p.add_argument("--remote-ip", default=None, metavar="IP", help="the client address after trusted X-Forwarded-For hops / PROXY protocol: remote.ip / remoteIpBlocks (default: --peer-ip)")
+    p.add_argument("--client-principal", default=None, metavar="ID", help="a verified client certificate's identity (URI SAN), AuthorizationPolicy's source.principal / principals")
     p.set_defaults(handler=cmd_route)
 
     p = sub.add_parser("run", help="serve the configuration (supervisor and workers)")

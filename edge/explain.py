@@ -6,6 +6,8 @@
 #   stream it is given. edge/cli.py does the loading, compiling and exit codes (0 when explain() says routed, 1
 #   otherwise).
 # - HTTP matching is the workers' own (workers/router.Router.explain), so the answer is what a worker would do.
+# - Before routing, as the workers' filter chain does: RequestAuthentication (edge/explain_jwt.py), then
+#   AuthorizationPolicy (edge/explain_authz.py: the filters, rules and conditions, and the verdict).
 # - Not routed is explained the way people ask: no listener on the port (and the ports served), no filter chain for
 #   the SNI, 404 with hints on why no VirtualService serves the host here (not bound to a Gateway, a Gateway not
 #   selected by this gateway's labels, no server on the port, a host the server does not expose).
@@ -14,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-from edge import istio, table
+from edge import explain_authz, istio, table
 from edge.explain_jwt import authenticate
 from edge.flags import DEFAULT_GATEWAY_LABELS
 from workers.router import Router, describe_matcher
@@ -94,6 +96,8 @@ class RouteExplainer:
             request.scheme = self.args.scheme or "http"
             return self._http(listener.route_config, request, port)
         if listener.protocol == table.PROTO_TCP:
+            if not explain_authz.explain_tcp(self.table, self.args, port, "", lambda text, extra=0: self.say(text, 1 + extra)):
+                return False
             self.say("TCP proxy (opaque bytes, no HTTP routing):", 1)
             self._l4(listener.tcp, 2)
             return True
@@ -112,14 +116,19 @@ class RouteExplainer:
             self.say("TLS passthrough: the ClientHello and everything after it go to the upstream unchanged", 2)
         if chain.route_config is not None:
             request.scheme = self.args.scheme or "https"
-            return self._http(chain.route_config, request, port, indent=2)
+            return self._http(chain.route_config, request, port, indent=2, sni=sni)
+        if not explain_authz.explain_tcp(self.table, self.args, port, sni, lambda text, extra=0: self.say(text, 2 + extra)):
+            return False
         self.say("TCP proxy:", 2)
         self._l4(chain.tcp, 3)
         return True
 
-    def _http(self, rc: table.RouteConfig, request: RouteRequest, port: int, indent: int = 1) -> bool:
-        if not authenticate(self.table, request, getattr(self.args, "jwt", None), time.time(), lambda text: self.say(text, indent)):
+    def _http(self, rc: table.RouteConfig, request: RouteRequest, port: int, indent: int = 1, sni: str = "") -> bool:
+        say = lambda text, extra=0: self.say(text, indent + extra)  # noqa: E731
+        if not authenticate(self.table, request, getattr(self.args, "jwt", None), time.time(), say):
             return False
+        if not explain_authz.explain_http(self.table, request, self.args, port, sni, say):
+            return False  # Envoy's rbac filter runs before the router: a denied request is never routed
         router = Router(rc)
         ex = router.explain(request.authority, request)
         self.say(f"route config {rc.name}", indent)
