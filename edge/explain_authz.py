@@ -67,7 +67,7 @@ def _explain(filters: tuple[CompiledFilter, ...], facts: Facts, say, *, http: bo
         if f.action == ACTION_DENY and verdict.action == ACTION_DENY:
             break  # Envoy stops at the denying filter: the ALLOW filter is not reached
     if verdict.audited:
-        say(f"audited by {', '.join(verdict.audited)} (AUDIT only logs: access log authorization_audit, http.<listener>.rbac.logged)", 1)
+        say(f"audited by {', '.join(verdict.audited)} (AUDIT only logs: %DYNAMIC_METADATA(envoy.common:access_log_hint)% true, http.<listener>.rbac.logged)", 1)
     if verdict.allowed:
         by = f"allowed by {verdict.policy}" if verdict.policy else "allowed: no DENY rule matched and there is no ALLOW policy"
         say(f"→ {by}", 1)

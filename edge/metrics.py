@@ -111,6 +111,7 @@ class Totals:
     overflow_records: int = 0
     access_log_dropped: int = 0
     connection_errors: int = 0
+    counters: dict[str, int] = field(default_factory=dict)  # named Envoy stats (http.<listener>.rbac.allowed, …)
 
 
 def _add(into: list[int], values: Sequence[int]) -> None:
@@ -140,6 +141,8 @@ def sum_slots(snapshots: Iterable[SlotSnapshot], live_slots: Iterable[int] | Non
         totals.overflow_records += snap.gauge(W_OVERFLOW_RECORDS)
         totals.access_log_dropped += snap.gauge(W_ACCESS_LOG_DROPPED)
         totals.connection_errors += snap.gauge(W_CONNECTION_ERRORS)
+        for name, value in snap.counters:
+            totals.counters[name] = totals.counters.get(name, 0) + value
         if live is None or snap.slot in live:
             totals.active_connections += snap.gauge(W_ACTIVE_CONNECTIONS)
             totals.tcp_active_connections += snap.gauge(W_TCP_ACTIVE)
@@ -281,6 +284,7 @@ def render_prometheus(totals: Totals, view: SupervisorView) -> str:
     w = PromWriter()
     _render_istio_http(w, totals, view.cluster_domain)
     _render_istio_tcp(w, totals, view.cluster_domain)
+    _render_rbac(w, totals)
     _render_route_requests(w, totals)
     _render_supervisor(w, view)
     _render_worker_totals(w, totals)
@@ -331,6 +335,36 @@ def _render_istio_tcp(w: PromWriter, totals: Totals, domain: str) -> None:
         w.family(name, "counter", help_text)
         for host, entry in tcp_ordered:
             w.sample(name, _istio_labels(host, domain, "tcp", "0", "-"), getattr(entry, attr))
+
+
+# Envoy's RBAC filter stats as Istio's proxy exports them: its bootstrap keeps only the names ending in rbac.allowed
+# and rbac.denied (stats_matcher inclusion) and extracts the decision as the tag authz_enforce_result and the HTTP
+# connection manager's stat prefix as http_conn_manager_prefix (tools/packaging/common/envoy_bootstrap.json
+# stats_tags), so `http.<prefix>.rbac.allowed` becomes envoy_http_rbac{http_conn_manager_prefix, authz_enforce_result}.
+# The network filters' stat prefix is Istio's "tcp.": `tcp.rbac.denied` → envoy_tcp_rbac{authz_enforce_result}.
+RBAC_RESULTS = ("allowed", "denied")
+
+
+def _render_rbac(w: PromWriter, totals: Totals) -> None:
+    http: dict[tuple[str, str], int] = {}
+    tcp: dict[str, int] = {}
+    for name, value in totals.counters.items():
+        head, _, result = name.rpartition(".rbac.")
+        if result not in RBAC_RESULTS:
+            continue
+        if head == "tcp":
+            tcp[result] = tcp.get(result, 0) + value
+        elif head.startswith("http."):
+            key = (head[len("http.") :], result)
+            http[key] = http.get(key, 0) + value
+    if http:
+        w.family("envoy_http_rbac", "counter", "Requests Envoy's HTTP RBAC filters (AuthorizationPolicy) allowed or denied; every filter a request passes counts.")
+        for (prefix, result), value in sorted(http.items()):
+            w.sample("envoy_http_rbac", {"http_conn_manager_prefix": prefix, "authz_enforce_result": result}, value)
+    if tcp:
+        w.family("envoy_tcp_rbac", "counter", "Connections Envoy's network RBAC filters (AuthorizationPolicy on TCP and TLS passthrough) allowed or denied.")
+        for result, value in sorted(tcp.items()):
+            w.sample("envoy_tcp_rbac", {"authz_enforce_result": result}, value)
 
 
 def _render_route_requests(w: PromWriter, totals: Totals) -> None:
@@ -444,6 +478,8 @@ def envoy_stats(totals: Totals, view: SupervisorView, uptime_s: float) -> dict[s
         inc(f"{prefix}.downstream_cx_rx_bytes_total", entry.received)
         if cluster and cluster != "-":
             inc(f"cluster.{cluster}.upstream_cx_total", entry.opened)
+    for name, value in totals.counters.items():
+        inc(name, value)
     stats["server.live"] = 0 if view.draining else 1
     stats["server.state"] = 1 if view.draining else (0 if view.ready else 2)  # Envoy: LIVE 0, DRAINING 1, PRE_INITIALIZING 2
     stats["server.uptime"] = int(uptime_s)

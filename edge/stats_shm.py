@@ -69,6 +69,8 @@ Entry (ENTRY_WORDS = 72 u64 words; unused words are 0):
      3  connections_closed
      4  sent_bytes             to the downstream client (Istio: istio_tcp_sent_bytes_total)
      5  received_bytes         from the downstream client
+    Counter entries (key: an Envoy stat name, e.g. http.<listener>.rbac.allowed):
+     2  value
 
 Rules:
 - One writer per slot: the worker of that slot, and the supervisor never starts a slot's replacement before the
@@ -79,7 +81,9 @@ Rules:
   counters, so totals survive restarts and never go backwards. It resets the gauges.
 - Bounded key space: at most max_entries - 2 distinct keys per slot; the last two entries are the HTTP and TCP
   overflow entries (key fields "overflow"), where records with no room left are counted (and
-  overflow_records says how many).
+  overflow_records says how many). A named counter with no room left is only counted in overflow_records.
+- Counter entries (KIND_COUNTER) are named Envoy stats the workers count beside the request records (the RBAC
+  filters' allowed/denied/logged/not_logged); a reader of an older layout skips them.
 - The status area is a seqlock like the table segment: sequence odd → write in progress; a reader copies,
   re-reads the sequence and retries on a change.
 """
@@ -113,6 +117,8 @@ STATUS_READ_ATTEMPTS = 100
 
 KIND_HTTP = 1
 KIND_TCP = 2
+KIND_COUNTER = 3
+KINDS = (KIND_HTTP, KIND_TCP, KIND_COUNTER)
 KEY_SEPARATOR = "\x1f"
 OVERFLOW = "overflow"
 
@@ -155,6 +161,7 @@ E_TCP_OPENED = 2
 E_TCP_CLOSED = 3
 E_TCP_SENT = 4
 E_TCP_RECEIVED = 5
+E_COUNTER_VALUE = 2
 assert E_RESPONSE_BYTES_BUCKETS + len(BYTES_BUCKETS) + 1 <= ENTRY_WORDS
 
 _U32_VERSION = 8 // 4
@@ -252,6 +259,7 @@ class SlotSnapshot:
     words: list[int]  # the slot header words
     http: list[tuple[tuple, list[int]]] = field(default_factory=list)  # (key, entry words)
     tcp: list[tuple[tuple, list[int]]] = field(default_factory=list)
+    counters: list[tuple[str, int]] = field(default_factory=list)  # (Envoy stat name, value)
     status: bytes = b""
 
     def gauge(self, word: int) -> int:
@@ -321,12 +329,15 @@ class StatsSegment:
             start = entries_base + index * ENTRY_WORDS
             entry = u64[start : start + ENTRY_WORDS].tolist()
             kind = entry[E_KIND]
-            if kind not in (KIND_HTTP, KIND_TCP) or (index >= used and not any(entry[2:])):
+            if kind not in KINDS or (index >= used and not any(entry[2:])):
                 continue  # unused, or an overflow entry that never counted anything
             key = self._key(slot, index, entry[E_KEY], kind, key_base, g.key_area_bytes)
             if key is None:
                 continue
-            (snap.http if kind == KIND_HTTP else snap.tcp).append((key, entry))
+            if kind == KIND_COUNTER:
+                snap.counters.append((key[0], entry[E_COUNTER_VALUE]))
+            else:
+                (snap.http if kind == KIND_HTTP else snap.tcp).append((key, entry))
         snap.status = self._read_status(slot)
         return snap
 
@@ -402,6 +413,7 @@ class SlotWriter:
         self._status_area = self._base_byte + geometry.status_area_offset
         self._http: dict[tuple, int] = {}  # key → first word of its entry
         self._tcp: dict[tuple, int] = {}
+        self._counters: dict[str, int] = {}  # stat name → its entry's value word
         self._adopt()
 
     @classmethod
@@ -443,11 +455,14 @@ class SlotWriter:
             kind = w[start + E_KIND]
             word = w[start + E_KEY]
             offset, length = word & 0xFFFFFFFF, word >> 32
-            if kind not in (KIND_HTTP, KIND_TCP) or offset + length > key_bytes:
+            if kind not in KINDS or offset + length > key_bytes:
                 # A predecessor died while writing this entry: it has no counts yet; take it from here.
                 w[h + W_ENTRIES_USED] = index
                 break
             text = bytes(self._mmap[self._key_area + offset : self._key_area + offset + length]).decode("utf-8", "replace")
+            if kind == KIND_COUNTER:
+                self._counters[text] = start + E_COUNTER_VALUE
+                continue
             key = decode_key(kind, text)
             (self._http if kind == KIND_HTTP else self._tcp)[key] = start
         for kind, key, index in ((KIND_HTTP, HTTP_OVERFLOW_KEY, g.max_entries - 2), (KIND_TCP, TCP_OVERFLOW_KEY, g.max_entries - 1)):
@@ -467,6 +482,8 @@ class SlotWriter:
         key_bytes = w[h + W_KEY_BYTES_USED]
         if used >= g.max_entries - 2 or key_bytes + len(data) > g.key_area_bytes:
             w[h + W_OVERFLOW_RECORDS] += 1
+            if kind == KIND_COUNTER:
+                return -1
             return self._entries + (g.max_entries - (2 if kind == KIND_HTTP else 1)) * ENTRY_WORDS
         start = self._entries + used * ENTRY_WORDS
         self._mmap[self._key_area + key_bytes : self._key_area + key_bytes + len(data)] = data
@@ -474,7 +491,10 @@ class SlotWriter:
         w[start + E_KIND] = kind
         w[h + W_KEY_BYTES_USED] = key_bytes + len(data)
         w[h + W_ENTRIES_USED] = used + 1  # published last: a reader never sees a half-written key
-        (self._http if kind == KIND_HTTP else self._tcp)[key] = start
+        if kind == KIND_COUNTER:
+            self._counters[text] = start + E_COUNTER_VALUE
+        else:
+            (self._http if kind == KIND_HTTP else self._tcp)[key] = start
         return start
 
     # ---------------------------------------------------------------------------------------- hot path
@@ -520,6 +540,16 @@ class SlotWriter:
         w[start + E_TCP_SENT] += sent_bytes
         w[start + E_TCP_RECEIVED] += received_bytes
 
+    def add_counter(self, name: str, delta: int) -> None:
+        """A named Envoy stat (a counter entry), e.g. http.<listener>.rbac.allowed."""
+        word = self._counters.get(name)
+        if word is None:
+            start = self._allocate(KIND_COUNTER, (name,), name)
+            if start < 0:
+                return  # no room: counted in overflow_records
+            word = start + E_COUNTER_VALUE
+        self._words[word] += delta
+
     # ------------------------------------------------------------------------------------ gauges, status
 
     def set_word(self, word: int, value: int) -> None:
@@ -557,5 +587,5 @@ class SlotWriter:
 
 __all__ = [
     "StatsSegment", "SlotWriter", "SlotSnapshot", "StatsSegmentError", "Geometry",
-    "DURATION_BUCKETS_MS", "BYTES_BUCKETS", "KIND_HTTP", "KIND_TCP", "OVERFLOW",
+    "DURATION_BUCKETS_MS", "BYTES_BUCKETS", "KIND_HTTP", "KIND_TCP", "KIND_COUNTER", "OVERFLOW",
 ]  # fmt: skip

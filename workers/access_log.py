@@ -55,7 +55,7 @@ class TcpLog:
     __slots__ = (
         "start", "listener", "upstream_cluster", "upstream_host", "bytes_received", "bytes_sent", "flags", "details",
         "downstream_local", "downstream_remote", "sni", "route_name", "duration_ms", "termination_details",
-        "upstream_local",
+        "upstream_local", "rbac",
     )  # fmt: skip
 
     def __init__(self, start: float, listener: str = "-"):
@@ -74,6 +74,7 @@ class TcpLog:
         self.duration_ms = 0
         self.termination_details = "-"
         self.upstream_local = "-"
+        self.rbac = None  # workers/authz.RbacCounts when AuthorizationPolicy's TCP rules were checked
 
 
 _WANTED_HEADERS = {b"host": 0, b"user-agent": 1, b"x-request-id": 2, b"x-forwarded-for": 3}

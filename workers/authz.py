@@ -254,3 +254,32 @@ def authorize(filters: tuple[CompiledFilter, ...], facts: Facts) -> Verdict:
     if not audited and not allowed_by:
         return ALLOWED
     return Verdict(True, allowed_by, ACTION_ALLOW if allowed_by else "", tuple(audited))
+
+
+class RbacCounts(NamedTuple):
+    """What Envoy's RBAC filters count for one request or connection (http.<prefix>.rbac.* / tcp.rbac.*): Istio
+    builds one RBAC filter per action present, all counting into the same names, so every filter that lets the
+    request through adds to `allowed` (the AUDIT filter's LOG action always does), the one that refuses it adds to
+    `denied` and stops the chain; the AUDIT filter also counts `logged` (a rule matched) or `not_logged`."""
+
+    allowed: int
+    denied: int
+    logged: int
+    not_logged: int
+
+
+def rbac_counts(filters: tuple[CompiledFilter, ...], verdict: Verdict) -> RbacCounts:
+    allowed = denied = logged = not_logged = 0
+    for f in filters:
+        if f.action == ACTION_AUDIT:
+            allowed += 1
+            if verdict.audited:
+                logged += 1
+            else:
+                not_logged += 1
+        elif not verdict.allowed and f.action == verdict.action:
+            denied = 1
+            break
+        else:
+            allowed += 1
+    return RbacCounts(allowed, denied, logged, not_logged)

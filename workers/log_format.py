@@ -13,6 +13,8 @@
 #   after the gateway changed them): :authority after rewrites, :path as sent upstream, x-forwarded-for with
 #   the peer appended, the x-request-id sent; other names are the client's headers (repeated ones joined with
 #   ","). RESP(...) reads the response headers sent to the client; x-envoy-upstream-service-time is there.
+# - DYNAMIC_METADATA(NAMESPACE:KEY) reads the metadata edge sets, as Envoy's filters set it: only
+#   envoy.common:access_log_hint (the AUDIT policy's RBAC LOG filter: true when an AUDIT rule matched).
 # - An operator edge does not know is a TemplateError naming it, before anything is served.
 from __future__ import annotations
 
@@ -106,6 +108,10 @@ SIMPLE_OPERATORS: dict[str, Callable[[Any], Any]] = {
     "REQUESTED_SERVER_NAME": _attr("sni"),
     "ROUTE_NAME": _attr("route_name"),
     "HOSTNAME": _hostname,
+}
+# Envoy dynamic metadata edge sets, by NAMESPACE:KEY: the RBAC AUDIT filter's access_log_hint (workers/http/log.py).
+DYNAMIC_METADATA: dict[str, Callable[[Any], Any]] = {
+    "envoy.common:access_log_hint": lambda log: getattr(log, "access_log_hint", None),
 }
 INTEGER_OPERATORS = frozenset({"RESPONSE_CODE", "BYTES_RECEIVED", "BYTES_SENT", "DURATION", "UPSTREAM_REQUEST_ATTEMPT_COUNT"})
 
@@ -246,6 +252,11 @@ def _operator(name: str, arg: str | None, max_length: str | None) -> _Operator:
         return _Operator(_header_operator(_request_header, arg, name), length, False)
     if name == "RESP":
         return _Operator(_header_operator(_response_header, arg, name), length, False)
+    if name == "DYNAMIC_METADATA":
+        get = DYNAMIC_METADATA.get(arg or "")
+        if get is None:
+            raise TemplateError(f"%DYNAMIC_METADATA({arg})% is not metadata edge has (supported: {', '.join(sorted(DYNAMIC_METADATA))})")
+        return _Operator(get, length, True)  # typed: a boolean stays a boolean in JSON
     get = SIMPLE_OPERATORS.get(name)
     if get is None:
         raise TemplateError(f"%{name}% is not a command operator edge supports (supported: START_TIME, REQ, RESP, {', '.join(sorted(SIMPLE_OPERATORS))})")
@@ -280,6 +291,15 @@ def _parse(text: str) -> list[str | _Operator]:
     return parts
 
 
+def _text(value: Any) -> str:
+    """A value in a text format: missing is "-", booleans as Envoy prints them (true/false)."""
+    if value is None:
+        return MISSING
+    if value is True or value is False:
+        return "true" if value else "false"
+    return str(value)
+
+
 class TextTemplate:
     """An Envoy text format, rendered to one log line (bytes, newline included)."""
 
@@ -294,8 +314,7 @@ class TextTemplate:
             if isinstance(part, str):
                 out.append(part)
             else:
-                value = part.value(log)
-                out.append(MISSING if value is None else str(value))
+                out.append(_text(part.value(log)))
         return "".join(out).encode("utf-8", "replace")
 
 
@@ -326,8 +345,7 @@ class JsonTemplate:
                 if isinstance(part, str):
                     pieces.append(part)
                 else:
-                    value = part.value(log)
-                    pieces.append(MISSING if value is None else str(value))
+                    pieces.append(_text(part.value(log)))
             record[key] = "".join(pieces)
         return orjson.dumps(record) + b"\n"
 

@@ -40,6 +40,7 @@ from edge.stats_shm import (
 
 
 PUBLISH_INTERVAL_S = 1.0
+RBAC_FIELDS = ("allowed", "denied", "logged", "not_logged")  # Envoy's RBAC filter stats, in RbacCounts' order
 
 
 class WorkerStats:
@@ -52,6 +53,7 @@ class WorkerStats:
         # Open TCP connections whose bytes publish() reports as they grow: id(TcpLog) → [log, splice, bytes sent
         # reported, bytes received reported]. finish_tcp reports only the rest (untrack_tcp).
         self._tcp_live: dict[int, list] = {}
+        self._rbac_names: dict[str, tuple[str, ...]] = {}  # stat prefix → its four RBAC counter names
 
     # ------------------------------------------------------------------------------------------- HTTP
 
@@ -60,6 +62,19 @@ class WorkerStats:
             log.listener, log.route_name, log.upstream_cluster, log.status, log.flags,
             time.time() - log.start, log.bytes_received, log.bytes_sent,
         )  # fmt: skip
+        if log.rbac is not None:
+            self.rbac("http." + log.listener, log.rbac)
+
+    def rbac(self, prefix: str, counts) -> None:
+        """Envoy's RBAC filter stats `<prefix>.rbac.{allowed,denied,logged,not_logged}` (workers/authz.RbacCounts;
+        prefix "http.<listener>" for the HTTP filters, Istio's "tcp" for the network ones), named counters."""
+        names = self._rbac_names.get(prefix)
+        if names is None:
+            names = self._rbac_names[prefix] = tuple(f"{prefix}.rbac.{field}" for field in RBAC_FIELDS)
+        writer = self.writer
+        for name, n in zip(names, counts):
+            if n:
+                writer.add_counter(name, n)
 
     def connection_error(self) -> None:
         """One connection ended by an unexpected error (RecordSink.connection_failed): counted at once."""

@@ -140,7 +140,7 @@ CASES = [
         dict(method="POST"),
         dict(remote_ip="203.0.113.7"),
         True,
-        [f"      {AUDIT}: matched", f"    audited by {AUDIT} (AUDIT only logs: access log authorization_audit, http.<listener>.rbac.logged)"],
+        [f"      {AUDIT}: matched", f"    audited by {AUDIT} (AUDIT only logs: %DYNAMIC_METADATA(envoy.common:access_log_hint)% true, http.<listener>.rbac.logged)"],
     ),
     (
         "xff-without-remote-ip-is-pointed-out",

@@ -14,7 +14,7 @@ import time
 from typing import NamedTuple
 
 from workers import headers as hdr
-from workers.authz import Authorizer, Facts, authorize
+from workers.authz import Authorizer, Facts, authorize, rbac_counts
 from workers.http.replies import LOCAL_REPLIES, LocalReply
 
 
@@ -30,14 +30,15 @@ class ConnectionFacts(NamedTuple):
     principal: str = ""  # the verified client certificate's URI SAN (else DNS SAN, else subject): source.principal
 
 
-def check_access(snapshot, req, conn: ConnectionFacts) -> LocalReply | None:
-    """RequestAuthentication, then AuthorizationPolicy (see the rules above)."""
+def check_access(snapshot, req, conn: ConnectionFacts, log=None) -> LocalReply | None:
+    """RequestAuthentication, then AuthorizationPolicy (see the rules above). `log` (the request's RequestLog)
+    gets the RBAC filters' counts: the stats and the AUDIT filter's access_log_hint read them."""
     if snapshot.authn is not None:
         refused = authenticate(snapshot.authn, req, time.time())
         if refused is not None:
             return refused
     if snapshot.authz is not None:
-        return authorize_request(snapshot.authz, req, conn)
+        return authorize_request(snapshot.authz, req, conn, log)
     return None
 
 
@@ -50,10 +51,12 @@ def request_facts(req, conn: ConnectionFacts) -> Facts:
     )
 
 
-def authorize_request(authz: Authorizer, req, conn: ConnectionFacts) -> LocalReply | None:
+def authorize_request(authz: Authorizer, req, conn: ConnectionFacts, log=None) -> LocalReply | None:
     """AuthorizationPolicy (workers/authz.py) over the HTTP filter chain's rules: None, or Envoy's RBAC 403 whose
     response code details name the deciding rule (or "none": no ALLOW rule matched)."""
     verdict = authorize(authz.http, request_facts(req, conn))
+    if log is not None and authz.http:
+        log.rbac = rbac_counts(authz.http, verdict)
     if verdict.allowed:
         return None
     return rbac_refusal(verdict.policy)

@@ -38,6 +38,7 @@ class RequestLog:
     upstream_path: bytes | None = None  # the request target sent upstream (after rewrites)
     upstream_original_path: bytes | None = None  # x-envoy-original-path, when the route rewrote the path
     response_headers: list | None = None  # the response head sent to the client (custom log templates read it)
+    rbac = None  # workers/authz.RbacCounts of the AuthorizationPolicy filters this request went through (None: none)
 
     def __init__(self, start: float, down=None, request: Request | None = None):
         self.start = start
@@ -104,6 +105,15 @@ class RequestLog:
     def downstream_local(self) -> str:
         down = self.down
         return f"{down.local[0]}:{down.local[1]}" if down is not None and down.local else "-"
+
+    @property
+    def access_log_hint(self) -> bool | None:
+        """Envoy's %DYNAMIC_METADATA(envoy.common:access_log_hint)%: set by the AUDIT (LOG) filter, true when one of
+        its rules matched; None when no AUDIT policy applies."""
+        rbac = self.rbac
+        if rbac is None or not (rbac.logged or rbac.not_logged):
+            return None
+        return rbac.logged > 0
 
     @property
     def listener(self) -> str:

@@ -230,7 +230,7 @@ async def _serve_request(down: Http1Downstream, request: Request, log: RequestLo
     log.forwarded = req.forwarded
     if refused is not None:
         return await _reply(down, log, refused, keep_alive=False)
-    denied = check_access(snapshot, req, down.facts())
+    denied = check_access(snapshot, req, down.facts(), log)
     if denied is not None:
         return await _reply(down, log, denied)
     rt = find_route(snapshot, down.listener_key, down.chain_index, req)

@@ -27,7 +27,7 @@ import trio
 
 from edge.table import L4Route
 from workers.access_log import TcpLog
-from workers.authz import Facts, authorize
+from workers.authz import Facts, authorize, rbac_counts
 from workers.balance import cumulative_weights, pick_weighted
 from workers.context import WorkerContext
 from workers.l4.splice import Splice, splice_bytes
@@ -36,6 +36,7 @@ from workers.tls.xfcc import peer_principal
 from workers.upstream import Circuit, address_text
 
 RBAC_DETAILS = "rbac_access_denied_matched_policy[%s]"  # Envoy's connection termination details of a denial
+TCP_RBAC_PREFIX = "tcp"  # Istio's network RBAC filters' stat_prefix ("tcp."): tcp.rbac.allowed, tcp.rbac.denied
 
 STATUS_CONNECT_FAILURE = 0  # the outlier verdict of a failed connect (as an HTTP failure with no response)
 STATUS_CONNECTED = 200  # a connect that succeeded resets the endpoint's failure streak
@@ -176,9 +177,13 @@ async def proxy_l4(ctx: WorkerContext, snapshot, client: socket.socket | Transpo
     None when none was reached. `initial`: bytes already read from the client (a ClientHello)."""
     splice = None
     try:
-        if snapshot.authz is not None and not _authorized(snapshot.authz, client, log):
-            ctx.records.tcp_opened(log)
-            return None  # closed by the caller, as Envoy's network RBAC filter closes it
+        if snapshot.authz is not None:
+            allowed = _authorized(snapshot.authz, client, log)
+            if log.rbac is not None and ctx.records.stats.enabled:
+                ctx.records.stats.rbac(TCP_RBAC_PREFIX, log.rbac)
+            if not allowed:
+                ctx.records.tcp_opened(log)
+                return None  # closed by the caller, as Envoy's network RBAC filter closes it
         upstream = await _open_upstream(ctx, snapshot, route, log)
         if upstream is None:
             return None
@@ -209,6 +214,8 @@ def _authorized(authz, client: socket.socket | Transport, log: TcpLog) -> bool:
     principal = peer_principal(getpeercert() or {}) if getpeercert is not None and getpeercert(True) else ""
     sni = log.sni if log.sni != "-" else ""
     verdict = authorize(authz.tcp, Facts(source, source, local, port, sni, principal))
+    if authz.tcp:
+        log.rbac = rbac_counts(authz.tcp, verdict)  # Envoy's network RBAC stats: tcp.rbac.* (Istio's stat prefix "tcp.")
     if verdict.allowed:
         return True
     log.termination_details = RBAC_DETAILS % verdict.policy
