@@ -185,6 +185,9 @@ class Route(Frozen):
     mirrors: tuple[Mirror, ...] = ()
     cors: Cors | None = None
     stat_prefix: str = ""
+    # Envoy's RouteAction.cluster_not_found_response_code for a destination without a cluster (NC): 0 = Envoy's
+    # default 503; Istio sets 500 on routes from the Gateway API (route.go, UseGatewaySemantics).
+    cluster_not_found_status: int = 0
 
 
 class VirtualHost(Frozen):

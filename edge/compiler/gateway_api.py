@@ -41,6 +41,7 @@ from edge import gateway_api as gw
 from edge import istio
 from edge.compiler.gateway_api_http import BackendCheck, Entry, resolve_backend, rule_entries, rule_parts
 from edge.compiler.hosts import host_subset_of, is_dns1123_label
+from edge.compiler.model import CLUSTER_NOT_FOUND_500_ANNOTATION
 from edge.compiler.report import Report, Where
 from edge.errors import ERROR, Diagnostic
 
@@ -59,6 +60,7 @@ class ListenerInfo:
     internal: str  # "<ns>/<generated Istio Gateway name>"
     kinds: tuple[str, ...]
     served: bool
+    attached: list[str] = field(default_factory=list)  # routes attached (the listener status' AttachedRoutes)
 
     @property
     def path(self) -> str:
@@ -100,7 +102,16 @@ class GatewayApiStage:
             self._l4_route(res, "tls")
         for res in self.by_kind.get("TCPRoute", []):
             self._l4_route(res, "tcp")
+        self._attached_routes()
         return self.out
+
+    def _attached_routes(self) -> None:
+        """Each listener's AttachedRoutes, as its status would count them: routes whose parentRef selects it,
+        whose kind and namespace it allows and whose hostnames intersect its own, programmed or not."""
+        for infos in self.listeners.values():
+            for info in infos:
+                names = ", ".join(info.attached)
+                Where(self.report, info.gateway, info.path).note(f"listener {info.listener.name}: AttachedRoutes={len(info.attached)}" + (f" ({names})" if names else ""))
 
     # ------------------------------------------------------------------------------------------- Gateways
 
@@ -225,6 +236,8 @@ class GatewayApiStage:
         out = []
         for info in allowed:
             hosts = intersect(info.listener.hostname, hostnames) if res.kind != "TCPRoute" else ["*"]
+            if hosts and res.ref not in info.attached:
+                info.attached.append(res.ref)
             if hosts and info.served:
                 out.append((info, hosts))
         if not any(intersect(i.listener.hostname, hostnames) for i in allowed) and res.kind != "TCPRoute":
@@ -290,7 +303,7 @@ class GatewayApiStage:
         vs = istio.Resource(
             kind="VirtualService", name=name, namespace=origin.namespace, spec=spec, api_version=origin.api_version,
             creation_timestamp=origin.creation_timestamp, file=origin.file, line=origin.line, document=origin.document, order=origin.order,
-            annotations={"internal.istio.io/parents": f"{origin.kind}/{origin.name}.{origin.namespace}"},
+            annotations={"internal.istio.io/parents": f"{origin.kind}/{origin.name}.{origin.namespace}", CLUSTER_NOT_FOUND_500_ANNOTATION: "true"},
         )  # fmt: skip
         self.out.virtual_services.append(vs)
         self.out.origins[vs.ref] = (origin, paths)

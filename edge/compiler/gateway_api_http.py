@@ -14,8 +14,11 @@
 #   creation order (then namespace/name) and rule/match order keeps the spec's remaining tie-breaks.
 # - Backends: a Service is `name.namespace.svc.<cluster domain>` and must be a ServiceEntry host here (there is
 #   no cluster); weight 0 backends are left out; one backend gets no weight. An invalid backendRef (unknown
-#   kind, not permitted, not found) keeps its share and answers it with no upstream; when no backend is left
-#   at all and nothing else answers (redirect), the rule answers 500, as the spec requires and Istio does.
+#   kind, not permitted, not found) keeps its share, pointed at a destination without a cluster, which
+#   answers 500 on these routes (buildHTTPDestination keeps it; route.go sets ClusterNotFoundResponseCode 500
+#   under gateway semantics: "the share of requests that would go to an invalid backend get 500"); when no
+#   valid backend is left at all and nothing else answers (redirect), the rule answers 500 directly.
+# - Retry and timeouts as convertHTTPRoute (timeout_and_retries).
 # - Header modifiers: names lowercased, the first of equal names wins (headerListToMap). RequestRedirect
 #   without a port keeps the request's port, or the scheme's default when the scheme changes.
 # - ExtensionRef filters are not supported: the route is not accepted (Istio: InvalidFilter).
@@ -28,11 +31,12 @@ from edge import istio
 from edge.compiler.report import Where
 
 # backendRefs that cannot be served keep their share of traffic pointed at a host no ServiceEntry can have
-# (RFC 2606 reserves .invalid): a 503 with no healthy upstream for that share.
+# (RFC 2606 reserves .invalid): no cluster, so a 500 for that share (Istio: an empty Destination, no cluster).
 INVALID_BACKEND_HOST = "invalid-backend.invalid"
 _PATH_RANK = {"Exact": 3, "PathPrefix": 2, "RegularExpression": 1}
-# Istio's retry defaults for HTTPRoute retry (Envoy's retriable conditions plus the listed codes).
-RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled"
+# conversion.go convertHTTPRoute: a retry stanza retries on these connection-level conditions ("Implementations
+# SHOULD retry on connection errors") plus its codes; attempts default to 2, Istio's default retry count.
+RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled")
 DEFAULT_RETRY_ATTEMPTS = 2
 
 
@@ -135,26 +139,35 @@ def rule_parts(check: BackendCheck, route: istio.Resource, rule: gw.HTTPRouteRul
     parts.route = _destinations(check, route, rule, w)
     if not parts.route and parts.redirect is None:
         parts.direct = istio.HTTPDirectResponse(status=500)
-    if rule.timeouts is not None and rule.timeouts.request is not None:
-        parts.timeout = istio.Duration(gw.gateway_duration(rule.timeouts.request))
-    parts.retries = _retries(rule)
+    parts.timeout, parts.retries = timeout_and_retries(rule)
     return parts
 
 
-def _retries(rule: gw.HTTPRouteRule) -> istio.HTTPRetry | None:
-    """HTTPRouteRetry and timeouts.backendRequest (Envoy's per-try timeout) as an Istio retry policy."""
-    r = rule.retry
-    per_try = rule.timeouts.backend_request if rule.timeouts is not None else None
-    if r is None and per_try is None:
-        return None
-    attempts = r.attempts if r is not None and r.attempts is not None else DEFAULT_RETRY_ATTEMPTS
-    codes = [str(c) for c in r.codes] if r is not None else []
-    return istio.HTTPRetry(
-        attempts=attempts,
-        retry_on=",".join([RETRY_ON, *codes]) if codes else "",
-        per_try_timeout=istio.Duration(gw.gateway_duration(per_try)) if per_try is not None else None,
-        backoff=istio.Duration(gw.gateway_duration(r.backoff)) if r is not None and r.backoff is not None else None,
-    )
+def timeout_and_retries(rule: gw.HTTPRouteRule) -> tuple[istio.Duration | None, istio.HTTPRetry | None]:
+    """convertHTTPRoute's retry and timeouts: a retry stanza is a retry policy (attempts default 2, Istio's
+    connection-level conditions plus the codes, nothing when attempts is 0); timeouts.request is the route
+    timeout (0 = none); backendRequest is the per-try timeout when there is a retry stanza, else the route
+    timeout (replacing request's)."""
+    retries = None
+    if rule.retry is not None:
+        r = rule.retry
+        attempts = r.attempts if r.attempts is not None else DEFAULT_RETRY_ATTEMPTS
+        retries = istio.HTTPRetry(
+            attempts=attempts,
+            retry_on=",".join([*RETRY_ON, *(str(c) for c in r.codes)]) if attempts else "",
+            backoff=istio.Duration(gw.gateway_duration(r.backoff)) if r.backoff is not None else None,
+        )
+    timeout = None
+    t = rule.timeouts
+    if t is not None and t.request is not None and gw.gateway_duration(t.request) != 0:
+        timeout = istio.Duration(gw.gateway_duration(t.request))
+    if t is not None and t.backend_request is not None and gw.gateway_duration(t.backend_request) != 0:
+        backend = istio.Duration(gw.gateway_duration(t.backend_request))
+        if retries is not None:
+            retries.per_try_timeout = backend
+        else:
+            timeout = backend
+    return timeout, retries
 
 
 def _mirror(check: BackendCheck, route: istio.Resource, f: gw.HTTPRequestMirrorFilter, w: Where) -> istio.HTTPMirrorPolicy | None:

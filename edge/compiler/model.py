@@ -26,6 +26,11 @@ ROUTE_SEMANTICS_ANNOTATION = "internal.istio.io/route-semantics"
 ROUTE_SEMANTICS_INGRESS = "ingress"
 ROUTE_SEMANTICS_GATEWAY = "gateway"
 PATH_SEPARATED_SEMANTICS = frozenset({ROUTE_SEMANTICS_INGRESS, ROUTE_SEMANTICS_GATEWAY})
+# The other half of Istio's UseGatewaySemantics: a destination without a cluster answers 500, not 503 (route.go
+# applyHTTPRouteDestination sets ClusterNotFoundResponseCode INTERNAL_SERVER_ERROR, as the Gateway API requires for
+# invalid backendRefs). The gateway_api stage marks its VirtualServices with this (it writes its own path-separated
+# variants, so it does not set route-semantics); routes.py reads it.
+CLUSTER_NOT_FOUND_500_ANNOTATION = "internal.edge/cluster-not-found-500"
 
 # Istio ≥1.24 default retry policy (retry.go cachedDefaultPolicy): no retriable status codes, so 503 is not retried.
 DEFAULT_RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes")

@@ -19,7 +19,7 @@ import msgspec
 from edge import istio, table
 from edge.compiler.clusters import ClusterBuilder
 from edge.compiler.hosts import selector_matches
-from edge.compiler.model import DEFAULT_RETRY_CONSISTENT_HASH, MatchBlock, PreparedVirtualService, Rule
+from edge.compiler.model import CLUSTER_NOT_FOUND_500_ANNOTATION, DEFAULT_RETRY_CONSISTENT_HASH, MatchBlock, PreparedVirtualService, Rule
 from edge.compiler.report import Report
 from edge.errors import WARNING
 
@@ -142,6 +142,7 @@ class RouteBuilder:
             timeout_s=rule.timeout_s,
             retry=retry,
             mirrors=self.clusters.mirrors(rule, port) if h.mirror is not None or h.mirrors else (),
+            cluster_not_found_status=500 if CLUSTER_NOT_FOUND_500_ANNOTATION in vs.res.annotations else 0,
             **common,
         )
 

@@ -8,7 +8,7 @@ import pytest
 from edge import gateway_api as gw
 from edge.compiler import load_and_compile
 from edge.compiler.gateway_api import intersect
-from edge.compiler.gateway_api_http import _replacement, match_variants, sort_key
+from edge.compiler.gateway_api_http import _replacement, match_variants, sort_key, timeout_and_retries
 
 
 def match(path_type="PathPrefix", value="/", headers=0, query=0, method=None) -> gw.HTTPRouteMatch:
@@ -207,3 +207,58 @@ def test_edge_route_names_the_httproute_rule(tmp_path, capsys):
     assert main(["route", str(tmp_path), "--port", "80", "--host", "a.example.com", "--path", "/x"]) == 0
     out = capsys.readouterr().out
     assert "matched HTTPRoute infra/r rules[0].matches[0]" in out and "a.yaml:" in out
+
+
+ISTIO_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled"
+
+
+# conversion.go convertHTTPRoute: (retry, timeouts) → (route timeout, retry attempts, retryOn, perTryTimeout, backoff).
+@pytest.mark.parametrize(
+    "retry, timeouts, expected",
+    [
+        (None, None, (None, None)),
+        ({}, None, (None, (2, ISTIO_RETRY_ON, None, None))),  # a stanza alone: Istio's default 2 attempts, no codes
+        ({"codes": [500, 503], "attempts": 3, "backoff": "100ms"}, None, (None, (3, ISTIO_RETRY_ON + ",500,503", None, 0.1))),
+        (None, {"request": "500ms"}, (0.5, None)),
+        (None, {"request": "0s"}, (None, None)),  # 0 disables the timeout
+        (None, {"backendRequest": "500ms"}, (0.5, None)),  # no retry stanza: backendRequest is the route timeout
+        (None, {"request": "2s", "backendRequest": "1s"}, (1.0, None)),  # ... replacing request's
+        ({"attempts": 2}, {"request": "2s", "backendRequest": "1s"}, (2.0, (2, ISTIO_RETRY_ON, 1.0, None))),  # per-try
+        ({"attempts": 1}, {"backendRequest": "0s"}, (None, (1, ISTIO_RETRY_ON, None, None))),
+    ],
+)
+def test_timeout_and_retries_as_istio(retry, timeouts, expected):
+    rule = gw.HTTPRouteRule(
+        retry=msgspec.convert(retry, gw.HTTPRouteRetry) if retry is not None else None,
+        timeouts=msgspec.convert(timeouts, gw.HTTPRouteTimeouts) if timeouts is not None else None,
+    )
+    timeout, retries = timeout_and_retries(rule)
+    got_retry = None
+    if retries is not None:
+        per_try = float(retries.per_try_timeout) if retries.per_try_timeout is not None else None
+        backoff = float(retries.backoff) if retries.backoff is not None else None
+        got_retry = (retries.attempts, retries.retry_on, per_try, backoff)
+    assert (float(timeout) if timeout is not None else None, got_retry) == expected
+
+
+MIXED = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: infra}
+spec:
+  parentRefs: [{name: gw, namespace: infra, sectionName: http}]
+  hostnames: [a.example.com]
+  rules:
+  - backendRefs: [{name: svc, namespace: infra, port: 80}, {name: gone, namespace: infra, port: 80}, {name: x, kind: Bucket, group: s3, port: 80}]
+"""
+
+
+def test_invalid_backends_keep_their_share_and_answer_500(tmp_path):
+    """buildHTTPDestination keeps invalid backends (not found, unknown kind) as destinations without a cluster;
+    route.go answers those with ClusterNotFoundResponseCode 500 on Gateway API routes (Envoy's default is 503)."""
+    _, result = compile_with(tmp_path, MIXED)
+    route = next(l for l in result.table.listeners if l.port == 80).route_config.virtual_hosts[0].routes[0]
+    assert [(c.cluster, c.weight) for c in route.clusters] == [("outbound|80||svc.infra.svc.cluster.local", 1), ("", 1), ("", 1)]
+    assert route.cluster_not_found_status == 500
+    messages = " | ".join(d.message for d in result.diagnostics)
+    assert "BackendNotFound" in messages and "InvalidKind" in messages

@@ -35,12 +35,12 @@ async def forward(down, request, req: RequestInfo, snapshot, rt, log: RequestLog
     ctx = down.ctx
     route = rt.route
     if not rt.destinations:
-        await local_reply(down, log, LOCAL_REPLIES["cluster_not_found"])
+        await local_reply(down, log, LOCAL_REPLIES["cluster_not_found"], status=route.cluster_not_found_status)
         return not down.must_close
     dest = rt.destinations[pick_weighted(rt.cumulative, ctx.rng)]
     log.upstream_cluster = dest.wc.cluster or "-"
     if dest.cluster_runtime is None:
-        await local_reply(down, log, LOCAL_REPLIES["cluster_not_found"])
+        await local_reply(down, log, LOCAL_REPLIES["cluster_not_found"], status=route.cluster_not_found_status)
         return not down.must_close
     policy = route.retry if route.retry is not None else snapshot.table.default_retry
     ex = Exchange(down, request, req, rt, dest, log, policy)
