@@ -18,6 +18,9 @@
 # keeps its default --max-connections-per-worker (10,000), enough for 10,000 + 64 over 2 workers, so the
 # idle part is for 2-worker targets (1 worker would refuse connections above 10,000).
 # Every process started is stopped by PID in `finally` (loadtest.targets.stop); the temp dir is removed.
+# The per-connection figure (issue 13, item 4) is the workers' summed RSS growth per idle connection: with N idle
+# connections against none, in the same round, read after SETTLE_S and before the wrk load, median over rounds
+# (`--idle 0,10000 --worker-targets ''` measures only that). nginx-proxy's is its workers' growth likewise.
 # Output: tables on stdout (a markdown copy for loadtest/README.md), JSON in loadtest/results/, the plot.
 from __future__ import annotations
 
@@ -309,6 +312,22 @@ def _workers_of(memory: list[dict]) -> list[dict]:
     return memory[1:] if len(memory) > 1 else memory
 
 
+def _workers_rss_kib(memory: list[dict]) -> int:
+    return sum((p["rss_kib"] or 0) for p in _workers_of(memory))
+
+
+def per_connection_kib(runs: list[dict], name: str, level: int) -> float | None:
+    """RSS growth per idle connection: (the workers' summed RSS with `level` idle connections − with none, in the
+    same round, both read before the wrk load) / level; the median over rounds. None without a 0-level run."""
+    if level <= 0:
+        return None
+    base = {r["round"]: _workers_rss_kib(r["memory_idle"]) for r in runs
+            if r["target"] == name and r["idle"] == 0 and r.get("ok")}
+    growth = [(_workers_rss_kib(r["memory_idle"]) - base[r["round"]]) / level for r in runs
+              if r["target"] == name and r["idle"] == level and r.get("ok") and r["round"] in base]
+    return report.median(growth) if growth else None
+
+
 def summarize_idle(runs: list[dict], names: list[str], levels: list[int]) -> list[dict]:
     rows = []
     for name in names:
@@ -316,6 +335,7 @@ def summarize_idle(runs: list[dict], names: list[str], levels: list[int]) -> lis
             ok = [r for r in runs if r["target"] == name and r["idle"] == level and r.get("ok")]
             if not ok:
                 continue
+            per_conn = per_connection_kib(runs, name, level)
             workers_loaded = [sum((p["rss_kib"] or 0) for p in _workers_of(r["memory_loaded"])) / 1024
                               / max(1, len(_workers_of(r["memory_loaded"]))) for r in ok]
             workers_idle = [sum((p["rss_kib"] or 0) for p in _workers_of(r["memory_idle"])) / 1024
@@ -332,6 +352,7 @@ def summarize_idle(runs: list[dict], names: list[str], levels: list[int]) -> lis
                 "still_open": min(r["idle_still_open"] for r in ok),
                 "open_s": report.median(r["open_s"] for r in ok),
                 "errors": report.median(r["errors"] for r in ok),
+                "kib_per_idle_connection": per_conn,
             })
     return rows
 
@@ -355,12 +376,14 @@ def markdown_tables(worker_rows: list[dict], idle_rows: list[dict]) -> str:
     if idle_rows:
         out += [("| target | idle connections | req/s (64 active) | p50 ms | p99 ms | CPU µs/req | "
                  "RSS MiB per worker, idle only | RSS MiB per worker, under load | RSS MiB root | "
-                 "idle still open | opened in s |"),
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                 "KiB per idle connection | idle still open | opened in s |"),
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in idle_rows:
+            per_conn = r.get("kib_per_idle_connection")
             out.append(f"| {r['target']} | {r['idle']:,} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                        f"{r['cpu_us_per_req']:.0f} | {r['worker_rss_idle_mb']:.1f} | {r['worker_rss_loaded_mb']:.1f} | "
-                       f"{r['root_rss_mb']:.1f} | {r['still_open']:,} | {r['open_s']:.1f} |")
+                       f"{r['root_rss_mb']:.1f} | {'–' if per_conn is None else f'{per_conn:.2f}'} | "
+                       f"{r['still_open']:,} | {r['open_s']:.1f} |")
     return "\n".join(out)
 
 
