@@ -3,7 +3,8 @@
 # deny a request" (authz-deny: methods, a header condition, an ALLOW on paths), the second gateway taking PROXY
 # protocol (ipBlocks see the header's source) and proxying TCP (an ALLOW rule with HTTP attributes never matches
 # TCP, so the connection is closed). Denials: 403 "RBAC: access denied", flag "-", the matched rule in the access
-# log's response code details, and istio_requests_total counting the 403.
+# log's response code details, and istio_requests_total counting the 403; Envoy's RBAC stats (envoy_http_rbac, envoy_tcp_rbac,
+# http.<listener>.rbac.logged), an AUDIT policy's access_log_hint, and a denied TCP connection in Istio's TCP metrics.
 from __future__ import annotations
 
 import json
@@ -144,12 +145,41 @@ def backends(tmp_path_factory):
         yield b
 
 
+# Istio's JSON keys for what these tests read, and the AUDIT filter's hint as Envoy's access log reads it.
+LOG_TEMPLATE = json.dumps({
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", "response_code": "%RESPONSE_CODE%", "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%", "access_log_hint": "%DYNAMIC_METADATA(envoy.common:access_log_hint)%",
+})  # fmt: skip
+
+AUDIT_POLICY = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-admin, namespace: istio-system}
+spec:
+  action: AUDIT
+  rules:
+  - to:
+    - operation: {paths: ["/headers/admin/{**}"]}
+"""
+
+
+def metric_lines(edge, prefix: str, path: str = "/stats/prometheus", wanted=lambda lines: bool(lines)) -> list[str]:
+    """The lines of a metrics page starting with `prefix`, once `wanted` holds (workers publish every second)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        text = http_get(edge.metrics_port if path == "/stats/prometheus" else edge.admin_port, path)[1].decode()
+        lines = [l for l in text.splitlines() if l.startswith(prefix)]
+        if wanted(lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def ingress(tmp_path_factory, backends):
     """The authz-ingress gateway: labels as Istio's ingress gateway pod has them, one trusted proxy in front."""
     work = tmp_path_factory.mktemp("authz-ingress")
     log_path = work / "access.log"
-    args = ("--gateway-labels", "istio=ingressgateway,app=istio-ingressgateway", "--num-trusted-proxies", "1", "--access-log", str(log_path), "--access-log-format", "json")
+    args = ("--gateway-labels", "istio=ingressgateway,app=istio-ingressgateway", "--num-trusted-proxies", "1", "--access-log", str(log_path), "--access-log-format", "json", "--access-log-template", LOG_TEMPLATE)
     first = ingress_policy("ALLOW", "ipBlocks", ["1.2.3.4", "5.6.7.0/24"])
     with EdgeProcess(work, {"gw.yaml": config(backends, "istio-system"), "policy.yaml": first}, gateway_ports=(80, 31400), workers=1, extra_args=args) as edge:
         yield edge, log_path
@@ -210,15 +240,32 @@ def test_denials_are_counted_with_istio_labels(ingress):
             break
         time.sleep(0.2)
     assert lines and all('response_flags="-"' in l for l in lines), text[:2000]
+    # Envoy's RBAC stats as Istio's proxy exports them: the DENY filter refused it.
+    rbac = metric_lines(edge, "envoy_http_rbac{")
+    assert any('authz_enforce_result="denied"' in l and not l.endswith(" 0") for l in rbac), rbac
+
+
+def test_audit_policy_is_logged_and_counted_without_deciding(ingress):
+    edge, log_path = ingress
+    apply(edge, AUDIT_POLICY)
+    assert http_get(edge.port(80), "/headers/admin/users")[0] == 200  # AUDIT never decides
+    assert http_get(edge.port(80), "/headers/other")[0] == 200
+    assert wait_for_record(log_path, lambda r: r.get("path") == "/headers/admin/users")["access_log_hint"] is True
+    assert wait_for_record(log_path, lambda r: r.get("path") == "/headers/other")["access_log_hint"] is False
+    logged = metric_lines(edge, "http.", "/stats", lambda lines: any(".rbac.logged: " in l for l in lines))
+    assert any(".rbac.logged: " in l and not l.endswith(": 0") for l in logged), logged
+    assert any(".rbac.not_logged: " in l and not l.endswith(": 0") for l in logged), logged
 
 
 @pytest.fixture(scope="module")
 def deny_task(tmp_path_factory, backends):
     """The authz-deny gateway: namespace foo, labels app=httpbin, behind a PROXY protocol load balancer."""
     work = tmp_path_factory.mktemp("authz-deny")
-    args = ("--gateway-labels", "istio=ingressgateway,app=httpbin", "--gateway-namespace", "foo", "--proxy-protocol")
+    log_path = work / "access.log"
+    args = ("--gateway-labels", "istio=ingressgateway,app=httpbin", "--gateway-namespace", "foo", "--proxy-protocol", "--access-log", str(log_path))
     files = {"gw.yaml": config(backends, "foo"), "deny.yaml": DENY_METHOD_GET, "allow.yaml": ALLOW_PATH_IP}
     with EdgeProcess(work, files, gateway_ports=(80, 31400), workers=1, extra_args=args) as edge:
+        edge.access_log_path = log_path
         yield edge
 
 
@@ -262,3 +309,19 @@ def test_ip_blocks_see_the_proxy_protocol_source(deny_task):
 def test_tcp_connection_is_closed_when_no_allow_rule_can_match(deny_task):
     # allow-path-ip's only rule needs HTTP attributes: on TCP it is skipped, and the ALLOW filter allows nothing.
     assert proxied_request(deny_task.port(31400), "203.0.113.7", b"hello\n") == b""
+    assert proxied_request(deny_task.port(31400), "203.0.113.7", b"hello\n") == b""
+    # Counted as Istio's TCP metrics count a connection its network RBAC filter closed: opened and closed, no
+    # upstream (destination unknown), no response flag; and in Envoy's tcp.rbac.denied.
+    closed = metric_lines(deny_task, "istio_tcp_connections_closed_total{", wanted=lambda ls: any(not l.endswith(" 0") for l in ls))
+    assert any('response_flags="-"' in l and 'destination_service="unknown"' in l and int(l.rsplit(" ", 1)[1]) >= 2 for l in closed), closed
+    opened = metric_lines(deny_task, "istio_tcp_connections_opened_total{")
+    assert any('destination_service="unknown"' in l and int(l.rsplit(" ", 1)[1]) >= 2 for l in opened), opened
+    denied = metric_lines(deny_task, 'envoy_tcp_rbac{authz_enforce_result="denied"}')
+    assert denied and int(denied[0].rsplit(" ", 1)[1]) >= 2, denied
+    # The access log's TCP line carries Envoy's connection termination details: deny-method-get's rule lost its
+    # HTTP fields on TCP (Istio leaves them out of DENY rules), so it denies the connection before the ALLOW filter.
+    line = '"- - -" 0 - - rbac_access_denied_matched_policy[ns[foo]-policy[deny-method-get]-rule[0]]'
+    deadline = time.monotonic() + TIMEOUT_S
+    while line not in deny_task.access_log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert line in deny_task.access_log_path.read_text()
