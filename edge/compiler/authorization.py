@@ -72,24 +72,24 @@ class PolicyScope:
         """Istio's ShouldAttachPolicy for this gateway; a policy that does not apply is warned about."""
         ns = res.namespace
         if ns not in (self.root_namespace, self.gateway_namespace):
-            where.warn(f"AuthorizationPolicy {res.key} does not apply to this gateway: its namespace is neither the gateway's namespace ({self.gateway_namespace}, --gateway-namespace) nor the root namespace ({self.root_namespace}, --root-namespace)", "")
+            where.warn(f"{res.kind} {res.key} does not apply to this gateway: its namespace is neither the gateway's namespace ({self.gateway_namespace}, --gateway-namespace) nor the root namespace ({self.root_namespace}, --root-namespace)", "")
             return False
         refs = spec.target_refs or ([spec.target_ref] if spec.target_ref is not None else [])
         if refs and self.gateway_name is None:
-            where.warn(f"AuthorizationPolicy {res.key} does not apply to this gateway: targetRefs attach only to Kubernetes Gateway API gateways (--gateway-labels without {GATEWAY_NAME_LABEL}), as in Istio", ".targetRefs" if spec.target_refs else ".targetRef")
+            where.warn(f"{res.kind} {res.key} does not apply to this gateway: targetRefs attach only to Kubernetes Gateway API gateways (--gateway-labels without {GATEWAY_NAME_LABEL}), as in Istio", ".targetRefs" if spec.target_refs else ".targetRef")
             return False
         if refs:
             for ref in refs:
                 group = ref.group or ""
                 if ns == self.gateway_namespace and ref.namespace in ("", self.gateway_namespace) and group == GATEWAY_API_GROUP and ref.kind == "Gateway" and ref.name == self.gateway_name:
                     return True
-            where.warn(f"AuthorizationPolicy {res.key} does not apply to this gateway: no targetRef names Gateway {self.gateway_namespace}/{self.gateway_name}", ".targetRefs" if spec.target_refs else ".targetRef")
+            where.warn(f"{res.kind} {res.key} does not apply to this gateway: no targetRef names Gateway {self.gateway_namespace}/{self.gateway_name}", ".targetRefs" if spec.target_refs else ".targetRef")
             return False
         selector = spec.selector
         if selector is not None and any(self.labels.get(k) != v for k, v in selector.match_labels.items()):
             wanted = ",".join(f"{k}={v}" for k, v in sorted(selector.match_labels.items()))
             have = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
-            where.warn(f"AuthorizationPolicy {res.key} does not apply to this gateway: selector {wanted} is not among --gateway-labels {have}", ".selector.matchLabels")
+            where.warn(f"{res.kind} {res.key} does not apply to this gateway: selector {wanted} is not among --gateway-labels {have}", ".selector.matchLabels")
             return False
         return True
 

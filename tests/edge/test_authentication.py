@@ -98,6 +98,21 @@ def test_applicability_is_the_authorization_policy_rule():
 
 
 @pytest.mark.parametrize(
+    "where, extra",
+    [
+        ("default", ""),  # neither the gateway's nor the root namespace
+        ("istio-system", "  selector: {matchLabels: {app: other}}\n"),
+        ("istio-system", "  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]\n"),
+    ],
+)
+def test_a_request_authentication_that_does_not_apply_is_named_by_its_own_kind(where, extra):
+    result = compile_text(GATEWAY_80, ra(f"  - issuer: a\n    jwks: '{JWKS}'", ns=where, extra=extra))
+    notes = [d.message for d in result.diagnostics if "does not apply to this gateway" in d.message]
+    assert notes and all(m.startswith(f"RequestAuthentication {where}/ra does not apply") for m in notes), notes
+    assert not any("AuthorizationPolicy" in m for m in notes)
+
+
+@pytest.mark.parametrize(
     "name, claim",
     [
         ("@request.auth.claims.groups", ("groups",)),
