@@ -140,6 +140,18 @@ RUN_FLAGS: tuple[Flag, ...] = (
         metavar="SECONDS",
     ),  # fmt: skip
     Flag("proxy-protocol", BOOL, "false", "every connection starts with a PROXY protocol v1/v2 header, as from AWS NLB (Istio's gatewayTopology.proxyProtocol)"),
+    Flag("http2-max-concurrent-streams", INT, "100", "HTTP/2 streams a client may have open on one connection; more are refused (RST_STREAM REFUSED_STREAM) (default 100, Envoy's edge best practice)", metavar="N"),
+    Flag(
+        "http2-initial-stream-window-size", INT, "65536",
+        "HTTP/2 flow-control window of each client stream, in bytes: what a client may send ahead of the upstream (default 65536, Envoy's edge best practice)",
+        metavar="BYTES", setting="http2_initial_stream_window",
+    ),  # fmt: skip
+    Flag(
+        "http2-initial-connection-window-size", INT, "1048576",
+        "HTTP/2 flow-control window of each client connection, in bytes (default 1048576, Envoy's edge best practice)",
+        metavar="BYTES", setting="http2_initial_connection_window",
+    ),  # fmt: skip
+    Flag("http2-max-active-streams-per-worker", INT, "10000", "HTTP/2 streams in flight per worker over all its connections; more are refused (default 10000)", metavar="N"),
 )
 WORKER_FLAGS: tuple[Flag, ...] = tuple(flag for flag in RUN_FLAGS if flag.worker)
 

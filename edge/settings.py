@@ -81,6 +81,10 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     proxy_protocol: bool = False  # Istio's gatewayTopology.proxyProtocol: a PROXY header starts every connection
     dns_refresh_rate_s: float | None = None  # Istio's meshConfig.dnsRefreshRate (None: each cluster's, 60 s)
     jwks_refresh_interval_s: float = 1200.0  # istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL (edge/jwks.py)
+    http2_max_concurrent_streams: int = 100  # Envoy's edge best practice (workers/http2/limits.py)
+    http2_initial_stream_window: int = 64 * 1024
+    http2_initial_connection_window: int = 1024 * 1024
+    http2_max_active_streams_per_worker: int = 10_000
 
     def table_options(self):
         """The per-table switches workers read (edge.table.Options)."""
@@ -99,6 +103,10 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
             preserve_external_request_id=self.preserve_external_request_id,
             proxy_protocol=self.proxy_protocol,
             workers=self.workers,
+            http2_max_concurrent_streams=self.http2_max_concurrent_streams,
+            http2_initial_stream_window=self.http2_initial_stream_window,
+            http2_initial_connection_window=self.http2_initial_connection_window,
+            http2_max_active_streams_per_worker=self.http2_max_active_streams_per_worker,
         )
 
     def compile_options(self):
@@ -312,6 +320,19 @@ def _check_dns_refresh(value, raw, where, kw) -> float:
     return value
 
 
+def _check_http2_streams(value, raw, where, kw) -> int:
+    if not 1 <= value <= 2**31 - 1:
+        raise SettingsError(f"{where}: must be between 1 and 2147483647")
+    return value
+
+
+def _check_http2_window(value, raw, where, kw) -> int:
+    """Envoy's range for both windows: RFC 9113's initial 65535 up to 2^31-1."""
+    if not 65_535 <= value <= 2**31 - 1:
+        raise SettingsError(f"{where}: must be between 65535 and 2147483647")
+    return value
+
+
 _CHECKS: dict[str, Callable[[Any, object, str, dict[str, object]], object]] = {
     "workers": _check_workers,
     "access-log": _check_access_log,
@@ -323,4 +344,8 @@ _CHECKS: dict[str, Callable[[Any, object, str, dict[str, object]], object]] = {
     "http-codec": _check_http_codec,
     "num-trusted-proxies": _check_trusted_proxies,
     "dns-refresh-rate": _check_dns_refresh,
+    "http2-max-concurrent-streams": _check_http2_streams,
+    "http2-initial-stream-window-size": _check_http2_window,
+    "http2-initial-connection-window-size": _check_http2_window,
+    "http2-max-active-streams-per-worker": _check_http2_streams,
 }

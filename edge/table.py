@@ -427,6 +427,11 @@ class Options(Frozen):
     proxy_protocol: bool = False  # every connection starts with a PROXY protocol header (gatewayTopology.proxyProtocol)
     cluster_domain: str = "cluster.local"
     workers: int = 1  # worker processes sharing per-gateway limits (circuit breakers are divided by it)
+    # HTTP/2 from clients (workers/http2/limits.py): Envoy's edge best-practice values by default.
+    http2_max_concurrent_streams: int = 100
+    http2_initial_stream_window: int = 64 * 1024
+    http2_initial_connection_window: int = 1024 * 1024
+    http2_max_active_streams_per_worker: int = 10_000
 
 
 class RoutingTable(Frozen):

@@ -48,6 +48,8 @@ PURE_MODULES = [
     "workers/http/request.py",
     "workers/http/replies.py",
     "workers/http/retry.py",
+    "workers/http2/limits.py",
+    "workers/http2/request.py",
     "workers/tls/sni.py",
     "workers/tls/certs.py",
     "workers/tls/xfcc.py",
@@ -61,7 +63,7 @@ WORKER_ALLOWED_FROM_EDGE = {
     "edge.stats_shm",  # the stats segment DESIGN.md describes beside the table segment; workers write their slots
     "edge.flags",  # the flags table: the worker's own argv parser is derived from it (pure)
 }
-HANDLER_PACKAGES = ("workers.http", "workers.l4", "workers.tls")
+HANDLER_PACKAGES = ("workers.http", "workers.http2", "workers.l4", "workers.tls")
 SHELL_MODULES = {"workers.main", "workers.listeners"}
 
 

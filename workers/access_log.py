@@ -292,6 +292,7 @@ class _SecondPrefix:
         return self.prefix
 
 
+_PROTOCOLS = {b"1.0": b"HTTP/1.0", b"2": b"HTTP/2"}  # Request.http_version → %PROTOCOL% (else HTTP/1.1)
 _CLOCK = _SecondPrefix()
 
 
@@ -335,7 +336,7 @@ def request_line(log, json: bool) -> bytes | None:
         log.route_name, log.flags, log.details, log.upstream_host, log.upstream_cluster, log.upstream_local,
     )  # fmt: skip
     peer, local, sni = down.peer, down.local, down.sni or "-"
-    protocol = b"HTTP/1.0" if request.http_version == b"1.0" else b"HTTP/1.1"
+    protocol = _PROTOCOLS.get(request.http_version, b"HTTP/1.1")
     if json:
         strs, addresses = _JSON_STR.cache, _JSON_ADDRESS.cache
         miss, address_miss = _JSON_STR.miss, _JSON_ADDRESS.miss

@@ -137,6 +137,7 @@ class ConnectionRegistry:
         self.upstream_waiting: set = set()  # those whose request waits on an upstream response head
         self.parked = Parker(self.closed)  # idle ones held without a task (counted in `active` until closed)
         self.idle_tasks = 0  # HTTP connections waiting idle in their own task
+        self.h2: set = set()  # HTTP/2 connections (workers/http2/connection.py): close_idle sweeps them too
         self._slot_free = trio.Event()
 
     # ------------------------------------------------------------------ counting
@@ -174,6 +175,8 @@ class ConnectionRegistry:
 
     def close_idle(self, now: float, idle_timeout_s: float) -> None:
         self.parked.sweep(now, idle_timeout_s)
+        for h2c in list(self.h2):  # idle, draining or their listener gone: the two-step GOAWAY
+            h2c.sweep(now, idle_timeout_s)
         for down in list(self.http):
             if down.state == STATE_IDLE and now - down.since >= idle_timeout_s and down.scope is not None:
                 down.scope.cancel()

@@ -59,6 +59,10 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "dns-refresh-rate": ("30", 30.0),
     "jwks-refresh-interval": ("60", 60.0),
     "proxy-protocol": ("true", True),
+    "http2-max-concurrent-streams": ("50", 50),
+    "http2-initial-stream-window-size": ("131072", 131072),
+    "http2-initial-connection-window-size": ("2097152", 2097152),
+    "http2-max-active-streams-per-worker": ("500", 500),
 }
 # A template in the JSON encoding needs --access-log-format json beside it.
 COMPANIONS = {"access-log-template": {"access_log_format": "json"}}

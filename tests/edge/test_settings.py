@@ -74,6 +74,9 @@ def test_parse_port_map_rejects(text):
         ({"num_trusted_proxies": "65"}, "--num-trusted-proxies: must be between 0 and 64"),
         ({"dns_refresh_rate": "soon"}, "--dns-refresh-rate: 'soon' is not a number of seconds"),
         ({"dns_refresh_rate": "0.05"}, "--dns-refresh-rate: '0.05' is below 0.1 s"),
+        ({"http2_initial_stream_window_size": "1000"}, "--http2-initial-stream-window-size: must be between 65535 and 2147483647"),
+        ({"http2_initial_connection_window_size": "2147483648"}, "--http2-initial-connection-window-size: must be between 65535 and 2147483647"),
+        ({"http2_max_concurrent_streams": "0"}, "--http2-max-concurrent-streams: must be between 1 and 2147483647"),
     ],
 )
 def test_bad_values_name_their_flag(flags, message):

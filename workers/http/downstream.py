@@ -33,7 +33,7 @@ BODY_CHUNK_BYTES = 64 * 1024  # response bytes coalesced before a send
 class Http1Downstream:
     """One client connection: its transport, codec state and where it came from; and, one at a time, its request."""
 
-    __slots__ = ("ctx", "transport", "conn", "peer_ip", "peer", "local", "scheme", "scheme_bytes", "listener_key", "chain_index", "sni", "must_close", "scope", "state", "since", "client_gone", "fresh", "response_started", "activity", "stream_timed_out", "client_cert", "pending", "waiting", "_facts", "park_requested")
+    __slots__ = ("ctx", "transport", "conn", "peer_ip", "peer", "local", "scheme", "scheme_bytes", "listener_key", "chain_index", "sni", "must_close", "scope", "state", "since", "client_gone", "fresh", "response_started", "activity", "stream_timed_out", "client_cert", "pending", "waiting", "_facts", "park_requested", "preface")
 
     def __init__(self, ctx: WorkerContext, transport: Transport, peer: tuple, local: tuple, scheme: str, listener_key: str, chain_index: int = -1, sni: str = "", client_cert: bytes | None = None):
         self.ctx = ctx
@@ -57,6 +57,7 @@ class Http1Downstream:
         self.activity = 0.0  # monotonic time bytes last moved for the request in flight (the stream idle timeout)
         self.stream_timed_out = False
         self.park_requested = False  # the idle sweep cancelled the idle wait to park it (workers/http/server.py)
+        self.preface: bytes | None = b""  # the first bytes while they may be HTTP/2's preface; None once decided
         self._facts: ConnectionFacts | None = None
         self.client_cert = client_cert  # x-forwarded-client-cert of a verified client certificate (workers/tls/xfcc.py)
         self.pending = b""  # response bytes not sent yet

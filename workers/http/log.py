@@ -38,6 +38,7 @@ class RequestLog:
     upstream_path: bytes | None = None  # the request target sent upstream (after rewrites)
     upstream_original_path: bytes | None = None  # x-envoy-original-path, when the route rewrote the path
     response_headers: list | None = None  # the response head sent to the client (custom log templates read it)
+    grpc_status = -1  # the gRPC status answered (trailers, trailers-only headers, or a gRPC local reply); -1 = none
     rbac = None  # workers/authz.RbacCounts of the AuthorizationPolicy filters this request went through (None: none)
 
     def __init__(self, start: float, down=None, request: Request | None = None):
@@ -62,7 +63,8 @@ class RequestLog:
 
     @property
     def protocol(self) -> str:
-        return "HTTP/1.0" if self.request is not None and self.request.http_version == b"1.0" else "HTTP/1.1"
+        version = self.request.http_version if self.request is not None else b""
+        return "HTTP/1.0" if version == b"1.0" else "HTTP/2" if version == b"2" else "HTTP/1.1"
 
     @property
     def authority(self) -> str:

@@ -41,12 +41,15 @@ from workers.http.request import Answer, Redirect, decide_action, find_route, re
 from workers.http.respond import local_reply, send_before_close, send_closing_reply
 from workers.http.retry import RETRY_BUFFER_BYTES
 from workers.netio import SocketTransport
+from workers.http2.connection import serve_h2
+from workers.http2.limits import PREFACE_MATCH, PREFACE_NO, preface_verdict
 
 # How a connection's request handling may end without an answer from us: the client or its transport went away,
 # or a response broke after it started. The connection just closes.
 _QUIET_ENDINGS = (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone, ResponseAborted)
 _PARK = object()  # _read_request_head's value for "idle: park it" (workers/parking.py)
 _HAND_OVER = object()  # ... for "bytes arrived as the sweep asked to park: a fresh task goes on at once"
+_HTTP2 = object()  # ... for "the connection's first bytes are HTTP/2's preface" (held in down.preface)
 
 
 async def serve_http(ctx: WorkerContext, sock: socket.socket, key: str) -> bool | None:
@@ -79,6 +82,10 @@ async def serve_http_connection(down: Http1Downstream) -> bool | None:
                 if request is _PARK:
                     parked = _park(down)
                     return parked or None
+                if request is _HTTP2:
+                    registry.http.discard(down)
+                    await serve_h2_connection(down, down.preface)
+                    return
                 if request is _HAND_OVER:
                     down.park_requested = False
                     registry.parked.hand_over(down)
@@ -108,6 +115,12 @@ async def serve_http_connection(down: Http1Downstream) -> bool | None:
         registry.upstream_waiting.discard(down)
         if not parked:
             await down.transport.aclose()
+
+
+async def serve_h2_connection(down: Http1Downstream, received: bytes) -> None:
+    """HTTP/2 on this connection (h2c with prior knowledge, or h2 by ALPN): each stream goes through the same
+    request pipeline as an HTTP/1 request (_serve_request); `received` starts with the preface, when read."""
+    await serve_h2(down, received, _serve_request)
 
 
 def _park(down: Http1Downstream, since: float | None = None) -> bool:
@@ -157,6 +170,15 @@ async def _read_request_head(down: Http1Downstream) -> Request | object | None:
             if buffered:
                 await send_closing_reply(down, RequestLog(time.time(), down), LOCAL_REPLIES["request_header_timeout"])
             return None
+        if down.preface is not None and data:  # the connection's first bytes: HTTP/2 with prior knowledge?
+            data = down.preface + data
+            verdict = preface_verdict(data)
+            if verdict != PREFACE_NO:  # the preface, or a prefix of it so far (sent byte by byte): read on
+                down.preface = data
+                if verdict == PREFACE_MATCH:
+                    return _HTTP2
+                continue
+            down.preface = None
         conn.receive_data(data)
 
 

@@ -8,7 +8,7 @@
 #   so the verify mode — MUTUAL — and the protocol versions would stay the first context's.)
 # - A passthrough chain (tls None) splices the raw bytes, hello included (workers/l4/tcp.py). A terminating chain
 #   serves HTTP (route_config, scheme "https", the chain's own router) or splices the decrypted bytes to its tcp
-#   route (Gateway protocol TLS + SIMPLE).
+#   route (Gateway protocol TLS + SIMPLE). An HTTP chain offers ALPN h2,http/1.1; h2 chosen → workers/http2.
 # - The ClientHello and the handshake share one deadline: Options.tls_handshake_timeout_s (Istio: 15 s).
 # - Client certificates (MUTUAL, or OPTIONAL_MUTUAL when one is presented): the chain is verified by OpenSSL
 #   against the chain's CA; SANs and pins are checked right after the handshake; a failure closes the connection
@@ -25,16 +25,19 @@ import trio
 from edge.table import ServerTLS
 from workers.context import WorkerContext
 from workers.http.downstream import Http1Downstream
-from workers.http.server import serve_http_connection
+from workers.http.server import serve_h2_connection, serve_http_connection
 from workers.l4.tcp import new_tcp_log, proxy_l4
 from workers.netio import TransportClosed
 from workers.tls.certs import client_certificate_failure
-from workers.tls.contexts import HTTP_ALPN, TLSContexts
+from workers.tls.contexts import TLSContexts
 from workers.tls.sni import ClientHello, ClientHelloReader, SNIParseError
 from workers.tls.transport import TLSTransport
 from workers.tls.xfcc import forwarded_client_cert
 
 CLIENT_HELLO_READ_BYTES = 16 * 1024
+# What a terminating HTTP chain offers by ALPN: HTTP/2 first, as Istio's gateways (Envoy: h2,http/1.1); a client
+# that offers no ALPN gets HTTP/1.1 (or HTTP/2 with prior knowledge: workers/http/server.py reads its preface).
+SERVER_ALPN = ("h2", "http/1.1")
 
 
 class HelloRead(NamedTuple):
@@ -89,7 +92,7 @@ async def serve_tls(ctx: WorkerContext, sock: socket.socket, key: str) -> bool |
         if chain.tcp is not None:
             await proxy_l4(ctx, snapshot, sock, chain.tcp, new_tcp_log(sock, key, server_name), read.buffered)
         return
-    context = contexts.server(chain.tls, HTTP_ALPN if chain.route_config is not None else ())
+    context = contexts.server(chain.tls, SERVER_ALPN if chain.route_config is not None else ())
     if context is None:
         return
     try:
@@ -103,7 +106,11 @@ async def serve_tls(ctx: WorkerContext, sock: socket.socket, key: str) -> bool |
         if not await _handshake(transport, deadline) or _refused_client(transport, chain.tls):
             return None
         if chain.route_config is not None:
-            parked = await serve_http_connection(Http1Downstream(ctx, transport, peer, local, "https", key, index, server_name or "", _client_cert_header(transport, chain.tls)))
+            down = Http1Downstream(ctx, transport, peer, local, "https", key, index, server_name or "", _client_cert_header(transport, chain.tls))
+            if transport.selected_alpn_protocol() == "h2":
+                await serve_h2_connection(down, b"")
+            else:
+                parked = await serve_http_connection(down)
         elif chain.tcp is not None:
             await proxy_l4(ctx, snapshot, transport, chain.tcp, new_tcp_log(sock, key, server_name))
     finally:
