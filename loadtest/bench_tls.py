@@ -8,6 +8,13 @@
 #     nginx-tls    nginx terminating TLS (worker_processes = --workers), proxy_pass with keepalive
 #     edge-https   edge terminating TLS (Gateway HTTPS SIMPLE, --workers workers)
 #     edge-http    edge on plain HTTP, for the cost of TLS inside edge
+#   New TLS connections/s (issue 13, item 6): the same wrk with `-H "Connection: close"`, one request per connection:
+#     nginx-tls-close, edge-https-close. wrk keeps its SSL object across reconnects (SSL_clear), so it offers the
+#     last session again: these are mostly RESUMED TLS 1.2 handshakes, as a browser's would be. Hence also:
+#   Handshakes/s with openssl s_time (one client, sequential, GET / per connection), against nginx-tls and
+#   edge-https: `-new` (full TLS 1.3 handshakes, ECDSA P-256 + X25519) and `-reuse` (session resumption), and a
+#   resumption check: RESUMPTION_PROBES Python clients each offer the session (ticket) of the previous
+#   connection; how many were resumed (with several workers a ticket only resumes on the worker that issued it).
 #   Throughput in MB/s (curl, one stream, a --transfer-mb blob; download = backend → client, upload the other
 #   way):
 #     direct-tcp        curl http:// straight to the backend
@@ -25,8 +32,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
+import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -54,11 +64,18 @@ RESULTS_DIR = LOADTEST_DIR / "results"
 SNI = "bench.example"
 LOAD_GRACE_S = 30.0
 TRANSFER_TIMEOUT_S = 120.0
-RPS_TARGETS = ("nginx-tls", "edge-https", "edge-http")
+RPS_TARGETS = ("nginx-tls", "edge-https", "edge-http", "nginx-tls-close", "edge-https-close")
+HANDSHAKE_TARGETS = ("nginx-tls", "edge-https")
+HANDSHAKE_MODES = ("new", "reuse")
+RESUMPTION_PROBES = 20
+S_TIME_GRACE_S = 30.0
 TRANSFER_TARGETS = ("direct-tcp", "edge-tcp", "direct-tls", "edge-passthrough")
 DIRECTIONS = ("download", "upload")
 RATIOS = (
     ("https req/s", "edge-https", "nginx-tls", "rps"),
+    ("new TLS connections/s (wrk close)", "edge-https-close", "nginx-tls-close", "rps"),
+    ("full handshakes/s (s_time -new)", "edge-https", "nginx-tls", "new"),
+    ("resumed handshakes/s (s_time -reuse)", "edge-https", "nginx-tls", "reuse"),
     ("tcp download MB/s", "edge-tcp", "direct-tcp", "download"),
     ("tcp upload MB/s", "edge-tcp", "direct-tcp", "upload"),
     ("passthrough download MB/s", "edge-passthrough", "direct-tls", "download"),
@@ -233,8 +250,10 @@ def start_edge(tmp: Path, conf: str, workers: int) -> tuple[targets.Proc, dict[i
 # Load
 
 
-def wrk(url: str, connections: int, seconds: int) -> dict:
+def wrk(url: str, connections: int, seconds: int, close: bool = False) -> dict:
     argv = ["wrk", "-t1", "-c", str(connections), "-d", f"{seconds}s", "--timeout", "5s", "-s", str(WRK_DIR / "report.lua"), url]
+    if close:
+        argv[1:1] = ["-H", "Connection: close"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + LOAD_GRACE_S, check=False)
     for line in done.stdout.splitlines():
         if line.startswith(JSON_MARK):
@@ -256,6 +275,40 @@ def curl_transfer(url: str, direction: str, blob: Path, port: int | None) -> tup
         raise LoadFailed(f"curl {direction} {url}: {done.stderr.strip()[-300:]}")
     seconds, size = done.stdout.split()
     return float(seconds), int(float(size))
+
+
+def s_time(port: int, mode: str, seconds: int) -> dict:
+    """openssl s_time against 127.0.0.1:port: connections/s (wall clock) with full handshakes (`new`) or resumed
+    ones (`reuse`), and how many of them were resumed (s_time prints `r` per resumed connection)."""
+    argv = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-www", "/", "-time", str(seconds), f"-{mode}"]
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + S_TIME_GRACE_S, check=False)
+    wall = time.monotonic() - started
+    match = re.search(r"(\d+) connections in [\d.]+s", done.stdout)
+    if match is None:
+        raise LoadFailed(f"s_time printed no result: {(done.stderr or done.stdout)[-300:]}")
+    count = int(match.group(1))
+    # s_time prints one character per connection: r resumed, * (or t, 3: older versions) a full handshake.
+    progress = max(re.findall(r"[*rt3]+", done.stdout[: match.start()]), key=len, default="")
+    return {"rps": count / wall, "connections": count, "resumed": progress.count("r")}
+
+
+def resumption_probe(port: int, count: int = RESUMPTION_PROBES) -> int:
+    """Python clients, each offering the session of the previous connection (TLS 1.3 tickets): how many resumed."""
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    session = None
+    resumed = 0
+    for _ in range(count + 1):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with client.wrap_socket(raw, server_hostname=SNI, session=session) as sock:
+                resumed += sock.session_reused
+                sock.sendall(f"GET / HTTP/1.1\r\nHost: {SNI}\r\nConnection: close\r\n\r\n".encode())
+                while sock.recv(65536):  # the answer, and the tickets sent after the handshake
+                    pass
+                session = sock.session
+    return resumed
 
 
 def cpu_of(proc: targets.Proc | None):
@@ -309,7 +362,10 @@ def main(argv: list[str] | None = None) -> int:
             "nginx-tls": (f"https://127.0.0.1:{nginx_port}/", nginx_tls),
             "edge-https": (f"https://127.0.0.1:{gw[HTTPS_PORT]}/", edge),
             "edge-http": (f"http://127.0.0.1:{gw[HTTP_PORT]}/", edge),
+            "nginx-tls-close": (f"https://127.0.0.1:{nginx_port}/", nginx_tls),
+            "edge-https-close": (f"https://127.0.0.1:{gw[HTTPS_PORT]}/", edge),
         }
+        handshake_ports = {"nginx-tls": (nginx_port, nginx_tls), "edge-https": (gw[HTTPS_PORT], edge)}
         transfer_urls = {
             "direct-tcp": (f"http://127.0.0.1:{http_port}", None, None),
             "edge-tcp": (f"http://127.0.0.1:{gw[TCP_PORT]}", None, edge),
@@ -319,15 +375,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_tls {started_at} ({sha}): {args.workers} worker(s) for edge and nginx-tls; wrk -c{args.connections}, "
               f"{args.rounds} rounds x {args.duration} s (+{args.warmup} s warm-up); transfers of {args.transfer_mb} MB; tmp {tmp}")
         for round_no in range(1, args.rounds + 1):
-            results: dict = {"rps": {}, "download": {}, "upload": {}}
+            results: dict = {"rps": {}, "download": {}, "upload": {}, "new": {}, "reuse": {}}
             for name, (url, proc) in rps_urls.items():
+                close = name.endswith("-close")
                 if args.warmup:
-                    wrk(url, args.connections, args.warmup)
+                    wrk(url, args.connections, args.warmup, close)
                 before = cpu_of(proc)
-                load = wrk(url, args.connections, args.duration)
+                load = wrk(url, args.connections, args.duration, close)
                 cpu_s = procstat.cpu_delta_s(before, cpu_of(proc))
                 results["rps"][name] = {"rps": load["rps"], "errors": load["errors"], "latency_us": load["latency_us"],
                                         "cpu_us_per_req": cpu_s * 1e6 / load["requests"] if load["requests"] else None}
+            for mode in HANDSHAKE_MODES:
+                for name, (port, proc) in handshake_ports.items():
+                    before = cpu_of(proc)
+                    run = s_time(port, mode, args.duration)
+                    cpu_s = procstat.cpu_delta_s(before, cpu_of(proc))
+                    results[mode][name] = {**run, "cpu_us_per_req": cpu_s * 1e6 / run["connections"] if run["connections"] else None}
+            results["resumption_probe"] = {name: resumption_probe(port) for name, (port, _proc) in handshake_ports.items()}
             for direction in DIRECTIONS:
                 for name, (url, port, proc) in transfer_urls.items():
                     curl_transfer(url, direction, blob, port)  # warm-up: page cache, connection setup paths
@@ -339,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
             rounds.append(results)
             print(f"round {round_no}/{args.rounds}: " + "  ".join(
                 [f"{n} {r['rps']:.0f} req/s" for n, r in results["rps"].items()]
+                + [f"s_time -{m} {n} {r['rps']:.0f}/s ({r['resumed']} resumed)" for m in HANDSHAKE_MODES for n, r in results[m].items()]
+                + [f"probe {n} {k}/{RESUMPTION_PROBES} resumed" for n, k in results["resumption_probe"].items()]
                 + [f"{d} {n} {r['mb_s']:.0f} MB/s" for d in DIRECTIONS for n, r in results[d].items()]))
         summary = summarize(rounds)
         print()
@@ -372,17 +438,21 @@ def main(argv: list[str] | None = None) -> int:
 def summarize(rounds: list[dict]) -> dict:
     """Medians over rounds, and each ratio computed within a round, then its median (drift cancels)."""
     medians: dict = {}
-    for kind, key in (("rps", "rps"), ("download", "mb_s"), ("upload", "mb_s")):
+    for kind, key in (("rps", "rps"), ("new", "rps"), ("reuse", "rps"), ("download", "mb_s"), ("upload", "mb_s")):
         names = rounds[0][kind].keys()
         medians[kind] = {n: statistics.median(r[kind][n][key] for r in rounds) for n in names}
-        cpu_key = "cpu_us_per_req" if kind == "rps" else "edge_cpu_s_per_gb"
+        cpu_key = "cpu_us_per_req" if kind in ("rps", "new", "reuse") else "edge_cpu_s_per_gb"
         medians[kind + "_cpu"] = {n: statistics.median(v) for n in names
                                   if (v := [r[kind][n][cpu_key] for r in rounds if r[kind][n][cpu_key] is not None])}
     ratios = {}
     for label, a, b, kind in RATIOS:
-        key = "rps" if kind == "rps" else "mb_s"
+        key = "rps" if kind in ("rps", "new", "reuse") else "mb_s"
         ratios[label] = statistics.median(r[kind][a][key] / r[kind][b][key] for r in rounds)
-    return {"medians": medians, "ratios": ratios}
+    # Keep-alive HTTPS against plain HTTP inside edge: CPU per request, per round (target: within 10 %).
+    ratios["https/http CPU per request (edge)"] = statistics.median(
+        r["rps"]["edge-https"]["cpu_us_per_req"] / r["rps"]["edge-http"]["cpu_us_per_req"] for r in rounds)
+    resumption = {n: [r["resumption_probe"][n] for r in rounds] for n in rounds[0]["resumption_probe"]}
+    return {"medians": medians, "ratios": ratios, "resumption_probe": resumption}
 
 
 def render(summary: dict, args: argparse.Namespace) -> str:
@@ -391,6 +461,12 @@ def render(summary: dict, args: argparse.Namespace) -> str:
     for name, value in m["rps"].items():
         cpu = m["rps_cpu"].get(name)
         lines.append(f"  {name:<18} {value:>10.0f} req/s" + (f"   {cpu:>7.0f} CPU µs/req" if cpu else ""))
+    for mode in HANDSHAKE_MODES:
+        for name, value in m[mode].items():
+            cpu = m[mode + "_cpu"].get(name)
+            lines.append(f"  s_time -{mode:<6} {name:<12} {value:>7.0f} connections/s" + (f"   {cpu:>7.0f} CPU µs/connection" if cpu else ""))
+    for name, counts in summary["resumption_probe"].items():
+        lines.append(f"  resumption probe {name:<12} {'/'.join(map(str, counts))} of {RESUMPTION_PROBES} resumed (per round)")
     for direction in DIRECTIONS:
         for name, value in m[direction].items():
             cpu = m[direction + "_cpu"].get(name)

@@ -168,7 +168,15 @@ class TLSTransport:
                 await self._fairness()
             return data
 
-    recv_waiting = recv  # the TLS layer reads records as they come either way
+    async def recv_waiting(self, max_bytes: int = TRANSPORT_RECV_BYTES) -> bytes:
+        """recv() for when bytes are unlikely to be there yet (a keep-alive connection between requests): with no
+        record and no plaintext held in the session, wait for the socket first, saving the read that would fail
+        with SSLWantReadError (~1.3 µs, an exception object built by the ssl module)."""
+        if not self._incoming.pending and not self.ssl_object.pending():
+            if self._outgoing.pending:
+                await self._flush()  # a post-handshake reply queued by the last read (KeyUpdate)
+            await self._fill()
+        return await self.recv(max_bytes)
 
     def has_unread(self) -> bool:
         """Bytes (a record, a close_notify), EOF or an error waiting on the socket: a pooled connection that said
