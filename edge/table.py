@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-TABLE_LAYOUT_VERSION = 2  # 2: authorization, jwt_rules, HeaderMatcher.claim (issue 15)
+TABLE_LAYOUT_VERSION = 3  # 2: authorization, jwt_rules, HeaderMatcher.claim (issue 15); 3: upstream HTTP/2 (issue 12)
 
 # StringMatcher kinds (a table, not an enum, so that msgpack stays small and workers index by int).
 MATCH_EXACT = 0
@@ -43,6 +43,11 @@ PROTO_TLS = "TLS"  # passthrough by SNI (filter chains without TLS contexts) or 
 PROTO_TCP = "TCP"  # opaque TCP
 
 UNLIMITED = 2**32 - 1  # Istio's default circuit-breaker thresholds
+
+# Cluster.upstream_protocol values.
+UPSTREAM_HTTP1 = "HTTP/1.1"
+UPSTREAM_HTTP2 = "HTTP/2"
+UPSTREAM_CLIENT = "CLIENT"  # useClientProtocol: HTTP/2 for HTTP/2 requests, HTTP/1.1 for the others
 
 
 class Frozen(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -368,6 +373,10 @@ class ConnectionPool(Frozen):
     max_requests_per_connection: int = 0  # 0 = unlimited
     max_retries: int = UNLIMITED
     idle_timeout_s: float = 3600.0
+    # HTTP/2 upstreams (workers/http2/client.py): streams per connection (0 = the peer's MAX_CONCURRENT_STREAMS
+    # alone), and connectionPool.http.http2KeepAlive as (interval_s, timeout_s) PINGs, None = off.
+    max_concurrent_streams: int = 0
+    h2_keepalive: tuple[float, float] | None = None
 
 
 class OutlierPolicy(Frozen):
@@ -398,6 +407,9 @@ class Cluster(Frozen):
     port: int
     subset: str = ""
     protocol: str = ""  # ServicePort.protocol (HTTP, HTTPS, TCP, …)
+    # The protocol spoken to the endpoints, decided at compile time (edge/compiler/clusters.upstream_protocol):
+    # UPSTREAM_HTTP1, UPSTREAM_HTTP2, or UPSTREAM_CLIENT (DestinationRule useClientProtocol: the request's own).
+    upstream_protocol: str = "HTTP/1.1"
     resolution: str = "STATIC"  # STATIC | DNS | DNS_ROUND_ROBIN
     endpoints: tuple[Endpoint, ...] = ()
     lb_policy: str = "LEAST_REQUEST"  # ROUND_ROBIN | LEAST_REQUEST | RANDOM | PASSTHROUGH | CONSISTENT_HASH

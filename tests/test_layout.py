@@ -40,6 +40,7 @@ PURE_MODULES = [
     "workers/paths.py",
     "workers/overload.py",
     "workers/route_policies.py",
+    "workers/http2/client_rules.py",
     "workers/http/framing.py",
     "workers/http/codec.py",
     "workers/http/codec_h11.py",

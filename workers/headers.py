@@ -2,7 +2,8 @@
 #
 # Rules (RFC 9110 §7.6.1, RFC 9112, and what Envoy does at an Istio ingress gateway):
 # - Hop-by-hop headers never cross the proxy, in either direction: Connection and every name it lists,
-#   Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding and Upgrade. Message framing is re-done by
+#   Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding and Upgrade; TE's `trailers` alone is sent on as
+#   `te: trailers` (Envoy forwards it: gRPC requires it, RFC 9113 §8.2.2 allows it). Message framing is re-done by
 #   the proxy on each side: a request goes upstream with the Content-Length or chunked coding the proxy
 #   derived from the body it framed (never the client's header), and a Connection header cannot nominate away
 #   Host, the framing or any header the proxy sets.
@@ -201,10 +202,15 @@ def upstream_request_headers(
     dropped = _DROPPED_REQUEST
     if nominated:
         dropped = dropped | (nominated - _NEVER_NOMINATED)
+    te_trailers = False
     for name, value in headers:
         if name in HOP_BY_HOP or name in dropped:
+            if name == b"te" and b"trailers" in value.lower():
+                te_trailers = any(part.split(b";")[0].strip() == b"trailers" for part in value.lower().split(b","))
             continue
         out.append((name, value))
+    if te_trailers:  # the one TE value that crosses (Envoy forwards `te: trailers` and strips any other)
+        out.append((b"te", b"trailers"))
     out.append((b"x-forwarded-for", forwarded.xff))
     out.append((b"x-forwarded-proto", forwarded.proto))
     out.append((b"x-envoy-external-address", forwarded.client_ip))

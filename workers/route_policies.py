@@ -12,6 +12,15 @@
 # - Fault (envoy.filters.http.fault): delay and abort are decided independently, each with its own
 #   percentage in parts per million; the delay happens first, then the abort. An HTTP abort answers the
 #   status with the body "fault filter abort"; a gRPC abort answers 200 with grpc-status.
+# - gRPC (Envoy's router and local replies, as an Istio gateway configures them): a request is gRPC when its
+#   content-type is application/grpc or application/grpc+… / ;… (Grpc::Common::isGrpcRequestHeaders). Istio sets
+#   the route's max_grpc_timeout to the route timeout (route.go), so a gRPC request's timeout is its grpc-timeout
+#   header capped by the route timeout (0 = no cap; no header = the cap), and the header sent upstream is
+#   rewritten to the time the try has left. retryOn cancelled / deadline-exceeded / internal /
+#   resource-exhausted / unavailable retry on the grpc-status of the response *headers* (trailers-only
+#   responses; Envoy's RetryStateImpl does not wait for trailers). A local reply to a gRPC request is a
+#   trailers-only HTTP 200 with grpc-status from Envoy's Grpc::Utility::httpToGrpcStatus and the body as a
+#   percent-encoded grpc-message.
 # - Consistent hash (route hash_policy): the key is a header value, a cookie, the client IP or a query
 #   parameter. A missing header/query/cookie means "no hash" (the balancer then picks as round robin),
 #   except a cookie policy with a TTL: the gateway generates the cookie, hashes it, and sets it on the response.
@@ -173,3 +182,100 @@ def set_cookie_value(policy: HashPolicy, value: bytes) -> bytes:
         parts.append(name.encode("latin-1") + (b"=" + attr.encode("latin-1") if attr else b""))
     parts.append(b"HttpOnly")
     return b"; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# gRPC
+# ---------------------------------------------------------------------------------------------------------
+
+GRPC_CONTENT_TYPE = b"application/grpc"
+# Envoy's Grpc::Utility::httpToGrpcStatus (itself grpc's doc/http-grpc-status-mapping.md); anything else is 2.
+HTTP_TO_GRPC_STATUS = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+GRPC_UNKNOWN = 2
+# retryOn policies read from a response's grpc-status header (Envoy's x-envoy-retry-grpc-on values).
+GRPC_RETRY_ON = {"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8, "internal": 13, "unavailable": 14}
+# grpc-timeout units (gRPC over HTTP/2, "Timeout → TimeoutValue TimeoutUnit", at most 8 digits) in seconds.
+GRPC_TIMEOUT_UNITS = {0x48: 3600.0, 0x4D: 60.0, 0x53: 1.0, 0x6D: 1e-3, 0x75: 1e-6, 0x6E: 1e-9}  # H M S m u n
+GRPC_TIMEOUT_MAX_DIGITS = 8
+# grpc-message percent-encoding (gRPC over HTTP/2): bytes outside 0x20..0x7E, and "%" itself, become %XX.
+_GRPC_MESSAGE_SAFE = frozenset(range(0x20, 0x7F)) - {0x25}
+
+
+def is_grpc(content_type: bytes | None) -> bool:
+    """Envoy's Grpc::Common::hasGrpcContentType: application/grpc, application/grpc+proto, application/grpc;…
+    (grpc-web's application/grpc-web… is not gRPC here)."""
+    if content_type is None or not content_type.startswith(GRPC_CONTENT_TYPE):
+        return False
+    rest = content_type[len(GRPC_CONTENT_TYPE) :]
+    return not rest or rest[:1] in (b"+", b";")
+
+
+def parse_grpc_timeout(value: bytes | None) -> float | None:
+    """A grpc-timeout header in seconds; None when absent or malformed (then it is ignored, as Envoy does)."""
+    if not value or len(value) < 2:
+        return None
+    digits, unit = value[:-1], value[-1]
+    if len(digits) > GRPC_TIMEOUT_MAX_DIGITS or not digits.isdigit() or unit not in GRPC_TIMEOUT_UNITS:
+        return None
+    return int(digits) * GRPC_TIMEOUT_UNITS[unit]
+
+
+def format_grpc_timeout(seconds: float) -> bytes:
+    """A grpc-timeout value for `seconds` (> 0): milliseconds, rounded up, in the smallest unit whose value
+    fits 8 digits (Envoy's Grpc::Common::toGrpcTimeout writes milliseconds the same way)."""
+    ms = max(1, -int(-seconds * 1000 // 1))
+    for unit, scale in ((b"m", 1), (b"S", 1000), (b"M", 60_000), (b"H", 3_600_000)):
+        value = -(-ms // scale)
+        if value < 10**GRPC_TIMEOUT_MAX_DIGITS:
+            return b"%d" % value + unit
+    return b"99999999H"
+
+
+def grpc_timeout_s(route_timeout_s: float, header: bytes | None) -> float:
+    """The timeout of a gRPC request (0 = none): Envoy's finalTimeout with max_grpc_timeout = the route timeout."""
+    requested = parse_grpc_timeout(header) or 0.0
+    if route_timeout_s > 0 and (requested <= 0 or requested > route_timeout_s):
+        return route_timeout_s
+    return requested
+
+
+def grpc_status_of(headers) -> int:
+    """The grpc-status of a header list, -1 when absent or not a number."""
+    for name, value in headers:
+        if name == b"grpc-status":
+            return int(value) if value.isdigit() and len(value) <= 3 else -1
+    return -1
+
+
+def grpc_status_retriable(code: int, retry_on) -> bool:
+    """Whether a response's header grpc-status `code` is retried under `retry_on`."""
+    if code <= 0:
+        return False
+    for policy in retry_on:
+        if GRPC_RETRY_ON.get(policy) == code:
+            return True
+    return False
+
+
+def percent_encode_grpc_message(message: bytes) -> bytes:
+    if all(b in _GRPC_MESSAGE_SAFE for b in message):
+        return message
+    return b"".join(bytes((b,)) if b in _GRPC_MESSAGE_SAFE else b"%%%02X" % b for b in message)
+
+
+def grpc_local_reply_headers(http_status: int, message: bytes, given: list | None = None) -> list[tuple[bytes, bytes]]:
+    """The headers of a trailers-only gRPC local reply for an HTTP local reply `http_status` with body `message`;
+    a grpc-status already among `given` (a fault abort's) is kept."""
+    out = [(b"content-type", GRPC_CONTENT_TYPE)]
+    kept = [h for h in given or () if h[0] not in (b"content-type", b"grpc-status", b"grpc-message")]
+    status = grpc_status_of(given) if given else -1
+    if status < 0:
+        status = HTTP_TO_GRPC_STATUS.get(http_status, GRPC_UNKNOWN)
+        if message:
+            out.append((b"grpc-message", percent_encode_grpc_message(message)))
+    else:
+        message = next((v for n, v in given if n == b"grpc-message"), message)
+        if message:
+            out.append((b"grpc-message", percent_encode_grpc_message(message)))
+    out.insert(1, (b"grpc-status", b"%d" % status))
+    return out + kept

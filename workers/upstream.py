@@ -1,4 +1,5 @@
-# Per-worker pools of keep-alive HTTP/1.1 connections to upstream endpoints.
+# Per-worker pools of keep-alive HTTP/1.1 connections to upstream endpoints (HTTP/2 connections, which multiplex
+# streams, are kept beside them in `multiplexed` by workers/http2/client.py, under the same Circuit).
 #
 # Rules:
 # - One pool per (address, port, TLS settings key). Idle connections are reused LIFO: the most recently used
@@ -159,6 +160,35 @@ async def _originate_tls(sock: socket.socket, context: ssl.SSLContext, server_ho
     return transport
 
 
+async def open_transport(address: str, port: int, connect_timeout_s: float, tls: ssl.SSLContext | None = None, server_hostname: str | None = None, keepalive: tuple | None = None) -> tuple[Transport | TLSTransport, str]:
+    """A connected transport to an endpoint (TLS originated with `tls`) and our end's address; raises
+    ConnectFailure with Envoy's reason. Shared by the HTTP/1.1 pools and the HTTP/2 connections."""
+    try:
+        with trio.fail_after(connect_timeout_s if connect_timeout_s > 0 else 3600):
+            sock = await open_tcp_socket(address, port)
+            if keepalive is not None:
+                set_tcp_keepalive(sock, keepalive)
+            transport: Transport | TLSTransport
+            if tls is None:
+                transport = SocketTransport(sock)
+            else:
+                transport = await _originate_tls(sock, tls, server_hostname)
+    except trio.TooSlowError:
+        raise ConnectFailure("connection timeout") from None
+    except ValueError as exc:
+        # ssl refuses the server name before anything is sent: an auto SNI from a Host such as ".x" or ""
+        # (Envoy's handshake fails the same way). A failure of this request, not of the worker.
+        raise ConnectFailure(f"TLS error: {exc}") from None
+    except ssl.SSLError as exc:  # the handshake failed (verification, protocol): Envoy's TLS error reason
+        raise ConnectFailure(f"TLS error: {getattr(exc, 'reason', None) or exc}") from None
+    except (OSError, trio.BrokenResourceError) as exc:
+        reason = "connection failure"
+        if isinstance(exc, OSError) and exc.strerror:
+            reason = f"connection failure, transport failure reason: {exc.strerror}"
+        raise ConnectFailure(reason) from None
+    return transport, address_text(sock)
+
+
 class UpstreamConnection:
     __slots__ = ("transport", "codec", "key", "requests", "idle_since", "created", "reused", "circuit", "local")
 
@@ -196,6 +226,8 @@ class UpstreamPools:
 
     def __init__(self, client_codec) -> None:
         self.pools: dict[tuple, Pool] = {}
+        # HTTP/2 connections per pool key, each carrying many streams (workers/http2/client.py keeps them).
+        self.multiplexed: dict[tuple, list] = {}
         self.client_codec = client_codec  # workers.http.codec_h11.H11Client or FastClient
 
     def pool(self, key: tuple) -> Pool:
@@ -245,32 +277,10 @@ class UpstreamPools:
 
     async def connect(self, key: tuple, address: str, port: int, connect_timeout_s: float, tls: ssl.SSLContext | None = None, server_hostname: str | None = None, keepalive: tuple | None = None) -> UpstreamConnection:
         pool = self.pool(key)
-        try:
-            with trio.fail_after(connect_timeout_s if connect_timeout_s > 0 else 3600):
-                sock = await open_tcp_socket(address, port)
-                if keepalive is not None:
-                    set_tcp_keepalive(sock, keepalive)
-                transport: Transport | TLSTransport
-                if tls is None:
-                    transport = SocketTransport(sock)
-                else:
-                    transport = await _originate_tls(sock, tls, server_hostname)
-        except trio.TooSlowError:
-            raise ConnectFailure("connection timeout") from None
-        except ValueError as exc:
-            # ssl refuses the server name before anything is sent: an auto SNI from a Host such as ".x" or ""
-            # (Envoy's handshake fails the same way). A failure of this request, not of the worker.
-            raise ConnectFailure(f"TLS error: {exc}") from None
-        except ssl.SSLError as exc:  # the handshake failed (verification, protocol): Envoy's TLS error reason
-            raise ConnectFailure(f"TLS error: {getattr(exc, 'reason', None) or exc}") from None
-        except (OSError, trio.BrokenResourceError) as exc:
-            reason = "connection failure"
-            if isinstance(exc, OSError) and exc.strerror:
-                reason = f"connection failure, transport failure reason: {exc.strerror}"
-            raise ConnectFailure(reason) from None
+        transport, local = await open_transport(address, port, connect_timeout_s, tls, server_hostname, keepalive)
         pool.connects += 1
         pool.active += 1
-        return UpstreamConnection(transport, self.client_codec(), key, local=address_text(sock))
+        return UpstreamConnection(transport, self.client_codec(), key, local=local)
 
     def release(self, conn: UpstreamConnection, reusable: bool, max_requests: int = 0) -> None:
         pool = self.pools.get(conn.key)
@@ -293,6 +303,9 @@ class UpstreamPools:
             conn.close()
 
     def discard(self, conn: UpstreamConnection) -> None:
+        if type(conn) is not UpstreamConnection:  # an HTTP/2 stream held for a retry (workers/http2/client.py)
+            conn.release()
+            return
         self.release(conn, reusable=False)
 
     def close_idle(self, expired_only: bool = False) -> int:

@@ -3,6 +3,13 @@
 # cluster_traffic_policy.go; pilot/pkg/model/destination_rule.go for the merge).
 #
 # Rules:
+# - The upstream protocol is decided here, once per cluster (upstream_protocol; cluster_builder.go
+#   setUpstreamProtocol, shouldH2Upgrade, applyConnectionPool): HTTP/2 when the ServiceEntry port's protocol is
+#   HTTP2, GRPC or GRPC-WEB (ServiceEntry ports take their protocol from `protocol` alone: Istio's convertPort
+#   parses it, port-name prefixes are a Kubernetes Service convention); a DestinationRule h2UpgradePolicy UPGRADE
+#   upgrades an HTTP/1.1 port (DO_NOT_UPGRADE and DEFAULT keep it: the mesh default is DO_NOT_UPGRADE);
+#   useClientProtocol (Envoy's use_downstream_protocol_config) wins over the upgrade policy, and an HTTP/2 port
+#   wins over it (setUpstreamProtocol runs after the traffic policy and sets the HTTP/2 options).
 # - A destination → ServiceEntry port (given, else the only port, else the listener's port) →
 #   `outbound|<port>|<subset>|<host>`. An unknown host, port or subset is a warning and the cluster name ""
 #   (Envoy answers 503 NC), as Istio still serves the route.
@@ -149,17 +156,19 @@ class ClusterBuilder:
             if se.resolution != "DYNAMIC_DNS":
                 w.warn(f"cluster {name} has no endpoints ({why}): requests answer 503 (UH)", "$.spec.endpoints")
         upstream_tls = _upstream_tls(policy.get("tls"), se)
+        pool = policy.get("connection_pool")
         return table.Cluster(
             name=name,
             service=service.host,
             port=sp.number,
             subset=subset.name if subset is not None else "",
             protocol=sp.protocol.upper(),
+            upstream_protocol=upstream_protocol(sp.protocol, pool.http if pool is not None else None),
             resolution=RESOLUTIONS[se.resolution],
             endpoints=endpoints,
             lb_policy=lb_policy,
             hash_policy=hash_policy,
-            pool=_connection_pool(policy.get("connection_pool")),
+            pool=_connection_pool(pool),
             outlier=_outlier(policy.get("outlier_detection")),
             tls=upstream_tls,
         )
@@ -323,6 +332,26 @@ def _endpoints(se: istio.ServiceEntry, sp: istio.ServicePort, host: str, subset:
     return tuple(out)
 
 
+# ServicePort protocols that are HTTP/2 towards the endpoints (protocol.Instance.IsHTTP2), and those that are
+# HTTP at all (IsHTTP: an h2UpgradePolicy applies to them; "" is Istio's unsupported/sniffed protocol, upgraded
+# only by an explicit UPGRADE).
+H2_PORT_PROTOCOLS = frozenset({"HTTP2", "GRPC", "GRPC-WEB"})
+
+
+def upstream_protocol(port_protocol: str, http: istio.HTTPSettings | None) -> str:
+    """The protocol a cluster speaks to its endpoints (see the module rules)."""
+    if port_protocol.upper() in H2_PORT_PROTOCOLS:
+        return table.UPSTREAM_HTTP2
+    if http is not None and http.use_client_protocol:
+        return table.UPSTREAM_CLIENT
+    if http is not None and http.h2_upgrade_policy == "UPGRADE":
+        return table.UPSTREAM_HTTP2
+    return table.UPSTREAM_HTTP1
+
+
+H2_KEEPALIVE_TIMEOUT_S = 20.0  # http2KeepAlive without a timeout: how long a PING may go unanswered (ours)
+
+
 def _connection_pool(pool: istio.ConnectionPoolSettings | None) -> table.ConnectionPool:
     """applyConnectionPool: unset or zero thresholds stay at 2^32-1; connect timeout 10 s."""
     if pool is None:
@@ -352,6 +381,11 @@ def _connection_pool(pool: istio.ConnectionPoolSettings | None) -> table.Connect
         if h.max_retries > 0:
             kw["max_retries"] = h.max_retries
         idle = h.idle_timeout
+        if h.max_concurrent_streams > 0:
+            kw["max_concurrent_streams"] = h.max_concurrent_streams
+        k2 = h.http2_keep_alive
+        if k2 is not None and k2.interval is not None and float(k2.interval) > 0:
+            kw["h2_keepalive"] = (float(k2.interval), float(k2.timeout) if k2.timeout is not None and float(k2.timeout) > 0 else H2_KEEPALIVE_TIMEOUT_S)
     if idle is None and t is not None:
         idle = t.idle_timeout
     if idle is not None:

@@ -100,7 +100,7 @@ HOP_CASES = [
     ("connection", [(b"connection", b"keep-alive")], []),
     ("keep-alive", [(b"keep-alive", b"timeout=5")], []),
     ("proxy-connection", [(b"proxy-connection", b"keep-alive")], []),
-    ("te", [(b"te", b"trailers")], []),
+    ("te", [(b"te", b"gzip, deflate")], []),
     ("trailer", [(b"trailer", b"x-checksum")], []),
     ("transfer-encoding", [(b"transfer-encoding", b"chunked")], []),
     ("upgrade", [(b"upgrade", b"websocket"), (b"connection", b"upgrade")], []),
@@ -133,6 +133,13 @@ def test_hop_by_hop_removed_upstream(given, kept):
     assert [h for h in out if h[0] not in {b"host", b"x-forwarded-for", b"x-forwarded-proto",
                                            b"x-envoy-external-address", b"x-envoy-attempt-count"}] == kept
     assert not set(names(out)) & HOP_BY_HOP
+
+
+def test_te_trailers_alone_crosses_upstream():
+    # Envoy forwards `te: trailers` (gRPC needs it) and strips every other TE value.
+    assert values(upstream([(b"te", b"trailers, gzip;q=0.5")]), b"te") == [b"trailers"]
+    assert values(upstream([(b"te", b"gzip"), (b"te", b"Trailers")]), b"te") == [b"trailers"]
+    assert values(upstream([(b"te", b"trailersx")]), b"te") == []
 
 
 @pytest.mark.parametrize(("given", "kept"), [c[1:] for c in HOP_CASES], ids=[c[0] for c in HOP_CASES])

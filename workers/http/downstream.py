@@ -98,8 +98,9 @@ class Http1Downstream:
         data, self.pending = self.pending, b""
         return self.transport.send_all(data)
 
-    def send_end(self) -> Awaitable[None]:
-        """Queue the end of the response and send everything queued."""
+    def send_end(self, trailers: list | None = None) -> Awaitable[None]:
+        """Queue the end of the response and send everything queued. Response `trailers` are dropped on HTTP/1
+        (Envoy's HTTP/1 codec drops them unless enable_trailers, which Istio does not set)."""
         data, self.pending = self.pending + self.conn.send_end(), b""
         return self.transport.send_all(data)
 

@@ -19,6 +19,7 @@ import time
 
 import trio
 
+from edge.table import UPSTREAM_CLIENT, UPSTREAM_HTTP2
 from workers import headers as hdr
 from workers.http.codec import CLOSED, END_OF_MESSAGE, NEED_DATA, Data, IncompleteMessage, InformationalResponse, ProtocolError, Response
 from workers.http.log import ClientGone, RequestLog, ResponseAborted
@@ -27,6 +28,7 @@ from workers.http.replies import LOCAL_REPLIES
 from workers.http.respond import local_reply
 from workers.http.retry import RETRY_BUFFER_BYTES, BodyState, Outcome, TryResult, failure_reply, status_retriable
 from workers.netio import TransportClosed
+from workers.route_policies import format_grpc_timeout, grpc_timeout_s, is_grpc
 from workers.upstream import ConnectFailure, Overflow, UpstreamConnection
 
 EXCHANGE_ERRORS = (ProtocolError, TransportClosed, trio.ClosedResourceError)
@@ -43,7 +45,7 @@ class UpstreamClosed(ProtocolError):
 class Exchange:
     """One forwarded request: what every try needs, decided once."""
 
-    __slots__ = ("down", "request", "req", "rt", "dest", "cluster_rt", "body", "log", "policy", "host", "target", "original_path", "deadline", "hash_value", "extra_response_headers", "upstream_headers")
+    __slots__ = ("down", "request", "req", "rt", "dest", "cluster_rt", "body", "log", "policy", "host", "target", "original_path", "deadline", "hash_value", "extra_response_headers", "upstream_headers", "grpc", "h2")
 
     def __init__(self, down, request, req: RequestInfo, rt, dest, log: RequestLog, policy) -> None:
         self.down = down
@@ -61,7 +63,12 @@ class Exchange:
         self.target, self.original_path = upstream_target(rt, req)
         log.upstream_path, log.upstream_original_path = self.target, self.original_path
         timeout_s = rt.route.timeout_s
+        self.grpc = request.method == b"POST" and is_grpc(hdr.header_value(req.headers, b"content-type"))
+        if self.grpc:  # grpc-timeout capped by the route timeout (workers/route_policies.py)
+            timeout_s = grpc_timeout_s(timeout_s, hdr.header_value(req.headers, b"grpc-timeout"))
         self.deadline = trio.current_time() + timeout_s if timeout_s > 0 else math.inf
+        protocol = self.cluster_rt.cluster.upstream_protocol
+        self.h2 = protocol == UPSTREAM_HTTP2 or (protocol == UPSTREAM_CLIENT and request.http_version == b"2")
         self.hash_value: int | None = None
         self.extra_response_headers: list = []
         head = request.head
@@ -81,6 +88,19 @@ class Exchange:
             route_ops=rt.request_ops,
             destination_ops=dest.request_ops,
         )
+
+
+    def try_headers(self, attempt: int, try_deadline: float) -> list:
+        """The headers of one try: the request's plus its attempt count, and for gRPC the grpc-timeout rewritten
+        to the time the try has left (Envoy does so whenever max_grpc_timeout is set, as Istio sets it)."""
+        headers = self.upstream_headers + [(b"x-envoy-attempt-count", _ATTEMPTS[attempt] if attempt < len(_ATTEMPTS) else b"%d" % attempt)]
+        if self.grpc and try_deadline != math.inf:
+            headers = [h for h in headers if h[0] != b"grpc-timeout"]
+            headers.append((b"grpc-timeout", format_grpc_timeout(max(0.001, try_deadline - trio.current_time()))))
+        return headers
+
+
+_ATTEMPTS = tuple(b"%d" % i for i in range(16))
 
 
 def take_parsed_body(down, body: BodyState) -> None:
@@ -410,6 +430,8 @@ async def answer_body_error(ex: Exchange) -> bool:
 async def answer_failure(ex: Exchange, result: TryResult, retried: bool) -> bool:
     """Out of tries: a held response passes through; a failure gets Envoy's local reply."""
     if result.upstream is not None and result.response is not None:
+        if type(result.upstream) is not UpstreamConnection:  # an HTTP/2 stream: its head relays itself
+            return await result.response.relay(ex, result.upstream)
         return await relay_response(ex, result.upstream, result.response)
     reply, extra = failure_reply(result.kind, retried)
     await local_reply(ex.down, ex.log, reply, extra=extra, close=not ex.body.can_replay or not ex.body.complete)

@@ -25,9 +25,8 @@ from workers.http.request import RequestInfo
 from workers.http.respond import local_reply
 from workers.http.retry import Outcome, TryResult, backoff, retriable
 from workers.http.websocket import forward_upgrade
+from workers.http2.client_exchange import try_h2
 from workers.route_policies import hash_for_request
-
-_ATTEMPTS = tuple(b"%d" % i for i in range(16))
 
 
 async def forward(down, request, req: RequestInfo, snapshot, rt, log: RequestLog, extra_response_headers) -> bool:
@@ -127,15 +126,17 @@ async def try_once(ex: Exchange, attempt: int, index: int, try_deadline: float) 
     balancer.on_start(index)
     result: TryResult | None = None
     try:
+        if ex.h2:  # an HTTP/2 cluster (or useClientProtocol with an HTTP/2 client): a stream, not a connection
+            result = await try_h2(ex, attempt, state.endpoint, try_deadline)
+            return result
         acquired = await acquire(ex, state.endpoint, try_deadline)
         if isinstance(acquired, TryResult):
             result = acquired
             return result
         upstream = acquired
         ex.log.upstream_local = upstream.local
-        headers = ex.upstream_headers + [(b"x-envoy-attempt-count", _ATTEMPTS[attempt] if attempt < len(_ATTEMPTS) else b"%d" % attempt)]
         try:
-            head = upstream.codec.send_request(ex.request.method, ex.target, headers)
+            head = upstream.codec.send_request(ex.request.method, ex.target, ex.try_headers(attempt, try_deadline))
         except ProtocolError as exc:
             ex.down.ctx.pools.discard(upstream)
             result = TryResult(Outcome.PROTOCOL_ERROR, reason=str(exc))

@@ -4,6 +4,7 @@
 # - A mirror starts only once the primary's body is whole and replayable; it gets `mirrorPercentage` of requests,
 #   the primary's headers (the same x-request-id), its body re-framed with its length, and the Host with "-shadow"
 #   appended (Envoy's default, unless --shadow-host-suffix is off).
+# - A mirror to an HTTP/2 cluster is a stream on the same connections the primary requests use.
 # - Its response is read and dropped; nothing about it reaches the client. At most MAX_MIRRORS_IN_FLIGHT per
 #   worker, each bounded by MIRROR_TIMEOUT_S.
 # - A mirror is a task of the worker's background nursery, so it has its own boundary: an unexpected error is
@@ -13,7 +14,9 @@ from __future__ import annotations
 import trio
 
 from workers.http.codec import CLOSED, END_OF_MESSAGE, NEED_DATA, ProtocolError
+from edge.table import UPSTREAM_HTTP2
 from workers.http.exchange import open_upstream
+from workers.http2.client_exchange import send_mirror_h2
 from workers.netio import TransportClosed
 from workers.upstream import ConnectFailure, Overflow
 
@@ -45,14 +48,18 @@ def start_mirrors(ex) -> None:
         if ex.body.present:
             headers.append((b"content-length", str(len(body)).encode()))
         ctx.mirrors_in_flight += 1
-        ctx.spawn(send_mirror, ctx, cluster_rt, ex.request.method, ex.target, host, headers, body)
+        ctx.spawn(send_mirror, ctx, cluster_rt, ex.request.method, ex.target, host, headers, body, ex.h2 if cluster_rt is ex.cluster_rt else cluster_rt.cluster.upstream_protocol == UPSTREAM_HTTP2)
 
 
-async def send_mirror(ctx, cluster_rt, method: bytes, target: bytes, host: bytes, headers: list, body: bytes) -> None:
-    """One mirrored request, its response read and dropped (the task's boundary: see the module's rules)."""
+async def send_mirror(ctx, cluster_rt, method: bytes, target: bytes, host: bytes, headers: list, body: bytes, h2: bool = False) -> None:
+    """One mirrored request, its response read and dropped (the task's boundary: see the module's rules); on a
+    stream of the cluster's HTTP/2 connections when it speaks HTTP/2."""
     upstream = None
     try:
         with trio.move_on_after(MIRROR_TIMEOUT_S):
+            if h2:
+                await send_mirror_h2(ctx, cluster_rt, method, target, host, headers, body)
+                return
             index = cluster_rt.balancer.choose(trio.current_time())
             if index is None:
                 return

@@ -2,6 +2,8 @@
 # interface (workers/http/downstream.py).
 #
 # Rules:
+# - A local reply to a gRPC request is a trailers-only HTTP 200 carrying grpc-status and grpc-message (Envoy's
+#   sendLocalReply for gRPC requests; the mapping is workers/route_policies.py's).
 # - local_reply answers through the codec, with the LOCAL_REPLIES entry's flags and details written on the
 #   request's log; a request body we did not read is drained when small (RETRY_BUFFER_BYTES) so the connection stays
 #   usable, else the reply closes the connection. Draining gateways and `close` entries close it too.
@@ -15,6 +17,8 @@ from workers.http.codec import REASONS
 from workers.http.log import RequestLog
 from workers.http.replies import LocalReply, closing_reply, reply_headers, with_flag
 from workers.http.retry import RETRY_BUFFER_BYTES
+from workers.headers import header_value
+from workers.route_policies import grpc_local_reply_headers, grpc_status_of, is_grpc
 
 SEND_GRACE_S = 1.0  # how long a reply on a failed or timed-out connection may take before the close wins
 
@@ -31,10 +35,17 @@ async def local_reply(
     response_ops=None,
     content_type: bytes | None = b"text/plain",
 ) -> None:
-    """Answer from the gateway itself. `status` and `body` override the entry's (configured replies)."""
+    """Answer from the gateway itself. `status` and `body` override the entry's (configured replies). A gRPC
+    request gets it as a trailers-only 200 (workers/route_policies.grpc_local_reply_headers)."""
     status = status or reply.status
     if body is None:
         body = reply.body
+    request = log.request
+    if request is not None and request.method == b"POST" and is_grpc(header_value(request.headers, b"content-type")):
+        extra = grpc_local_reply_headers(status, body, [*reply.headers, *(extra or ())])
+        reply = reply._replace(headers=())
+        log.grpc_status = grpc_status_of(extra)
+        status, body, content_type = 200, b"", None
     log.status = status
     log.flags = with_flag("DI", reply.flags) if log.flags == "DI" else reply.flags  # a fault delay stays on record
     log.details = reply.details

@@ -4,7 +4,10 @@
 # Rules (Envoy's router, as Istio configures it: retryOn, attempts, perTryTimeout, retryRemoteLocalities aside):
 # - connect-failure retries a failed connect; reset retries a reset or a broken response; 5xx covers both and
 #   5xx statuses and per-try timeouts; gateway-error covers connect failures, resets, per-try timeouts and 502/503/504;
-#   retriable-4xx is 409; retriable-status-codes lists its own.
+#   retriable-4xx is 409; retriable-status-codes lists its own. refused-stream retries an HTTP/2 stream the upstream
+#   refused (REFUSED_STREAM, or above a GOAWAY's last-stream-id: never processed). cancelled, deadline-exceeded,
+#   internal, resource-exhausted and unavailable retry on the grpc-status of the response headers
+#   (workers/route_policies.grpc_status_retriable).
 # - A try can be retried only while its request body can be replayed: not yet read, or read whole within
 #   RETRY_BUFFER_BYTES.
 # - Backoff: full jitter, base 25 ms (or the policy's), capped at RETRY_BACKOFF_MAX_FACTOR × base (Envoy's).
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 from workers.http.framing import ProtocolError
 from workers.http.replies import LOCAL_REPLIES, LocalReply
+from workers.route_policies import grpc_status_retriable
 
 RETRY_BUFFER_BYTES = 1024 * 1024  # Envoy's per_request_buffer_limit_bytes default for retries and mirrors
 RETRY_BACKOFF_BASE_S = 0.025  # Envoy's default base interval
@@ -25,6 +29,7 @@ class Outcome:
     CONNECT_FAILURE = "connect_failure"
     OVERFLOW = "overflow"
     RESET = "reset"
+    REFUSED = "refused"  # an HTTP/2 stream the upstream refused (never processed)
     TIMEOUT = "timeout"
     PER_TRY_TIMEOUT = "per_try_timeout"
     PROTOCOL_ERROR = "protocol_error"
@@ -32,7 +37,7 @@ class Outcome:
 
 
 class TryResult:
-    __slots__ = ("kind", "status", "reason", "upstream", "response", "sent")
+    __slots__ = ("kind", "status", "reason", "upstream", "response", "sent", "grpc_status")
 
     def __init__(self, kind: str, status: int = 0, reason: str = "", upstream=None, response=None):
         self.kind = kind
@@ -41,6 +46,7 @@ class TryResult:
         self.upstream = upstream  # held only for a retriable response that was not sent
         self.response = response
         self.sent = False
+        self.grpc_status = -1  # the grpc-status of the response headers (a trailers-only gRPC response), -1 = none
 
     @property
     def outlier_status(self) -> int:
@@ -98,17 +104,21 @@ def retriable(result: TryResult, policy, body: BodyState) -> bool:
     if kind in (Outcome.RESET, Outcome.PROTOCOL_ERROR):
         # Envoy counts an upstream reset (a broken response included) as a 5xx for both policies.
         return "reset" in retry_on or "5xx" in retry_on or "gateway-error" in retry_on
+    if kind == Outcome.REFUSED:
+        return "refused-stream" in retry_on or "reset" in retry_on or "5xx" in retry_on or "gateway-error" in retry_on
     if kind == Outcome.PER_TRY_TIMEOUT:
         return "5xx" in retry_on or "gateway-error" in retry_on
     if kind == Outcome.STATUS:
-        return status_retriable(result.status, policy)
+        return status_retriable(result.status, policy, result.grpc_status)
     return False
 
 
-def status_retriable(status: int, policy) -> bool:
+def status_retriable(status: int, policy, grpc_status: int = -1) -> bool:
     if policy is None or policy.attempts <= 0:
         return False
     retry_on = policy.retry_on
+    if grpc_status > 0 and grpc_status_retriable(grpc_status, retry_on):
+        return True
     if status >= 500 and "5xx" in retry_on:
         return True
     if status in (502, 503, 504) and "gateway-error" in retry_on:

@@ -160,7 +160,7 @@ def build_upstream_tls_context(tls: UpstreamTLS, credentials_dir: str | None, *,
     return _build_upstream(tls, client_files(tls, credentials_dir), for_http=for_http)
 
 
-def _build_upstream(tls: UpstreamTLS, files: ClientFiles, *, for_http: bool) -> ssl.SSLContext:
+def _build_upstream(tls: UpstreamTLS, files: ClientFiles, *, for_http: bool | str) -> ssl.SSLContext:
     ctx = UpstreamContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
@@ -179,7 +179,7 @@ def _build_upstream(tls: UpstreamTLS, files: ClientFiles, *, for_http: bool) -> 
         _load_crl(ctx, files.crl)
         ctx.subject_alt_names = tuple(tls.subject_alt_names)
         # Auto SAN validation: only when neither SANs nor an explicit SNI are configured (cluster_tls.go).
-        ctx.check_hostname = for_http and not tls.subject_alt_names and not tls.sni
+        ctx.check_hostname = bool(for_http) and not tls.subject_alt_names and not tls.sni
     if tls.mode == "MUTUAL":
         if not files.cert or not files.key:
             raise TLSConfigError("MUTUAL needs clientCertificate/privateKey or credentialName")
@@ -187,8 +187,8 @@ def _build_upstream(tls: UpstreamTLS, files: ClientFiles, *, for_http: bool) -> 
             ctx.load_cert_chain(files.cert, files.key)
         except (OSError, ssl.SSLError) as exc:
             raise _load_error("client certificate/key", f"{files.cert} / {files.key}", exc) from None
-    if for_http:
-        ctx.set_alpn_protocols(list(HTTP_ALPN))
+    if for_http:  # "h2": an HTTP/2 cluster offers h2 alone (Istio's ALPNH2Only)
+        ctx.set_alpn_protocols(["h2"] if for_http == "h2" else list(HTTP_ALPN))
     return ctx
 
 
@@ -220,7 +220,7 @@ class TLSContexts:
         """The context of a terminating chain, None while it cannot be built (logged once per reason)."""
         return self._get(("server", tls, tuple(alpn)))
 
-    def upstream(self, tls: UpstreamTLS, *, for_http: bool = True) -> ssl.SSLContext:
+    def upstream(self, tls: UpstreamTLS, *, for_http: bool | str = True) -> ssl.SSLContext:
         """The origination context; raises TLSConfigError while it cannot be built."""
         key = ("upstream", tls, for_http)
         ctx = self._get(key)
