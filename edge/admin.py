@@ -82,6 +82,7 @@ def config_dump(readout: Readout) -> dict:
                 "errors": [split_diagnostic(line) for line in error.lines],
             },
         },
+        "jwks": readout.jwks_statistics(),
         "table": to_builtins(state.table) if state.table is not None else None,
     }
 

@@ -3,13 +3,15 @@
 # Rules:
 # - The token goes in `authorization: Bearer TOKEN` (unless the request already has that header), and the workers'
 #   own verifier decides, at `now`, with the table's rules: the answer is what a worker would do.
-# - A jwksUri's keys are fetched by `edge run` (edge/jwks.py), not by this pure explanation: a token of such an issuer
-#   whose only failure is "no key" is reported as not verified here, and its principal and claims are assumed from
-#   the (unverified) payload so that the routing and policy explanation can go on.
+# - A jwksUri's keys, and those OpenID discovery finds for an issuer-only rule, are fetched by `edge run`
+#   (edge/jwks.py), not by this pure explanation: a token of such an issuer whose only failure is "no key" is
+#   reported as not verified here, and its principal and claims are assumed from the (unverified) payload so that
+#   the routing and policy explanation can go on.
 # - No I/O: lines out through `say`.
 from __future__ import annotations
 
 from edge import table
+from edge.compiler.authentication import discovery_url
 from workers.jwt import JWKS_KID_ALG_MISMATCH, Auth, Authenticator, CompiledRule, normalize_claims, parse_token
 
 
@@ -35,7 +37,7 @@ def authenticate(routing: table.RoutingTable, request, token: str | None, now: f
         return True
     assumed = _unfetched(routing, token, refusal.message)
     if assumed is not None:
-        say(f"RequestAuthentication {refusal.policy}: its keys come from jwksUri, fetched by edge run, so the signature is not checked here; assuming principal {assumed.principal} from the payload")
+        say(f"RequestAuthentication {refusal.policy}: its keys are fetched by edge run (jwksUri or OpenID discovery), so the signature is not checked here; assuming principal {assumed.principal} from the payload")
         request.auth = assumed
         return True
     say(f"RequestAuthentication {refusal.policy}: {refusal.status} {refusal.message} (the request is refused before routing)")
@@ -49,6 +51,7 @@ def _unfetched(routing: table.RoutingTable, token: str | None, message: str) -> 
     if isinstance(parsed, str):
         return None
     for rule in routing.jwt_rules:
-        if rule.jwks_uri and not rule.jwks and rule.issuer == parsed.payload.get("iss", ""):
+        fetched = rule.jwks_uri or discovery_url(rule.issuer)
+        if fetched and not rule.jwks and rule.issuer == parsed.payload.get("iss", ""):
             return Auth(rule.issuer, normalize_claims(parsed.payload, CompiledRule(rule).spaced))
     return None

@@ -278,6 +278,8 @@ class SupervisorView:
     # (slot, state, restarts, backoff_s, pid, crash_looping)
     worker_states: tuple[tuple[int, str, int, float, int, bool], ...] = ()
     cluster_domain: str = "cluster.local"
+    # RequestAuthentication key sources (edge/jwks.py statistics()): (uri, fetches, failures, last success, keys held)
+    jwks_sources: tuple[tuple[str, int, int, float, bool], ...] = ()
 
 
 def render_prometheus(totals: Totals, view: SupervisorView) -> str:
@@ -287,6 +289,7 @@ def render_prometheus(totals: Totals, view: SupervisorView) -> str:
     _render_rbac(w, totals)
     _render_route_requests(w, totals)
     _render_supervisor(w, view)
+    _render_jwks(w, view)
     _render_worker_totals(w, totals)
     _render_worker_slots(w, view)
     return w.text()
@@ -376,6 +379,23 @@ def _render_route_requests(w: PromWriter, totals: Totals) -> None:
     w.family("edge_route_requests_total", "counter", "HTTP requests by listener, route, cluster and response code class.")
     for (listener, route, cluster, klass), count in sorted(per_route.items()):
         w.sample("edge_route_requests_total", {"listener": listener, "route": route, "cluster": cluster, "response_code_class": klass}, count)
+
+
+def _render_jwks(w: PromWriter, view: SupervisorView) -> None:
+    """edge: the supervisor's JWKS fetches per key source (a jwksUri, or an issuer's OpenID configuration), as istiod
+    counts pilot_jwks_resolver_network_fetch_success_total / _fail_total; nothing without RequestAuthentication."""
+    if not view.jwks_sources:
+        return
+    families = (
+        ("edge_jwks_fetches_total", "counter", "JWKS fetches per key source (jwksUri or OpenID configuration URL).", 1),
+        ("edge_jwks_fetch_failures_total", "counter", "JWKS fetches that failed (the last good keys were kept).", 2),
+        ("edge_jwks_last_success_timestamp_seconds", "gauge", "When the key source last answered a usable JWKS (Unix time; 0 never).", 3),
+        ("edge_jwks_keys_available", "gauge", "1 when the key source's keys are in the table, 0 while its tokens all fail.", 4),
+    )
+    for name, kind, help_text, column in families:
+        w.family(name, kind, help_text)
+        for source in view.jwks_sources:
+            w.sample(name, {"uri": source[0]}, float(source[column]))
 
 
 def _render_supervisor(w: PromWriter, view: SupervisorView) -> None:

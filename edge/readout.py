@@ -28,6 +28,12 @@ class Readout:
         self.state = state
         self.stats: StatsSegment | None = None  # set by the supervisor once it created the segment
         self.live = LiveHistory()
+        self.jwks = None  # the supervisor's JwksFetcher (edge/jwks.py), set by it: statistics() is read, nothing else
+
+    def jwks_statistics(self) -> dict:
+        if self.jwks is None:
+            return {"uris": {}, "fetches_total": 0, "failures_total": 0}
+        return self.jwks.statistics()
 
     def stats_slots(self) -> list[SlotSnapshot]:
         return self.stats.read_all() if self.stats is not None else []
@@ -77,6 +83,9 @@ class Readout:
                 for slot in state.slots
             ),
             cluster_domain=state.table.options.cluster_domain if state.table is not None else "cluster.local",
+            jwks_sources=tuple(
+                (uri, s["fetches"], s["failures"], s["last_success_at"], s["fetched"]) for uri, s in self.jwks_statistics()["uris"].items()
+            ),
         )
 
     async def serve_live_samples(self) -> None:

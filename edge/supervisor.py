@@ -216,6 +216,7 @@ class Supervisor:
         self.registry = ListenerSockets(workers, dict(settings.port_map))
         self.writer: TableWriter | None = None
         self.readout = Readout(self.state)  # what the metrics and admin ports read; it holds the stats segment
+        self.readout.jwks = self.jwks  # its statistics() on /config_dump and the metrics port
         self.payload_digest = b""  # of the published table: an unchanged compile is not republished
         self.notifier = SystemdNotifier.from_environ(environ)
         self.watchdog_s = watchdog_interval_s(environ, os.getpid())

@@ -10,8 +10,10 @@
 #   the field.
 # - Key source, as istiod (PILOT_JWT_ENABLE_REMOTE_JWKS unset) builds it: inline `jwks` wins over `jwksUri` (which is
 #   then not fetched: a warning says so); a jwksUri is fetched by the supervisor (edge/jwks.py) and its keys are
-#   put into the published table. A rule with neither (istiod's OpenID discovery from the issuer) is not supported:
-#   a warning, and its tokens fail verification (closed, never open).
+#   put into the published table. A rule with neither has its keys discovered by the supervisor from the issuer's
+#   OpenID configuration (istiod's resolveJwksURIUsingOpenID: `<issuer>/.well-known/openid-configuration`): a note
+#   says where. An issuer that is not an http(s) URL cannot be discovered from (istiod's GET fails and it publishes
+#   a JWKS nobody holds a key of): a warning, and its tokens always fail verification (closed, never open).
 # - Rules of all applying policies, in creation order, stably sorted by issuer (policy_applier.go).
 # - JWT claim routing without any RequestAuthentication is warned about (Istio's analyzer IST0149): such a match
 #   never sees claims.
@@ -28,6 +30,7 @@ from workers.jwt import parse_jwks
 KIND = "RequestAuthentication"
 DEFAULT_FETCH_TIMEOUT_S = 5.0  # policy_applier.go: JWTRule.timeout unset → 5 s
 MIN_TIMEOUT_S = 0.001  # agent.ValidateDuration
+OPENID_CONFIGURATION = "/.well-known/openid-configuration"  # OpenID Connect Discovery 1.0 §4; istiod appends it as is
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k")  # JWK members of private (or symmetric) keys
 
 
@@ -60,10 +63,14 @@ def compile_rule(w: Where, res: istio.Resource, rule) -> table.JwtRule | None:
     if rule.jwks:
         _check_inline_jwks(w, rule)
     elif not rule.jwks_uri and rule.issuer:
-        w.warn(
-            "neither jwks nor jwksUri: istiod would discover the keys from the issuer's OpenID configuration, which edge "
-            "does not do; tokens of this issuer fail verification"
-        )
+        url = discovery_url(rule.issuer)
+        if url is None:
+            w.warn(
+                f"neither jwks nor jwksUri, and issuer {rule.issuer!r} is not an http(s) URL to discover keys from "
+                f"({rule.issuer}{OPENID_CONFIGURATION} cannot be fetched, as in istiod): tokens of this issuer always fail verification"
+            )
+        else:
+            w.note(f"neither jwks nor jwksUri: edge run discovers the keys from {url} (OpenID discovery, as istiod)")
     headers = []
     for i, location in enumerate(rule.from_headers):
         problem = wire.header_name_problem(location.name)
@@ -107,6 +114,12 @@ def compile_rule(w: Where, res: istio.Resource, rule) -> table.JwtRule | None:
         space_delimited_claims=tuple(sorted({"permission", "scope", *rule.space_delimited_claims})),
         policy=res.key,
     )
+
+
+def discovery_url(issuer: str) -> str | None:
+    """Where an issuer's OpenID configuration is, or None when the issuer is no http(s) URL to discover from."""
+    url = issuer + OPENID_CONFIGURATION
+    return url if issuer and jwks_uri_problem(url) is None else None
 
 
 def jwks_uri_problem(uri: str) -> str | None:

@@ -4,13 +4,16 @@ Reproduces the istio.io tasks "Authentication Policy" (ingress part: the Request
 gateway with Istio's sample jwks and tokens; invalid token 401, no token 200, and the AuthorizationPolicy that
 requires a token on a path) and "JWT claim based routing" (`@request.auth.claims.groups`), plus the token cases of
 Envoy's jwt_authn (expired, not yet valid, wrong issuer, wrong audience, bad signature), the header operations
-reaching the backend, and a jwksUri served on loopback whose keys rotate and whose server then fails.
+reaching the backend, a jwksUri served on loopback whose keys rotate and whose server then fails, an issuer-only
+rule whose keys OpenID discovery finds on loopback (and one whose discovery fails), the CORS preflight that
+jwt_authn lets through, and the fetcher's statistics on /config_dump and the metrics port.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +23,7 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.fixed_backend import FixedBackend
 from tests.e2e.harness import EdgeProcess, free_ports, http_get
@@ -60,8 +64,14 @@ class JwksServer:
 
             def do_GET(self):
                 server.hits += 1
-                body = b"broken" if server.failing else server.document().encode()
-                self.send_response(500 if server.failing else 200)
+                status, body = 200, server.document().encode()
+                if server.failing:
+                    status, body = 500, b"broken"
+                elif self.path == "/issuer/.well-known/openid-configuration":  # OpenID discovery of DISCOVERED_ISSUER
+                    body = json.dumps({"issuer": server.issuer, "jwks_uri": f"http://127.0.0.1:{server.port}/discovered/jwks.json"}).encode()
+                elif self.path.startswith("/nowhere/"):
+                    status, body = 404, b"no such issuer"
+                self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
@@ -69,6 +79,7 @@ class JwksServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
+        self.issuer = f"http://127.0.0.1:{self.port}/issuer"  # keys found by OpenID discovery
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def document(self) -> str:
@@ -79,10 +90,10 @@ class JwksServer:
             keys.append(jwk)
         return json.dumps({"keys": keys})
 
-    def token(self, key=None, **claims) -> str:
+    def token(self, key=None, issuer=ROTATING_ISSUER, **claims) -> str:
         key = key or self.keys[0]
         now = int(time.time())
-        body = {"iss": ROTATING_ISSUER, "sub": "robot", "aud": "edge-test", "exp": now + 3600, **claims}
+        body = {"iss": issuer, "sub": "robot", "aud": "edge-test", "exp": now + 3600, **claims}
         return pyjwt.encode(body, key, algorithm="ES256", headers={"kid": f"k{id(key)}"})
 
     def close(self):
@@ -162,6 +173,16 @@ spec:
   - issuer: "{UNREACHABLE_ISSUER}"
     jwksUri: "http://127.0.0.1:{closed_port}/jwks.json"
     timeout: 1s
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: discovered, namespace: istio-system}}
+spec:
+  jwtRules:
+  - issuer: "http://127.0.0.1:{jwks_port}/issuer"
+    fromHeaders: [{{name: x-discovered-token}}]
+  - issuer: "http://127.0.0.1:{jwks_port}/nowhere"
+    fromHeaders: [{{name: x-undiscovered-token}}]
 """,
         # "Require a valid token" on one path (DENY without a request principal), as the task's per-path policy.
         "ap.yaml": """\
@@ -301,3 +322,43 @@ def test_jwks_uri_keys_rotate_and_survive_a_failing_server(gateway, jwks_server)
         jwks_server.failing = False
         jwks_server.keys = [old]
     edge.wait_for_log(r"generation \d+ published: JWKS keys changed", after=mark)
+
+
+def test_openid_discovery_finds_the_keys_and_a_failed_one_refuses_every_token(gateway, jwks_server):
+    edge, _ = gateway
+    token = jwks_server.token(issuer=jwks_server.issuer)
+    assert get(edge, "/ip", {"x-discovered-token": token})[0] == 200
+    forged = token.rsplit(".", 1)[0] + "." + jwks_server.token(issuer=jwks_server.issuer, sub="other").rsplit(".", 1)[1]
+    assert get(edge, "/ip", {"x-discovered-token": forged})[:2] == (401, b"Jwt verification fails")
+    nowhere = f"http://127.0.0.1:{jwks_server.port}/nowhere"
+    status, body, _ = get(edge, "/ip", {"x-undiscovered-token": jwks_server.token(issuer=nowhere)})
+    assert (status, body) == (401, b"Jwks doesn't have key to match kid or alg from Jwt")  # no keys: closed, never open
+    assert re.search(rf"jwks: {nowhere}/.well-known/openid-configuration: OpenID discovery failed: HTTP Error 404", edge.log_text())
+
+
+def test_a_cors_preflight_with_an_invalid_token_is_not_authenticated(gateway):
+    edge, backend = gateway
+    preflight = {"Origin": "https://web.example", "Access-Control-Request-Method": "GET", **bearer("deadbeef")}
+    backend.reset()
+    assert http_get(edge.port(80), "/ip", host=HOST, method="OPTIONS", headers=preflight)[0] == 200  # bypass_cors_preflight
+    assert backend.requests()[-1].method == "OPTIONS"
+    not_preflight = {"Origin": "https://web.example", **bearer("deadbeef")}
+    assert http_get(edge.port(80), "/ip", host=HOST, method="OPTIONS", headers=not_preflight)[0] == 401
+
+
+def test_the_fetchers_statistics_on_config_dump_and_metrics(gateway, jwks_server):
+    edge, _ = gateway
+    dump = json.loads(http_get(edge.admin_port, "/config_dump")[1])["jwks"]
+    discovered = dump["uris"][f"{jwks_server.issuer}/.well-known/openid-configuration"]
+    assert discovered["discovery"] and discovered["jwks_uri"] == f"http://127.0.0.1:{jwks_server.port}/discovered/jwks.json"
+    assert discovered["fetched"] and discovered["fetches"] >= 1 and discovered["last_success_at"] > 0
+    unreachable_uri = next(u for u in dump["uris"] if u.endswith("/jwks.json") and f":{jwks_server.port}/" not in u)
+    unreachable = dump["uris"][unreachable_uri]
+    assert not unreachable["fetched"] and unreachable["failures"] >= 1 and unreachable["error"]
+    assert dump["failures_total"] >= 2 and dump["fetches_total"] >= 4
+    families = {f.name: f for f in text_string_to_metric_families(http_get(edge.metrics_port, "/stats/prometheus")[1].decode())}
+    available = {s.labels["uri"]: s.value for s in families["edge_jwks_keys_available"].samples}
+    assert available[f"{jwks_server.issuer}/.well-known/openid-configuration"] == 1.0
+    assert available[unreachable_uri] == 0.0
+    failures = {s.labels["uri"]: s.value for s in families["edge_jwks_fetch_failures"].samples}
+    assert failures[f"http://127.0.0.1:{jwks_server.port}/nowhere/.well-known/openid-configuration"] >= 1
