@@ -34,11 +34,20 @@
 #   `permission` and the rule's spaceDelimitedClaims) split into lists, as Envoy's normalize_payload_in_metadata.
 # - Keys are parsed once per table (Authenticator()); a JWKS that does not parse leaves its rule without keys.
 #   Signatures are checked by PyJWT's algorithms over cryptography (OpenSSL); nothing here is cryptography.
+# - Verified-token cache, as Envoy's jwt_authn jwt_cache_config (jwt_cache.cc): per rule (Envoy: per provider), an
+#   LRU of JWT_CACHE_SIZE tokens (kJwtCacheDefaultSize) keyed by the token's text, tokens of at most
+#   JWT_CACHE_MAX_TOKEN_BYTES (kMaxJwtSizeForCache); only tokens that passed every check (format, issuer, time,
+#   audiences, signature) go in. A hit skips parsing and the signature but re-checks time with the 60 s skew (Envoy
+#   re-checks expiry on every lookup and drops an expired entry; here nbf too): a token whose time no longer fits
+#   is dropped and verified in full, which gives the refusal. The cache belongs to the Authenticator of one table
+#   generation in one worker: keys that change come with a new table, so with an empty cache. Istio does not set
+#   jwt_cache_config; the cache changes no verdict, only the cost of a repeated token.
 from __future__ import annotations
 
 import binascii
 import json
 from base64 import urlsafe_b64decode
+from collections import OrderedDict
 from urllib.parse import unquote
 
 from jwt import PyJWK
@@ -48,6 +57,8 @@ from jwt.exceptions import PyJWTError
 from edge.table import JwtLocation, JwtRule
 
 CLOCK_SKEW_S = 60  # jwt_verify_lib kClockSkewInSecond, Envoy's default clock_skew_seconds
+JWT_CACHE_SIZE = 100  # tokens per rule: Envoy's jwt_cache.cc kJwtCacheDefaultSize
+JWT_CACHE_MAX_TOKEN_BYTES = 4 * 1024  # longer tokens are verified every time: Envoy's kMaxJwtSizeForCache
 
 # The algorithms Envoy's jwt_verify_lib implements (jwt.cc), and the JWK key type each needs.
 ALGORITHM_KTY = {
@@ -144,10 +155,11 @@ class _Parsed:
 class CompiledRule:
     """One JWT rule with its keys parsed and its locations as the extractor reads them."""
 
-    __slots__ = ("rule", "keys", "audiences", "headers", "params", "cookies", "spaced", "outputs", "problem")
+    __slots__ = ("rule", "keys", "audiences", "headers", "params", "cookies", "spaced", "outputs", "problem", "cache")
 
     def __init__(self, rule: JwtRule):
         self.rule = rule
+        self.cache: OrderedDict[str, _Parsed] = OrderedDict()  # verified tokens, least recently used first
         self.keys, self.problem = parse_jwks(rule.jwks)
         self.audiences = frozenset(_sanitize_audience(a) for a in rule.audiences)
         headers, params = rule.from_headers, rule.from_params
@@ -347,7 +359,24 @@ def _payload_types_ok(payload: dict) -> bool:
 
 
 def verify_token(rule: CompiledRule, text: str, now: float) -> _Parsed | str:
-    """One token against one rule: the parsed token, or the status text of why it fails (see the rules above)."""
+    """One token against one rule: the parsed token, or the status text of why it fails (see the rules above).
+    A token this rule verified before is taken from its cache while its time still fits."""
+    cache = rule.cache
+    cached = cache.get(text)
+    if cached is not None:
+        if _time_problem(cached.payload, now) is None:
+            cache.move_to_end(text)
+            return cached
+        del cache[text]  # its time no longer fits: verified in full below, which refuses it
+    token = _verify(rule, text, now)
+    if not isinstance(token, str) and len(text) <= JWT_CACHE_MAX_TOKEN_BYTES:
+        cache[text] = token
+        if len(cache) > JWT_CACHE_SIZE:
+            cache.popitem(last=False)
+    return token
+
+
+def _verify(rule: CompiledRule, text: str, now: float) -> _Parsed | str:
     token = parse_token(text)
     if isinstance(token, str):
         return token
@@ -355,6 +384,19 @@ def verify_token(rule: CompiledRule, text: str, now: float) -> _Parsed | str:
     issuer = rule.rule.issuer
     if issuer and payload.get("iss", "") != issuer:
         return JWT_UNKNOWN_ISSUER
+    problem = _time_problem(payload, now)
+    if problem is not None:
+        return problem
+    if rule.audiences:
+        aud = payload.get("aud")
+        auds = (aud,) if isinstance(aud, str) else (aud or ())
+        if not any(_sanitize_audience(a) in rule.audiences for a in auds):
+            return JWT_AUDIENCE_NOT_ALLOWED
+    return token if _signature_ok(rule, token) else (JWT_VERIFICATION_FAILS if _candidates(rule, token) else JWKS_KID_ALG_MISMATCH)
+
+
+def _time_problem(payload: dict, now: float) -> str | None:
+    """jwt_verify_lib's verifyTimeConstraint with the clock skew: nbf, then exp (0 or absent: none)."""
     second = int(now)
     nbf = payload.get("nbf")
     if nbf is not None and second + CLOCK_SKEW_S < nbf:
@@ -362,12 +404,7 @@ def verify_token(rule: CompiledRule, text: str, now: float) -> _Parsed | str:
     exp = payload.get("exp")
     if exp and second > exp + CLOCK_SKEW_S:
         return JWT_EXPIRED
-    if rule.audiences:
-        aud = payload.get("aud")
-        auds = (aud,) if isinstance(aud, str) else (aud or ())
-        if not any(_sanitize_audience(a) in rule.audiences for a in auds):
-            return JWT_AUDIENCE_NOT_ALLOWED
-    return token if _signature_ok(rule, token) else (JWT_VERIFICATION_FAILS if _candidates(rule, token) else JWKS_KID_ALG_MISMATCH)
+    return None
 
 
 def _candidates(rule: CompiledRule, token: _Parsed) -> list:

@@ -228,3 +228,83 @@ def test_a_private_jwk_verifies_with_its_public_half():
     assert "d" in private
     out = run([rule(jwks=json.dumps({"keys": [{**private, "kid": "RS256"}]}))], [bearer(token())])
     assert out.auth is not None
+
+
+# The verified-token cache (Envoy's jwt_authn jwt_cache_config): per rule, LRU of 100, only valid tokens, time
+# re-checked on every hit with the 60 s skew, gone with the table generation.
+
+
+def compiled_rule(**kw) -> v.CompiledRule:
+    return v.CompiledRule(rule(**kw))
+
+
+def test_a_verified_token_is_cached_and_a_hit_is_the_verified_token():
+    r = compiled_rule()
+    text = token()
+    first = v.verify_token(r, text, NOW)
+    assert not isinstance(first, str) and list(r.cache) == [text]
+    assert v.verify_token(r, text, NOW + 5) is first  # not parsed nor verified again
+
+
+@pytest.mark.parametrize(
+    "claims, later, message",
+    [
+        ({"exp": NOW + 100}, NOW + 100 + v.CLOCK_SKEW_S, None),  # within the skew: still a hit
+        ({"exp": NOW + 100}, NOW + 101 + v.CLOCK_SKEW_S, v.JWT_EXPIRED),  # expired since it was cached
+        ({"nbf": NOW - 10}, NOW - 10 - v.CLOCK_SKEW_S, None),
+        ({"nbf": NOW - 10}, NOW - 11 - v.CLOCK_SKEW_S, v.JWT_NOT_YET_VALID),  # the clock went back
+    ],
+)
+def test_a_hit_rechecks_time_with_the_skew(claims, later, message):
+    r = compiled_rule()
+    text = token(claims)
+    assert not isinstance(v.verify_token(r, text, NOW), str) and text in r.cache
+    got = v.verify_token(r, text, later)
+    if message is None:
+        assert not isinstance(got, str) and text in r.cache
+    else:
+        assert got == message and text not in r.cache  # dropped, and refused by the full verification
+        assert run([rule()], [bearer(text)], now=later).refusal.message == message
+
+
+@pytest.mark.parametrize(
+    "rule_kw, text",
+    [
+        ({}, token(key=_RSA_OTHER)),  # bad signature
+        ({"audiences": ("someone",)}, token({"aud": "other"})),
+        ({}, token({"iss": "https://elsewhere.example"})),
+        ({}, token({"exp": NOW - 3600})),
+        ({}, "a.b.c"),
+    ],
+)
+def test_only_valid_tokens_are_cached(rule_kw, text):
+    r = compiled_rule(**rule_kw)
+    assert isinstance(v.verify_token(r, text, NOW), str)
+    assert isinstance(v.verify_token(r, text, NOW), str) and not r.cache
+
+
+def test_the_cache_is_a_bounded_lru():
+    r = compiled_rule()
+    texts = [token({"sub": f"user{i}"}, alg="HS256") for i in range(v.JWT_CACHE_SIZE + 1)]
+    for text in texts[: v.JWT_CACHE_SIZE]:
+        assert not isinstance(v.verify_token(r, text, NOW), str)
+    v.verify_token(r, texts[0], NOW)  # a hit makes the oldest the most recently used
+    v.verify_token(r, texts[-1], NOW)
+    assert len(r.cache) == v.JWT_CACHE_SIZE and texts[0] in r.cache and texts[1] not in r.cache
+
+
+def test_a_token_longer_than_envoys_cache_limit_is_verified_every_time():
+    r = compiled_rule()
+    text = token({"pad": "x" * v.JWT_CACHE_MAX_TOKEN_BYTES})
+    assert len(text) > v.JWT_CACHE_MAX_TOKEN_BYTES
+    assert not isinstance(v.verify_token(r, text, NOW), str) and not r.cache
+
+
+def test_new_keys_come_with_a_new_table_and_an_empty_cache():
+    text = token()
+    old = v.Authenticator((rule(),))
+    assert old.authenticate([bearer(text)], "", NOW).auth is not None and old.rules[0].cache
+    rotated = v.Authenticator((rule(jwks=jwks(("RS256", _RSA_OTHER, "RS256"))),))  # the next generation's keys
+    assert not rotated.rules[0].cache
+    assert rotated.authenticate([bearer(text)], "", NOW).refusal.message == v.JWT_VERIFICATION_FAILS
+    assert old.authenticate([bearer(text)], "", NOW).auth is not None  # the old generation answers as it did
