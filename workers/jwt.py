@@ -149,7 +149,7 @@ class _Token:
 
 
 class _Parsed:
-    __slots__ = ("alg", "kid", "payload", "signing_input", "signature", "payload_b64")
+    __slots__ = ("alg", "kid", "payload", "signing_input", "signature", "payload_b64", "auth")
 
 
 class CompiledRule:
@@ -343,6 +343,7 @@ def parse_token(text: str) -> _Parsed | str:
     p.alg, p.kid, p.payload, p.signature = alg, kid, payload, signature
     p.signing_input = (parts[0] + "." + parts[1]).encode("ascii", "replace")
     p.payload_b64 = parts[1]
+    p.auth = None  # the Auth of a verified token, made once (a cached token's is reused: it depends on the rule only)
     return p
 
 
@@ -449,7 +450,9 @@ def _success(rule: CompiledRule, verified: list, headers: list, query: str) -> O
         value = claim_text(claim_value(parsed.payload, claim))
         if value:
             headers.append((header.encode("latin-1"), value.encode("utf-8")))
-    return Outcome(Auth(r.issuer or parsed.payload.get("iss", ""), normalize_claims(parsed.payload, rule.spaced)), None, headers, query, rule)
+    if parsed.auth is None:
+        parsed.auth = Auth(r.issuer or parsed.payload.get("iss", ""), normalize_claims(parsed.payload, rule.spaced))
+    return Outcome(parsed.auth, None, headers, query, rule)
 
 
 def _without_param(query: str, name: str) -> str:
