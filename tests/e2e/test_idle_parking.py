@@ -8,7 +8,8 @@ with EPOLLRDHUP, which trio's own set never asks for.
 Covered: parked connections resume with a later request and with pipelined requests (both codecs), TLS keep-alive
 connections park and resume, the idle timeout closes parked connections, the per-worker connection limit counts
 parked connections (the accept loop waits until they close), and drain (SIGTERM) closes parked connections at once
-while a request in flight finishes. The parker itself, the scaled idle timeout and the sweeps' order are
+while a request in flight finishes. With the same gateway: TLS 1.3 session resumption with tickets (one worker; a
+ticket resumes on the worker that issued it, each worker keeps its own ticket keys). The parker itself, the scaled idle timeout and the sweeps' order are
 specified in memory: tests/workers/test_parking.py.
 """
 
@@ -243,3 +244,18 @@ def _drain(tmp_path: Path, slow_port: int) -> None:
     finally:
         close_all(conns)
         edge.stop()
+
+
+def test_tls_sessions_resume_with_tickets(edge, pki):
+    _creds, ca = pki
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    session, resumed = None, []
+    for _ in range(4):
+        with client.wrap_socket(socket.create_connection(("127.0.0.1", edge.port(443)), timeout=TIMEOUT_S), server_hostname=HOST, session=session) as sock:
+            resumed.append(sock.session_reused)
+            sock.sendall(request())
+            assert read_responses(sock, 1).endswith(b"ok")  # the tickets arrive after the handshake: read first
+            assert sock.version() == "TLSv1.3"
+            session = sock.session
+    assert resumed == [False, True, True, True]

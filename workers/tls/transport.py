@@ -171,10 +171,14 @@ class TLSTransport:
     async def recv_waiting(self, max_bytes: int = TRANSPORT_RECV_BYTES) -> bytes:
         """recv() for when bytes are unlikely to be there yet (a keep-alive connection between requests): with no
         record and no plaintext held in the session, wait for the socket first, saving the read that would fail
-        with SSLWantReadError (~1.3 µs, an exception object built by the ssl module)."""
+        with SSLWantReadError (~1.3 µs, an exception object built by the ssl module) and the recv() that would
+        fail with EAGAIN, as SocketTransport.recv_waiting does."""
         if not self._incoming.pending and not self.ssl_object.pending():
             if self._outgoing.pending:
                 await self._flush()  # a post-handshake reply queued by the last read (KeyUpdate)
+            if self.closed:
+                raise trio.ClosedResourceError("transport closed")
+            await trio.lowlevel.wait_readable(self.sock)
             await self._fill()
         return await self.recv(max_bytes)
 
