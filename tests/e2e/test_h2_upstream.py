@@ -292,3 +292,20 @@ def test_mirror_uses_the_h2_cluster(env):
     assert status == 200
     assert wait_for(lambda: b.count() == 1)
     assert fields(b.requests()[-1])[":path"] == ["/mirrored/x"]
+
+
+def test_h2_client_gets_trailers_after_the_data(env):
+    # Frame by frame: HEADERS, DATA without END_STREAM, then the trailers as HEADERS with END_STREAM (RFC 9113
+    # §8.1); a DATA frame carrying END_STREAM before the trailers is what grpcio rejects.
+    from tests.security.h2_client import DataFrame, H2Client, HeadersFrame
+
+    edge, _ = env
+    with H2Client(edge.port(80)) as client:
+        client.request(1, "/trailers", authority="h2.test")
+        frames = [f for f in client.frames_until(lambda f: f.stream_id == 1 and "END_STREAM" in f.flags) if f.stream_id == 1]
+    kinds = [(type(f).__name__, "END_STREAM" in f.flags) for f in frames]
+    assert kinds[0] == ("HeadersFrame", False) and kinds[-1] == ("HeadersFrame", True), kinds
+    assert all(kind == ("DataFrame", False) for kind in kinds[1:-1]) and len(kinds) >= 3, kinds
+    assert b"".join(f.data for f in frames if isinstance(f, DataFrame))
+    trailers = dict(frames[-1].fields)
+    assert isinstance(frames[-1], HeadersFrame) and trailers == {"grpc-status": "0", "x-trailer": "yes"}

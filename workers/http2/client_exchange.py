@@ -185,10 +185,6 @@ async def relay_h2(ex, stream, status: int, headers: list) -> bool:
                 break
         if grpc >= 0:
             log.grpc_status = grpc
-        if trailers and down.pending:
-            # Body first, then the end with the trailers alone (the HTTP/2 downstream's send_end would otherwise
-            # end the stream on the last DATA frame before the trailers).
-            await down.flush()
         await down.send_end(trailers)
     except (StreamFailure, ProtocolError):
         log.flags = "UPE"

@@ -158,7 +158,7 @@ class Http2Stream:
                     raise ClientGone()
                 continue
             chunk, view = view[:window], view[window:]
-            last = end and not view
+            last = end and not view and not trailers  # trailers end the stream, not the last DATA frame
             h2c.send_data(self.stream_id, chunk, last)
             if last:
                 self.ended_out = True
