@@ -100,7 +100,7 @@ class TcpTotals:
 class Totals:
     """The sum over all slots."""
 
-    http: dict[tuple, HttpTotals] = field(default_factory=dict)  # (listener, route, cluster, code, flags)
+    http: dict[tuple, HttpTotals] = field(default_factory=dict)  # (listener, route, cluster, code, flags, grpc: edge/stats_shm.py)
     tcp: dict[tuple, TcpTotals] = field(default_factory=dict)  # (listener, cluster)
     active_connections: int = 0
     tcp_active_connections: int = 0
@@ -178,7 +178,7 @@ def service_labels(host: str, cluster_domain: str = "cluster.local") -> tuple[st
     return host, host, UNKNOWN
 
 
-def _istio_labels(host: str, cluster_domain: str, protocol: str, code: str, flags: str) -> dict[str, str]:
+def _istio_labels(host: str, cluster_domain: str, protocol: str, code: str, flags: str, grpc: str = "") -> dict[str, str]:
     service, name, namespace = service_labels(host, cluster_domain)
     return {
         "reporter": "source",
@@ -203,7 +203,7 @@ def _istio_labels(host: str, cluster_domain: str, protocol: str, code: str, flag
         "destination_cluster": UNKNOWN,
         "request_protocol": protocol,
         "response_code": code,
-        "grpc_response_status": "",
+        "grpc_response_status": grpc,  # empty for a request that is not gRPC or got no status (Istio's istio_stats)
         "response_flags": flags,
         "connection_security_policy": UNKNOWN,
     }
@@ -297,26 +297,27 @@ def render_prometheus(totals: Totals, view: SupervisorView) -> str:
 
 def _render_istio_http(w: PromWriter, totals: Totals, domain: str) -> None:
     """Istio standard metrics: HTTP, grouped by their label set (routes and listeners are not Istio labels)."""
-    grouped: dict[tuple[str, str, str], HttpTotals] = {}
-    for (listener, route, cluster, code, flags), entry in totals.http.items():
-        key = (cluster_host(cluster), str(code), flags or "-")
+    grouped: dict[tuple[str, str, str, str, str], HttpTotals] = {}
+    for (listener, route, cluster, code, flags, grpc), entry in totals.http.items():
+        # Istio's request_protocol is "grpc" for a gRPC request; grpc_response_status its status, else empty.
+        key = ("http" if grpc == -1 else "grpc", cluster_host(cluster), str(code), flags or "-", str(grpc) if grpc >= 0 else "")
         into = grouped.get(key)
         if into is None:
             into = grouped[key] = HttpTotals()
         into.add(entry)
     ordered = sorted(grouped.items())
     w.family("istio_requests_total", "counter", "Requests processed by the gateway (Istio standard metric).")
-    for (host, code, flags), entry in ordered:
-        w.sample("istio_requests_total", _istio_labels(host, domain, "http", code, flags), entry.count)
+    for (protocol, host, code, flags, grpc), entry in ordered:
+        w.sample("istio_requests_total", _istio_labels(host, domain, protocol, code, flags, grpc), entry.count)
     w.family("istio_request_duration_milliseconds", "histogram", "Request duration in milliseconds (Istio standard metric).")
-    for (host, code, flags), entry in ordered:
-        w.histogram("istio_request_duration_milliseconds", _istio_labels(host, domain, "http", code, flags), DURATION_BUCKETS_MS, entry.duration, entry.duration_sum_us / 1000)
+    for (protocol, host, code, flags, grpc), entry in ordered:
+        w.histogram("istio_request_duration_milliseconds", _istio_labels(host, domain, protocol, code, flags, grpc), DURATION_BUCKETS_MS, entry.duration, entry.duration_sum_us / 1000)
     w.family("istio_request_bytes", "histogram", "HTTP request body sizes in bytes (Istio standard metric).")
-    for (host, code, flags), entry in ordered:
-        w.histogram("istio_request_bytes", _istio_labels(host, domain, "http", code, flags), BYTES_BUCKETS, entry.request_bytes, entry.request_bytes_sum)
+    for (protocol, host, code, flags, grpc), entry in ordered:
+        w.histogram("istio_request_bytes", _istio_labels(host, domain, protocol, code, flags, grpc), BYTES_BUCKETS, entry.request_bytes, entry.request_bytes_sum)
     w.family("istio_response_bytes", "histogram", "HTTP response body sizes in bytes (Istio standard metric).")
-    for (host, code, flags), entry in ordered:
-        w.histogram("istio_response_bytes", _istio_labels(host, domain, "http", code, flags), BYTES_BUCKETS, entry.response_bytes, entry.response_bytes_sum)
+    for (protocol, host, code, flags, grpc), entry in ordered:
+        w.histogram("istio_response_bytes", _istio_labels(host, domain, protocol, code, flags, grpc), BYTES_BUCKETS, entry.response_bytes, entry.response_bytes_sum)
 
 
 def _render_istio_tcp(w: PromWriter, totals: Totals, domain: str) -> None:
@@ -373,7 +374,7 @@ def _render_rbac(w: PromWriter, totals: Totals) -> None:
 def _render_route_requests(w: PromWriter, totals: Totals) -> None:
     """edge: per route (the admin page's view, with the listener and route Istio's metrics do not have)."""
     per_route: dict[tuple[str, str, str, str], int] = {}
-    for (listener, route, cluster, code, flags), entry in totals.http.items():
+    for (listener, route, cluster, code, flags, _grpc), entry in totals.http.items():
         key = (listener, route, cluster, code_class(code))
         per_route[key] = per_route.get(key, 0) + entry.count
     w.family("edge_route_requests_total", "counter", "HTTP requests by listener, route, cluster and response code class.")
@@ -473,7 +474,7 @@ def envoy_stats(totals: Totals, view: SupervisorView, uptime_s: float) -> dict[s
     def inc(name: str, value: int) -> None:
         stats[name] = stats.get(name, 0) + value
 
-    for (listener, route, cluster, code, flags), entry in totals.http.items():
+    for (listener, route, cluster, code, flags, _grpc), entry in totals.http.items():
         n = entry.count
         prefix = f"http.{listener}"
         inc(f"{prefix}.downstream_rq_total", n)
@@ -572,7 +573,7 @@ def live_sample(totals: Totals, at: float) -> LiveSample:
     routes: dict[str, list] = {}
     clusters: dict[str, list] = {}
     total: dict[str, list] = {}
-    for (listener, route, cluster, code, flags), entry in totals.http.items():
+    for (listener, route, cluster, code, flags, _grpc), entry in totals.http.items():
         n = entry.count
         errors = n if is_error(code) else 0
         for into, name in ((routes, route_label(listener, route, flags)), (clusters, cluster_label(cluster, route, code, flags)), (total, "all")):

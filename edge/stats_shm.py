@@ -56,7 +56,9 @@ Entry (ENTRY_WORDS = 72 u64 words; unused words are 0):
 
      0  key                    key offset (low 32 bits) and key length (high 32 bits) in the key area
      1  kind                   KIND_HTTP or KIND_TCP
-    HTTP entries (key: listener \\x1f route \\x1f cluster \\x1f response code \\x1f response flags):
+    HTTP entries (key: listener \\x1f route \\x1f cluster \\x1f response code \\x1f response flags \\x1f grpc, layout 2
+    added grpc: the gRPC status Istio labels grpc_response_status, -1 for a request that is not gRPC, -2 for a gRPC
+    request without one; workers/route_policies.grpc_metric_status):
      2  duration_sum_us        sum of request durations, microseconds
      3  request_bytes_sum
      4  response_bytes_sum
@@ -105,7 +107,7 @@ if sys.byteorder != "little":
     raise ImportError("edge.stats_shm needs a little-endian CPU: the segment format is little-endian")
 
 MAGIC = b"EDGESTA1"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: HTTP keys carry the gRPC status (a sixth field)
 HEADER_BYTES = 4096
 SLOT_HEADER_BYTES = 4096
 ENTRY_WORDS = 72
@@ -209,19 +211,21 @@ class Geometry:
         return HEADER_BYTES + slot * self.slot_bytes
 
 
-def encode_http_key(listener: str, route: str, cluster: str, code: int, flags: str) -> str:
-    return KEY_SEPARATOR.join((listener, route, cluster, str(code), flags))
+def encode_http_key(listener: str, route: str, cluster: str, code: int, flags: str, grpc: int = -1) -> str:
+    return KEY_SEPARATOR.join((listener, route, cluster, str(code), flags, str(grpc)))
 
 
 def decode_key(kind: int, text: str) -> tuple:
+    """An entry's key: HTTP (listener, route, cluster, code, flags, grpc); TCP (listener, cluster)."""
     parts = text.split(KEY_SEPARATOR)
-    if kind == KIND_HTTP and len(parts) == 5:
+    if kind == KIND_HTTP and len(parts) == 6:
         code = int(parts[3]) if parts[3].isdigit() else 0
-        return (parts[0], parts[1], parts[2], code, parts[4])
+        grpc = int(parts[5]) if parts[5].lstrip("-").isdigit() else -1
+        return (parts[0], parts[1], parts[2], code, parts[4], grpc)
     return tuple(parts)
 
 
-HTTP_OVERFLOW_KEY = (OVERFLOW, OVERFLOW, OVERFLOW, 0, "-")
+HTTP_OVERFLOW_KEY = (OVERFLOW, OVERFLOW, OVERFLOW, 0, "-", -1)
 TCP_OVERFLOW_KEY = (OVERFLOW, OVERFLOW)
 
 
@@ -499,11 +503,11 @@ class SlotWriter:
 
     # ---------------------------------------------------------------------------------------- hot path
 
-    def record_http(self, listener: str, route: str, cluster: str, code: int, flags: str, duration_s: float, request_bytes: int, response_bytes: int) -> None:
-        key = (listener, route, cluster, code, flags)
+    def record_http(self, listener: str, route: str, cluster: str, code: int, flags: str, duration_s: float, request_bytes: int, response_bytes: int, grpc: int = -1) -> None:
+        key = (listener, route, cluster, code, flags, grpc)
         start = self._http.get(key)
         if start is None:
-            start = self._allocate(KIND_HTTP, key, encode_http_key(listener, route, cluster, code, flags))
+            start = self._allocate(KIND_HTTP, key, encode_http_key(listener, route, cluster, code, flags, grpc))
         w = self._words
         if duration_s < 0:
             duration_s = 0.0

@@ -247,6 +247,33 @@ def grpc_status_of(headers) -> int:
     return -1
 
 
+# grpc_metric_status's answers besides a status: the request was not gRPC (request_protocol "http", an empty
+# grpc_response_status), or a gRPC request ended with no response code at all (protocol "grpc", empty status).
+METRIC_NOT_GRPC = -1
+METRIC_GRPC_NO_STATUS = -2
+
+
+def grpc_metric_status(request, answered: int, http_status: int) -> int:
+    """What Istio's stats filter (istio_stats.cc) labels a request with: for a gRPC request (isGrpcRequestHeaders),
+    Envoy's Grpc::Common::getGrpcStatus(trailers, headers, info): the trailers' grpc-status, else the headers'
+    (`answered`, -1 when neither had one), else httpToGrpcStatus of the response code when there is one;
+    METRIC_NOT_GRPC for any other request."""
+    if request is None or request.method != b"POST":
+        return METRIC_NOT_GRPC
+    for name, value in request.headers:
+        if name == b"content-type":
+            if not is_grpc(value):
+                return METRIC_NOT_GRPC
+            break
+    else:
+        return METRIC_NOT_GRPC
+    if answered >= 0:
+        return answered
+    if http_status:
+        return HTTP_TO_GRPC_STATUS.get(http_status, GRPC_UNKNOWN)
+    return METRIC_GRPC_NO_STATUS
+
+
 def grpc_status_retriable(code: int, retry_on) -> bool:
     """Whether a response's header grpc-status `code` is retried under `retry_on`."""
     if code <= 0:

@@ -2,7 +2,8 @@
 #
 # Rules:
 # - record_request(log) runs once per HTTP request (RecordSink.request): one dict lookup on
-#   (listener, route, cluster, status, flags) and a handful of 8-byte stores. Nothing else on the hot path.
+#   (listener, route, cluster, status, flags, gRPC status) and a handful of 8-byte stores. Nothing else on the hot
+#   path (the gRPC status is a method comparison for anything but a POST: workers/route_policies.grpc_metric_status).
 # - TCP API, reached through workers/context.RecordSink (tcp_opened, track_tcp, tcp), all cheap and safe to call
 #   whether or not stats are enabled:
 #     tcp_connection_opened(listener, cluster)   once the connection chose its cluster
@@ -37,6 +38,7 @@ from edge.stats_shm import (
     W_TCP_ACTIVE,
     SlotWriter,
 )
+from workers.route_policies import grpc_metric_status
 
 
 PUBLISH_INTERVAL_S = 1.0
@@ -61,6 +63,7 @@ class WorkerStats:
         self.writer.record_http(
             log.listener, log.route_name, log.upstream_cluster, log.status, log.flags,
             time.time() - log.start, log.bytes_received, log.bytes_sent,
+            grpc_metric_status(log.request, log.grpc_status, log.status),
         )  # fmt: skip
         if log.rbac is not None:
             self.rbac("http." + log.listener, log.rbac)

@@ -12,7 +12,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from tests.e2e.harness import EdgeProcess
+from tests.e2e.harness import EdgeProcess, http_get
 
 pytestmark = pytest.mark.e2e
 
@@ -131,20 +131,31 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def servers():
     a, b, bad = Server("a"), Server("b"), Server("bad", fail=True)
     for s in (a, b, bad):
         s.server.start()
-    config = service_entry("a.grpc", [a]) + service_entry("b.grpc", [b]) + service_entry("flaky.grpc", [bad, a]) + ROUTES
     try:
-        with EdgeProcess(tmp_path_factory.mktemp("grpc"), {"grpc.yaml": config}, workers=1) as edge:
-            channel = grpc.insecure_channel(f"127.0.0.1:{edge.port(80)}")
-            grpc.channel_ready_future(channel).result(timeout=10)
-            yield channel, {"a": a, "b": b, "bad": bad}
-            channel.close()
+        yield {"a": a, "b": b, "bad": bad}
     finally:
         for s in (a, b, bad):
             s.server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory, servers):
+    a, b, bad = servers["a"], servers["b"], servers["bad"]
+    config = service_entry("a.grpc", [a]) + service_entry("b.grpc", [b]) + service_entry("flaky.grpc", [bad, a]) + ROUTES
+    with EdgeProcess(tmp_path_factory.mktemp("grpc"), {"grpc.yaml": config}, workers=1) as edge:
+        yield edge
+
+
+@pytest.fixture(scope="module")
+def env(edge, servers):
+    channel = grpc.insecure_channel(f"127.0.0.1:{edge.port(80)}")
+    grpc.channel_ready_future(channel).result(timeout=10)
+    yield channel, servers
+    channel.close()
 
 
 def call(channel, method: str, request: bytes = b"x", timeout: float = 10.0):
@@ -234,3 +245,21 @@ def test_client_cancel_cancels_the_upstream_call(env):
     assert next(stream) == b"tick"
     stream.cancel()
     assert servers["a"].cancelled.wait(5)
+
+
+def test_istio_metrics_carry_the_grpc_status(env, edge):
+    # Istio's istio_stats: request_protocol "grpc", grpc_response_status from the trailers (OK), the trailers-only
+    # headers of a local reply (no route → 12, route timeout → 14).
+    channel, _ = env
+    call(channel, "/pkg.Echo/Unary")
+    for method in ("/other.Service/Method", "/pkg.Slow/Sleep"):
+        with pytest.raises(grpc.RpcError):
+            call(channel, method, b"2")
+    text = http_get(edge.metrics_port, "/stats/prometheus")[1].decode()
+    lines = [line for line in text.splitlines() if line.startswith("istio_requests_total{")]
+    statuses = {(_label(line, "grpc_response_status"), _label(line, "request_protocol")) for line in lines}
+    assert {("0", "grpc"), ("12", "grpc"), ("14", "grpc")} <= statuses, lines
+
+
+def _label(line: str, name: str) -> str:
+    return line.split(f'{name}="', 1)[1].split('"', 1)[0]

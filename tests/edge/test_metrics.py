@@ -74,11 +74,27 @@ VIEW = SupervisorView(
 )  # fmt: skip
 
 
+def test_grpc_requests_carry_their_protocol_and_status(segment):
+    # Istio's istio_stats: request_protocol "grpc" for a gRPC request, grpc_response_status its status (the key's
+    # sixth field, workers/route_policies.grpc_metric_status), empty when it had none; -1 is a request not gRPC.
+    w0 = SlotWriter.attach(segment.name, 0)
+    try:
+        w0.record_http("0.0.0.0:80", "grpc", B, 200, "-", 0.001, 5, 7, 14)
+        w0.record_http("0.0.0.0:80", "grpc", B, 200, "-", 0.001, 5, 7, 0)
+        w0.record_http("0.0.0.0:80", "grpc", B, 0, "DC", 0.001, 5, 0, -2)
+        w0.record_http("0.0.0.0:80", "web", B, 200, "-", 0.001, 5, 7, -1)
+    finally:
+        w0.close()
+    got = {(s.labels["request_protocol"], s.labels["response_code"], s.labels["response_flags"], s.labels["grpc_response_status"]): s.value
+           for s in families(render_prometheus(sum_slots(segment.read_all()), VIEW))["istio_requests"].samples}
+    assert got == {("grpc", "200", "-", "14"): 1, ("grpc", "200", "-", "0"): 1, ("grpc", "0", "DC", ""): 1, ("http", "200", "-", ""): 1}
+
+
 def test_sums_are_over_every_slot_and_gauges_over_live_slots(segment):
     fill(segment)
     snaps = segment.read_all()
     totals = sum_slots(snaps)
-    assert totals.http[("0.0.0.0:80", "reviews", A, 200, "-")].count == 4
+    assert totals.http[("0.0.0.0:80", "reviews", A, 200, "-", -1)].count == 4
     assert totals.active_connections == 9
     assert sum_slots(snaps, live_slots=[1]).active_connections == 5
     assert sum_slots(snaps, live_slots=[1]).http == totals.http  # counters of a dead worker still count
@@ -108,6 +124,7 @@ def test_prometheus_text_parses_and_carries_istio_labels(segment):
     assert (uf.labels["response_flags"], uf.labels["destination_service"], uf.labels["destination_service_name"], uf.labels["destination_service_namespace"]) == ("UF", "httpbin.example.com", "httpbin.example.com", "unknown")
     [nr] = [s for s in fams["istio_requests"].samples if s.labels["response_code"] == "404"]
     assert nr.labels["destination_service"] == "unknown" and nr.labels["response_flags"] == "NR"
+    assert (reviews.labels["grpc_response_status"], nr.labels["grpc_response_status"]) == ("", "")
     # Histogram: cumulative buckets with Envoy's bounds, +Inf = _count, _sum in ms.
     buckets = {s.labels["le"]: s.value for s in fams["istio_request_duration_milliseconds"].samples if s.name.endswith("_bucket") and s.labels["response_code"] == "200"}
     assert list(buckets) == [*(str(int(b)) if b == int(b) else str(b) for b in DURATION_BUCKETS_MS), "+Inf"]

@@ -69,7 +69,7 @@ def test_a_request_lands_in_the_documented_words(segment):
     assert snap.words[W_INCARNATION] == 1 and snap.words[W_PID] == os.getpid()
     assert snap.words[W_REQUESTS_TOTAL] == 2
     [(key, words)] = snap.http
-    assert key == ("0.0.0.0:80", "r1", "outbound|80||a.local", 200, "-")
+    assert key == ("0.0.0.0:80", "r1", "outbound|80||a.local", 200, "-", -1)
     assert words[E_DURATION_SUM_US] == 3000 + 100
     durations = words[E_DURATION_BUCKETS : E_DURATION_BUCKETS + len(DURATION_BUCKETS_MS) + 1]
     assert durations[DURATION_BUCKETS_MS.index(0.5)] == 1  # 0.1 ms ≤ 0.5
@@ -109,7 +109,7 @@ def test_a_replacement_worker_continues_its_slot_and_resets_the_gauges(segment):
         second.close()
     snap = segment.read_slot(0)
     counts = {key: sum(words[E_DURATION_BUCKETS : E_DURATION_BUCKETS + 20]) for key, words in snap.http}
-    assert counts == {("l", "r", "c", 503, "UF"): 2, ("l", "r", "c", 200, "-"): 1}  # same entry, not a new one
+    assert counts == {("l", "r", "c", 503, "UF", -1): 2, ("l", "r", "c", 200, "-", -1): 1}  # same entry, not a new one
     [(tcp_key, tcp)] = snap.tcp
     assert tcp_key == ("l", "c")
     assert (tcp[E_TCP_OPENED], tcp[E_TCP_CLOSED], tcp[E_TCP_SENT], tcp[E_TCP_RECEIVED]) == (1, 1, 100, 7)
@@ -130,7 +130,7 @@ def test_keys_beyond_the_capacity_go_to_the_overflow_entry(segment):
     snap = segment.read_slot(0)
     keys = [key for key, _ in snap.http]
     assert len(keys) == 15  # 14 real keys + the HTTP overflow entry
-    assert (OVERFLOW, OVERFLOW, OVERFLOW, 0, "-") in keys
+    assert (OVERFLOW, OVERFLOW, OVERFLOW, 0, "-", -1) in keys
     total = sum(sum(words[E_DURATION_BUCKETS : E_DURATION_BUCKETS + 20]) for _, words in snap.http)
     assert total == 40  # nothing lost, only less detail
     assert snap.words[W_OVERFLOW_RECORDS] == 26 + 3
@@ -187,8 +187,10 @@ def test_close_unlinks_and_a_live_segment_is_never_taken_as_stale():
 @pytest.mark.parametrize(
     ("fields", "key"),
     [
-        (("0.0.0.0:80", "r", "outbound|80|v1|a.b.svc.cluster.local", 404, "NR"), ("0.0.0.0:80", "r", "outbound|80|v1|a.b.svc.cluster.local", 404, "NR")),
-        (("l", "-", "-", 0, "DC"), ("l", "-", "-", 0, "DC")),
+        (("0.0.0.0:80", "r", "outbound|80|v1|a.b.svc.cluster.local", 404, "NR"), ("0.0.0.0:80", "r", "outbound|80|v1|a.b.svc.cluster.local", 404, "NR", -1)),
+        (("l", "-", "-", 0, "DC"), ("l", "-", "-", 0, "DC", -1)),
+        (("l", "r", "c", 200, "-", 14), ("l", "r", "c", 200, "-", 14)),  # a gRPC status
+        (("l", "r", "c", 0, "DC", -2), ("l", "r", "c", 0, "DC", -2)),  # a gRPC request without one
     ],
 )
 def test_http_keys_round_trip(fields, key):

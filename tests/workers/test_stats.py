@@ -20,11 +20,11 @@ def segment():
 def test_record_request_uses_the_logs_key_fields_and_its_own_clock(segment):
     writer = SlotWriter.attach(segment.name, 0)
     stats = WorkerStats(writer)
-    log = SimpleNamespace(listener="0.0.0.0:80", route_name="r", upstream_cluster="outbound|80||a", status=201, flags="-", start=time.time() - 0.002, bytes_received=5, bytes_sent=7)
+    log = SimpleNamespace(listener="0.0.0.0:80", route_name="r", upstream_cluster="outbound|80||a", status=201, flags="-", start=time.time() - 0.002, bytes_received=5, bytes_sent=7, request=None, grpc_status=-1, rbac=None)
     stats.record_request(log)
     writer.close()
     [(key, words)] = segment.read_slot(0).http
-    assert key == ("0.0.0.0:80", "r", "outbound|80||a", 201, "-")
+    assert key == ("0.0.0.0:80", "r", "outbound|80||a", 201, "-", -1)
     assert sum(words[E_DURATION_BUCKETS : E_DURATION_BUCKETS + 20]) == 1
     assert words[E_DURATION_BUCKETS + 2] == 1  # 2 ms: (1, 5]
     assert (words[E_REQUEST_BYTES_SUM], words[E_RESPONSE_BYTES_SUM]) == (5, 7)
@@ -91,17 +91,26 @@ def test_open_tcp_connections_report_their_bytes_as_they_grow_and_the_rest_at_cl
     writer.close()
 
 
+GRPC_REQUEST = SimpleNamespace(method=b"POST", headers=[(b"content-type", b"application/grpc+proto")])
+PLAIN_POST = SimpleNamespace(method=b"POST", headers=[(b"content-type", b"application/json")])
+
+
 @pytest.mark.parametrize(
     ("down", "fields", "key", "words"),
     [
         # (down, RequestLog fields, expected entry key, (request bytes sum, response bytes sum, requests in it))
         (SimpleNamespace(listener_key="0.0.0.0:80"), dict(route_name="r", upstream_cluster="outbound|80||a", status=200, bytes_received=5, bytes_sent=7),
-         ("0.0.0.0:80", "r", "outbound|80||a", 200, "-"), (5, 7, 1)),
-        (None, dict(status=400, flags="DPE"), ("-", "-", "-", 400, "DPE"), (0, 0, 1)),  # a codec error before any connection facts
+         ("0.0.0.0:80", "r", "outbound|80||a", 200, "-", -1), (5, 7, 1)),
+        (None, dict(status=400, flags="DPE"), ("-", "-", "-", 400, "DPE", -1), (0, 0, 1)),  # a codec error before any connection facts
         (SimpleNamespace(listener_key="[::]:443"), dict(status=0, flags="DC", route_name="default", upstream_cluster="outbound|9080||items", bytes_received=3),
-         ("[::]:443", "default", "outbound|9080||items", 0, "DC"), (3, 0, 1)),
+         ("[::]:443", "default", "outbound|9080||items", 0, "DC", -1), (3, 0, 1)),
         (SimpleNamespace(listener_key="0.0.0.0:80"), dict(status=502, flags="UPE", upstream_cluster="outbound|80||a", bytes_sent=10**9),
-         ("0.0.0.0:80", "-", "outbound|80||a", 502, "UPE"), (0, 10**9, 1)),
+         ("0.0.0.0:80", "-", "outbound|80||a", 502, "UPE", -1), (0, 10**9, 1)),
+        # gRPC requests: the status answered (trailers or trailers-only headers), else httpToGrpcStatus of the code
+        (SimpleNamespace(listener_key="0.0.0.0:80"), dict(status=200, grpc_status=0, request=GRPC_REQUEST), ("0.0.0.0:80", "-", "-", 200, "-", 0), (0, 0, 1)),
+        (SimpleNamespace(listener_key="0.0.0.0:80"), dict(status=503, flags="UF", request=GRPC_REQUEST), ("0.0.0.0:80", "-", "-", 503, "UF", 14), (0, 0, 1)),
+        (SimpleNamespace(listener_key="0.0.0.0:80"), dict(status=0, flags="DC", request=GRPC_REQUEST), ("0.0.0.0:80", "-", "-", 0, "DC", -2), (0, 0, 1)),
+        (SimpleNamespace(listener_key="0.0.0.0:80"), dict(status=200, grpc_status=3, request=PLAIN_POST), ("0.0.0.0:80", "-", "-", 200, "-", -1), (0, 0, 1)),
     ],
 )  # fmt: skip
 def test_a_request_logs_key_and_words_are_pinned(segment, down, fields, key, words):
