@@ -156,14 +156,19 @@ class RouteExplainer:
     def _route_label(self, route: table.Route) -> str:
         name = f" {route.name!r}" if route.name else ""
         origin = _http_route_origin(route)
-        if origin is not None:  # generated from a Gateway API HTTPRoute: name it, and the rule and match
+        if origin is not None:  # generated from a Gateway API HTTPRoute or GRPCRoute: name it, and the rule and match
             key, rule, match = origin
-            return f"HTTPRoute {key} rules[{rule}].matches[{match}] (as VirtualService {route.virtual_service} http[{route.rule_index}])"
+            return f"{self._route_kind(key)} {key} rules[{rule}].matches[{match}] (as VirtualService {route.virtual_service} http[{route.rule_index}])"
         return f"VirtualService {route.virtual_service} http[{route.rule_index}]{name}"
+
+    def _route_kind(self, key: str) -> str:
+        """HTTPRoute or GRPCRoute: the kind loaded under that name (both share the generated route names)."""
+        kinds = [k for k in ("HTTPRoute", "GRPCRoute") if (k, key) in self.by_ref]
+        return "/".join(kinds) or "HTTPRoute"
 
     def _route(self, route: table.Route, request: RouteRequest, indent: int) -> None:
         origin = _http_route_origin(route)
-        where = self.where("HTTPRoute", origin[0]) if origin is not None else self.where("VirtualService", route.virtual_service, route.rule_index)
+        where = self.where(self._route_kind(origin[0]).split("/")[0], origin[0]) if origin is not None else self.where("VirtualService", route.virtual_service, route.rule_index)
         self.say(f"matched {self._route_label(route)}{where}", indent)
         self.say(f"match: {_describe_match(route.match)}", indent + 1)
         i = indent + 1

@@ -1,11 +1,13 @@
-# The Kubernetes Gateway API (gateway.networking.k8s.io) as msgspec Structs: GatewayClass, Gateway, HTTPRoute,
+# The Kubernetes Gateway API (gateway.networking.k8s.io) as msgspec Structs: GatewayClass, Gateway, HTTPRoute, GRPCRoute,
 # TLSRoute, TCPRoute and ReferenceGrant, the boundary where their YAML becomes trusted data.
 #
 # Rules:
 # - Field for field from kubernetes-sigs/gateway-api apis/v1 (gateway_types.go, gatewayclass_types.go,
-#   httproute_types.go, shared_types.go, object_reference_types.go, referencegrant_types.go, tlsroute_types.go,
-#   tcproute_types.go; v1alpha2 TLSRoute/TCPRoute are the same rules), camelCase on the wire, unknown fields
-#   rejected. Status is never read (it is what `edge check` reports, not an input).
+#   httproute_types.go, grpcroute_types.go, shared_types.go, object_reference_types.go, referencegrant_types.go,
+#   tlsroute_types.go, tcproute_types.go; v1alpha2 TLSRoute/TCPRoute/GRPCRoute are the same rules), camelCase on
+#   the wire, unknown fields rejected. Status is never read (it is what `edge check` reports, not an input).
+# - GRPCRoute: a rule without matches matches every request (no default is filled in, unlike HTTPRoute);
+#   sessionPersistence is decoded with its CEL rules so that the compiler can refuse it by name.
 # - The CRD's `+kubebuilder:default` values are the Struct defaults (path match PathPrefix "/", header and
 #   query match Exact, backend weight 1, backendRef kind Service, redirect 302, listener tls mode Terminate,
 #   allowedRoutes from Same, a rule without matches matches PathPrefix "/"), so that the compiler never
@@ -31,6 +33,7 @@ API_GROUP = "gateway.networking.k8s.io"
 STANDARD_VERSIONS = ("v1", "v1beta1")
 REFERENCE_GRANT_VERSIONS = ("v1", "v1beta1", "v1alpha2")
 ROUTE_L4_VERSIONS = ("v1", "v1alpha2")
+GRPC_ROUTE_VERSIONS = ("v1", "v1alpha2")  # v1 since gateway-api 1.1; Istio still reads v1alpha2
 
 # shared_types.go patterns.
 _HOSTNAME = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -477,6 +480,130 @@ def _check_parent_refs(refs: list[ParentReference]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# GRPCRoute (grpcroute_types.go; SessionPersistence from shared_types.go)
+# ---------------------------------------------------------------------------------------------------------
+
+# GRPCMethodMatch's CEL patterns for Exact values.
+_GRPC_SERVICE_RE = re.compile(r"^\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*$", re.IGNORECASE)
+_GRPC_METHOD_RE = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*$")
+
+
+class GRPCMethodMatch(Object, kw_only=True):
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+    service: Annotated[str, Meta(max_length=1024)] | None = None
+    method: Annotated[str, Meta(max_length=1024)] | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.service is not None or self.method is not None, "One or both of 'service' or 'method' must be specified")
+        if self.type == "Exact":
+            _require(self.service is None or bool(_GRPC_SERVICE_RE.match(self.service)), "service must only contain valid characters (matching ^(?i)\\.?[a-z_][a-z_0-9]*(\\.[a-z_][a-z_0-9]*)*$)")
+            _require(self.method is None or bool(_GRPC_METHOD_RE.match(self.method)), "method must only contain valid characters (matching ^[A-Za-z_][A-Za-z_0-9]*$)")
+
+
+class GRPCHeaderMatch(Object, kw_only=True):
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+    name: HeaderName
+    value: Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+class GRPCRouteMatch(Object, kw_only=True):
+    method: GRPCMethodMatch | None = None
+    headers: Annotated[list[GRPCHeaderMatch], Meta(max_length=16)] = []
+
+    def __post_init__(self) -> None:
+        # +listType=map, +listMapKey=name: the API server refuses two entries with one name.
+        names = [h.name for h in self.headers]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        _require(dup is None, f"headers: duplicate entries for key [name={dup!r}]")
+
+
+GRPCFilterType = Literal["RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "ExtensionRef"]
+_GRPC_FILTER_FIELDS = {k: FILTER_FIELDS[k] for k in ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "ExtensionRef")}
+
+
+class GRPCRouteFilter(Object, kw_only=True):
+    type: GRPCFilterType
+    request_header_modifier: HTTPHeaderFilter | None = None
+    response_header_modifier: HTTPHeaderFilter | None = None
+    request_mirror: HTTPRequestMirrorFilter | None = None
+    extension_ref: LocalObjectReference | None = None
+
+    def __post_init__(self) -> None:
+        wanted = _GRPC_FILTER_FIELDS[self.type]
+        for attr in _GRPC_FILTER_FIELDS.values():
+            given = getattr(self, attr) is not None
+            _require(not (given and attr != wanted), f"filter.{_WIRE_NAMES[attr]} must be nil if the filter.type is not {_type_of(attr)}")
+            _require(not (not given and attr == wanted), f"filter.{_WIRE_NAMES[attr]} must be specified for {self.type} filter.type")
+
+
+def _check_grpc_filters(filters: list[GRPCRouteFilter]) -> None:
+    types = [f.type for f in filters]
+    for t in ("RequestHeaderModifier", "ResponseHeaderModifier"):
+        _require(types.count(t) <= 1, f"{t} filter cannot be repeated")
+
+
+class GRPCBackendRef(BackendRef, kw_only=True):
+    filters: Annotated[list[GRPCRouteFilter], Meta(max_length=16)] = []
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_grpc_filters(self.filters)
+
+
+CookieName = Annotated[str, Meta(min_length=1, max_length=256, pattern=_HEADER_NAME)]
+
+
+class CookieConfig(Object, kw_only=True):
+    name: CookieName | None = None
+    path: Annotated[str, Meta(max_length=1024)] = "/"
+    lifetime_type: Literal["Permanent", "Session"] | None = None
+
+
+class HeaderConfig(Object, kw_only=True):
+    name: HeaderName
+
+
+class SessionPersistence(Object, kw_only=True):
+    """Decoded so that its rules are checked and the compiler can name it; edge does not serve it."""
+
+    absolute_timeout: GwDuration | None = None
+    type: Literal["Cookie", "Header"] = "Cookie"
+    cookie: CookieConfig | None = None
+    header: HeaderConfig | None = None
+
+    def __post_init__(self) -> None:
+        permanent = self.cookie is not None and self.cookie.lifetime_type == "Permanent"
+        _require(not permanent or self.absolute_timeout is not None, "AbsoluteTimeout must be specified when cookie lifetimeType is Permanent")
+        _require(self.cookie is None or self.type == "Cookie", "cookie must be nil if type is not Cookie")
+        _require(self.type != "Cookie" or self.cookie is not None, "cookie must be specified for Cookie type")
+        _require(self.header is None or self.type == "Header", "header must be nil if type is not Header")
+        _require(self.type != "Header" or self.header is not None, "header must be specified for Header type")
+
+
+class GRPCRouteRule(Object, kw_only=True):
+    name: SectionName | None = None
+    matches: Annotated[list[GRPCRouteMatch], Meta(max_length=64)] = []  # none: every gRPC request
+    filters: Annotated[list[GRPCRouteFilter], Meta(max_length=16)] = []
+    backend_refs: Annotated[list[GRPCBackendRef], Meta(max_length=16)] = []
+    session_persistence: SessionPersistence | None = None
+
+    def __post_init__(self) -> None:
+        _check_grpc_filters(self.filters)
+
+
+class GRPCRouteSpec(Object, kw_only=True):
+    parent_refs: Annotated[list[ParentReference], Meta(max_length=32)] = []
+    hostnames: Annotated[list[Hostname], Meta(max_length=16)] = []
+    rules: Annotated[list[GRPCRouteRule], Meta(max_length=16)] = []
+
+    def __post_init__(self) -> None:
+        _require(sum(len(r.matches) for r in self.rules) <= 128, "While 16 rules and 64 matches per rule are allowed, the total number of matches across all rules in a route must be less than 128")
+        names = [r.name for r in self.rules if r.name is not None]
+        _require(len(set(names)) == len(names), "Rule name must be unique within the route")
+        _check_parent_refs(self.parent_refs)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # TLSRoute, TCPRoute (tlsroute_types.go, tcproute_types.go)
 # ---------------------------------------------------------------------------------------------------------
 
@@ -530,6 +657,7 @@ KINDS: dict[str, tuple[tuple[str, ...], type, str]] = {
     "GatewayClass": (STANDARD_VERSIONS, GatewayClassSpec, "GatewayClass"),
     "Gateway": (STANDARD_VERSIONS, GatewaySpec, "KubernetesGateway"),
     "HTTPRoute": (STANDARD_VERSIONS, HTTPRouteSpec, "HTTPRoute"),
+    "GRPCRoute": (GRPC_ROUTE_VERSIONS, GRPCRouteSpec, "GRPCRoute"),
     "TLSRoute": (ROUTE_L4_VERSIONS, TLSRouteSpec, "TLSRoute"),
     "TCPRoute": (ROUTE_L4_VERSIONS, TCPRouteSpec, "TCPRoute"),
     "ReferenceGrant": (REFERENCE_GRANT_VERSIONS, ReferenceGrantSpec, "ReferenceGrant"),

@@ -56,6 +56,7 @@ class BackendCheck:
     domain: str
     hosts: set[str]
     granted: object  # callable(from_kind, from_ns, to_kind, to_ns, name) -> bool
+    ports: dict[str, dict[int, str]] = field(default_factory=dict)  # ServiceEntry host → port number → protocol
     problems: list[tuple[str, str, str]] = field(default_factory=list)  # (path, reason, message)
 
 
@@ -97,7 +98,7 @@ def _header_ops(f: gw.HTTPHeaderFilter) -> istio.HeaderOperations:
     return istio.HeaderOperations(set=first_wins(f.set), add=first_wins(f.add), remove=[n.lower() for n in f.remove])
 
 
-def _headers(filters: list[gw.HTTPRouteFilter]) -> istio.Headers | None:
+def filter_headers(filters: list[gw.HTTPRouteFilter]) -> istio.Headers | None:
     request = next((_header_ops(f.request_header_modifier) for f in filters if f.request_header_modifier), None)
     response = next((_header_ops(f.response_header_modifier) for f in filters if f.response_header_modifier), None)
     return istio.Headers(request=request, response=response) if request or response else None
@@ -120,7 +121,7 @@ class RuleParts:
 
 def rule_parts(check: BackendCheck, route: istio.Resource, rule: gw.HTTPRouteRule, w: Where) -> RuleParts | None:
     """The shared parts of one rule; None when the rule cannot be served (the route is then not accepted)."""
-    parts = RuleParts(headers=_headers(rule.filters))
+    parts = RuleParts(headers=filter_headers(rule.filters))
     for k, f in enumerate(rule.filters):
         fw = w.at(f".filters[{k}]")
         if f.type == "ExtensionRef":
@@ -131,12 +132,12 @@ def rule_parts(check: BackendCheck, route: istio.Resource, rule: gw.HTTPRouteRul
         elif f.url_rewrite is not None:
             parts.rewrite = f.url_rewrite
         elif f.request_mirror is not None:
-            mirror = _mirror(check, route, f.request_mirror, fw.at(".requestMirror.backendRef"))
+            mirror = mirror_policy(check, route, f.request_mirror, fw.at(".requestMirror.backendRef"))
             if mirror is not None:
                 parts.mirrors.append(mirror)
         elif f.cors is not None:
             parts.cors = _cors(f.cors)
-    parts.route = _destinations(check, route, rule, w)
+    parts.route = destinations(check, route, rule, w)
     if not parts.route and parts.redirect is None:
         parts.direct = istio.HTTPDirectResponse(status=500)
     parts.timeout, parts.retries = timeout_and_retries(rule)
@@ -170,7 +171,7 @@ def timeout_and_retries(rule: gw.HTTPRouteRule) -> tuple[istio.Duration | None, 
     return timeout, retries
 
 
-def _mirror(check: BackendCheck, route: istio.Resource, f: gw.HTTPRequestMirrorFilter, w: Where) -> istio.HTTPMirrorPolicy | None:
+def mirror_policy(check: BackendCheck, route: istio.Resource, f: gw.HTTPRequestMirrorFilter, w: Where) -> istio.HTTPMirrorPolicy | None:
     host = resolve_backend(check, f.backend_ref, route, w)
     if host is None:
         return None
@@ -194,7 +195,7 @@ def _cors(f: gw.HTTPCORSFilter) -> istio.CorsPolicy:
     )
 
 
-def _destinations(check: BackendCheck, route: istio.Resource, rule: gw.HTTPRouteRule, w: Where) -> list[istio.HTTPRouteDestination]:
+def destinations(check: BackendCheck, route: istio.Resource, rule: gw.HTTPRouteRule, w: Where) -> list[istio.HTTPRouteDestination]:
     kept = [(k, b) for k, b in enumerate(rule.backend_refs) if b.weight > 0]
     out: list[istio.HTTPRouteDestination] = []
     valid = 0
@@ -203,7 +204,7 @@ def _destinations(check: BackendCheck, route: istio.Resource, rule: gw.HTTPRoute
         host = resolve_backend(check, b, route, bw)
         if host is not None and host in check.hosts:
             valid += 1
-        headers = _headers(b.filters)
+        headers = filter_headers(b.filters)
         for j, f in enumerate(b.filters):
             if f.type not in ("RequestHeaderModifier", "ResponseHeaderModifier"):
                 bw.warn(f"UnsupportedValue: a {f.type} filter on a backendRef is not supported (Istio supports header modifiers there); it is ignored", f".filters[{j}]")
