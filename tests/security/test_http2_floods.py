@@ -341,3 +341,72 @@ def test_rapid_reset_is_enhance_your_calm(gw):  # CVE-2023-44487
             pass
         assert client.last_goaway_before_eof().error_code == ENHANCE_YOUR_CALM
     still_serving(gw)
+
+
+# ---------------------------------------------------------------------------------------------- data dribble
+
+
+def test_request_data_dribble_across_many_streams(gw):  # CVE-2019-9511, the client's side
+    # 40 streams each sending its body as 1-byte DATA frames, interleaved: every byte is forwarded, memory stays
+    # bounded, and another connection is served in the middle of it.
+    pid = gw.pids[0]
+    before = rss_kib(pid)
+    ids = list(range(1, 81, 2))
+    payload = bytes(range(97, 97 + 60))
+    with H2Client(port(gw)) as client:
+        client.send(*(client.headers_frame(i, "/sha256", method="POST", end_stream=False) for i in ids))
+        for n, byte in enumerate(payload):
+            frames = []
+            for i in ids:
+                frame = DataFrame(i)
+                frame.data = bytes([byte])
+                if n == len(payload) - 1:
+                    frame.flags.add("END_STREAM")
+                frames.append(frame)
+            client.send(*frames)
+            if n == len(payload) // 2:
+                still_serving(gw)
+        answers = {}
+        while len(answers) < len(ids):
+            frame = client.next_frame()
+            assert frame is not None, f"answered {sorted(answers)}"
+            if isinstance(frame, DataFrame) and frame.data:
+                answers[frame.stream_id] = answers.get(frame.stream_id, b"") + frame.data
+            elif isinstance(frame, RstStreamFrame):
+                raise AssertionError(f"stream {frame.stream_id} reset ({frame.error_code})")
+        digest = hashlib.sha256(payload).hexdigest().encode()
+        assert all(digest in body for body in answers.values())
+    assert rss_kib(pid) - before < MEMORY_BOUND_KIB
+
+
+def test_response_data_dribble_by_one_byte_windows(gw):  # CVE-2019-9511, the server's side
+    # A client that opens 40 streams with a 1-byte window and then grants one byte at a time makes edge send
+    # DATA frames of a byte or two: never more than granted, the outbound budget bounds what is queued, memory
+    # stays bounded, and the worker keeps serving another connection meanwhile.
+    pid = gw.pids[0]
+    before = rss_kib(pid)
+    ids = list(range(1, 81, 2))
+    with H2Client(port(gw), settings={SettingsFrame.INITIAL_WINDOW_SIZE: 1}) as client:
+        client.send(*(client.headers_frame(i, "/bytes/100000") for i in ids))
+        got: dict[int, int] = {}
+        for round_ in range(30):
+            updates = []
+            for i in ids:
+                update = WindowUpdateFrame(i)
+                update.window_increment = 1
+                updates.append(update)
+            conn = WindowUpdateFrame(0)
+            conn.window_increment = len(ids)
+            client.send(*updates, conn)
+            deadline = time.monotonic() + 5
+            while sum(got.values()) < len(ids) * (round_ + 2) and time.monotonic() < deadline:
+                frame = client.next_frame(timeout_s=1)
+                if isinstance(frame, DataFrame):
+                    got[frame.stream_id] = got.get(frame.stream_id, 0) + len(frame.data)
+                elif isinstance(frame, (GoAwayFrame, RstStreamFrame)):
+                    raise AssertionError(f"{type(frame).__name__} {frame.error_code}")
+            if round_ == 15:
+                still_serving(gw)
+        assert got == {i: 31 for i in ids}  # the initial byte and one per update, never more than granted
+    assert rss_kib(pid) - before < MEMORY_BOUND_KIB
+    still_serving(gw)
