@@ -261,6 +261,8 @@ class GatewayApiStage:
             if not attached:
                 continue
             entries = self._route_entries(res)
+            if not entries:  # not served (the reason is reported): no VirtualService for it
+                continue
             for info, hosts in attached:
                 for h in hosts:
                     buckets.setdefault((info.internal, h), []).extend((res, e) for e in entries)
