@@ -7,6 +7,11 @@
 # - The upstream response parser follows RFC 9112 §6.3: no body for HEAD, 1xx, 204, 304; chunked; Content-Length;
 #   else until close. Conflicting or malformed framing is a ProtocolError (502); a response head is at most
 #   MAX_RESPONSE_HEAD_BYTES.
+# - Reading a response head is a pure function of its bytes (_read_head); a connection keeps its last reading, so
+#   a head identical to the previous one on that connection (a backend answering alike, within the second of its
+#   Date) costs one bytes comparison instead of ~4 µs of parsing (issue 13). The state it sets (HEAD, 101, body
+#   framing) is applied per response from that reading; llhttp's response parser was measured for this and was no
+#   faster: its Python callback per field costs more than the regex pass.
 from __future__ import annotations
 
 import re
@@ -115,7 +120,7 @@ _R_HEAD, _R_LENGTH, _R_CHUNK_SIZE, _R_CHUNK_DATA, _R_CHUNK_CRLF, _R_TRAILERS, _R
 class FastClient:
     """The upstream side: requests serialised with one join; responses read by a lean strict parser."""
 
-    __slots__ = ("buffer", "state", "remaining", "method", "keep_alive", "sent_all", "eof", "awaiting_response", "request_chunked", "upgrade_requested")
+    __slots__ = ("buffer", "state", "remaining", "method", "keep_alive", "sent_all", "eof", "awaiting_response", "request_chunked", "upgrade_requested", "last_head", "last_read")
 
     def __init__(self) -> None:
         self.buffer = bytearray()
@@ -128,6 +133,8 @@ class FastClient:
         self.awaiting_response = False
         self.request_chunked = False
         self.upgrade_requested = False
+        self.last_head = b""  # the previous response head on this connection and its reading (_read_head)
+        self.last_read: tuple | None = None
 
     def send_request(self, method: bytes, target: bytes, headers) -> bytes:
         """The head; its framing is the proxy's headers' (Content-Length, or Transfer-Encoding: chunked)."""
@@ -220,50 +227,13 @@ class FastClient:
         raise AssertionError(state)
 
     def _parse_head(self, head: bytes):
-        line_end = head.find(b"\r\n")
-        m = _STATUS_LINE.fullmatch(head if line_end < 0 else head[:line_end])
-        if m is None:
-            raise ProtocolError("upstream sent an invalid status line", 502)
-        version = b"1." + m.group(1)
-        status = int(m.group(2))
-        reason = m.group(3) or b""
-        headers = []
-        length = None
-        chunked = False
-        keep_alive = version == b"1.1"
-        if line_end >= 0:
-            # Checks over the whole head in C (control bytes, lone CR or LF), then one split; a header name
-            # must be a non-empty token, which also rejects obs-fold (a line starting with whitespace).
-            crlf = head.count(b"\r\n")
-            if _CONTROL_BYTES.search(head) is not None or head.count(b"\r") != crlf or head.count(b"\n") != crlf:
-                raise ProtocolError("upstream sent a control character in its head", 502)
-            # Every line must be one anchored field match (so a bad line cannot hide behind a later match).
-            fields = _FIELD_LINE.findall(head, line_end + 2)
-            if len(fields) != crlf:
-                raise ProtocolError("upstream sent an invalid header line", 502)
-            for name, value in fields:
-                name = name.lower()
-                headers.append((name, value))
-                if name in _FRAMING_NAMES:
-                    if name == b"content-length":
-                        for part in value.split(b","):
-                            part = part.strip()
-                            if not part.isdigit() or len(part) > 18:
-                                raise ProtocolError("upstream sent an invalid Content-Length", 502)
-                            if length is not None and int(part) != length:
-                                raise ProtocolError("upstream sent differing Content-Lengths", 502)
-                            length = int(part)
-                    elif name == b"transfer-encoding":
-                        codings = [c.strip().lower() for c in value.split(b",")]
-                        if codings != [b"chunked"] or chunked:  # only chunked, as H11Client (and the server side) take
-                            raise ProtocolError("upstream sent an unsupported Transfer-Encoding", 502)
-                        chunked = True
-                    else:  # connection
-                        tokens = {t.strip().lower() for t in value.split(b",")}
-                        if b"close" in tokens:
-                            keep_alive = False
-                        elif b"keep-alive" in tokens and version == b"1.0":
-                            keep_alive = True
+        if head == self.last_head:  # the same bytes as the previous response here: the same reading
+            read = self.last_read
+        else:
+            read = _read_head(head)
+            self.last_head, self.last_read = head, read
+        version, status, reason, fields, length, chunked, keep_alive = read
+        headers = list(fields)  # the response's own list: callers may keep or change it
         if 100 <= status < 200:
             if status == 101:
                 if not self.upgrade_requested:
@@ -341,3 +311,53 @@ class FastClient:
         if self.eof:
             raise ProtocolError(f"upstream closed in the middle of the {what}", 502)
         return NEED_DATA
+
+
+def _read_head(head: bytes) -> tuple:
+    """A response head's reading: (version, status, reason, fields, Content-Length or None, chunked, keep-alive),
+    or ProtocolError (502). Pure: the same bytes always read the same."""
+    line_end = head.find(b"\r\n")
+    m = _STATUS_LINE.fullmatch(head if line_end < 0 else head[:line_end])
+    if m is None:
+        raise ProtocolError("upstream sent an invalid status line", 502)
+    version = b"1." + m.group(1)
+    status = int(m.group(2))
+    reason = m.group(3) or b""
+    headers = []
+    length = None
+    chunked = False
+    keep_alive = version == b"1.1"
+    if line_end >= 0:
+        # Checks over the whole head in C (control bytes, lone CR or LF), then one split; a header name
+        # must be a non-empty token, which also rejects obs-fold (a line starting with whitespace).
+        crlf = head.count(b"\r\n")
+        if _CONTROL_BYTES.search(head) is not None or head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+            raise ProtocolError("upstream sent a control character in its head", 502)
+        # Every line must be one anchored field match (so a bad line cannot hide behind a later match).
+        fields = _FIELD_LINE.findall(head, line_end + 2)
+        if len(fields) != crlf:
+            raise ProtocolError("upstream sent an invalid header line", 502)
+        for name, value in fields:
+            name = name.lower()
+            headers.append((name, value))
+            if name in _FRAMING_NAMES:
+                if name == b"content-length":
+                    for part in value.split(b","):
+                        part = part.strip()
+                        if not part.isdigit() or len(part) > 18:
+                            raise ProtocolError("upstream sent an invalid Content-Length", 502)
+                        if length is not None and int(part) != length:
+                            raise ProtocolError("upstream sent differing Content-Lengths", 502)
+                        length = int(part)
+                elif name == b"transfer-encoding":
+                    codings = [c.strip().lower() for c in value.split(b",")]
+                    if codings != [b"chunked"] or chunked:  # only chunked, as H11Client (and the server side) take
+                        raise ProtocolError("upstream sent an unsupported Transfer-Encoding", 502)
+                    chunked = True
+                else:  # connection
+                    tokens = {t.strip().lower() for t in value.split(b",")}
+                    if b"close" in tokens:
+                        keep_alive = False
+                    elif b"keep-alive" in tokens and version == b"1.0":
+                        keep_alive = True
+    return version, status, reason, tuple(headers), length, chunked, keep_alive

@@ -26,7 +26,7 @@ import pytest
 import trio
 
 from tests.workers.http.proxy_pair import FakeTransport
-from workers.http.codec import CLOSED, END_OF_MESSAGE, NEED_DATA, Data, IncompleteMessage, ProtocolError, Request
+from workers.http.codec import CLOSED, END_OF_MESSAGE, NEED_DATA, Data, IncompleteMessage, InformationalResponse, ProtocolError, Request
 from workers.http.engines import FastClient, FastServer, H11Client, H11Server
 from workers.http.exchange import read_response_head
 
@@ -353,3 +353,53 @@ def test_both_client_codecs_write_the_same_request_bytes(method, headers, body):
         written.append(wire)
     assert written[0] == written[1]
     assert written[0].startswith(method + b" /p?q HTTP/1.1\r\nhost: a\r\n")
+
+
+def _exchange(codec, method: bytes, response: bytes, upgrade: bool = False):
+    """One request/response cycle on a reused client codec: (status, body, reusable) or the error's status."""
+    headers = [(b"host", b"a")] + ([(b"connection", b"Upgrade"), (b"upgrade", b"websocket")] if upgrade else [])
+    codec.send_request(method, b"/", headers)
+    codec.send_end()
+    codec.receive_data(response)
+    body = b""
+    try:
+        event = codec.next_event()
+        status = event.status_code
+        headers = list(event.headers)
+        while type(event) is not InformationalResponse:
+            event = codec.next_event()
+            if type(event) is Data:
+                body += event.data
+            elif event is END_OF_MESSAGE:
+                break
+    except ProtocolError as exc:
+        return exc.status_hint
+    reusable = codec.reusable
+    if reusable:
+        codec.start_next_cycle()
+    return status, headers, body, reusable
+
+
+def test_the_same_head_again_on_a_connection_reads_the_same_and_keeps_per_request_state():
+    """FastClient keeps its last head's reading: a repeated head must still follow this request's method and
+    upgrade state, hand out its own header list, and a different head must be read afresh (as h11 reads it)."""
+    ok = b"HTTP/1.1 200 OK\r\nServer: up\r\nContent-Length: 5\r\n\r\n"
+    switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    steps = [
+        (b"GET", ok + b"hello", False, (200, [(b"server", b"up"), (b"content-length", b"5")], b"hello", True)),
+        (b"HEAD", ok, False, (200, [(b"server", b"up"), (b"content-length", b"5")], b"", True)),
+        (b"GET", ok + b"hello", False, (200, [(b"server", b"up"), (b"content-length", b"5")], b"hello", True)),
+        (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", False, 502),
+    ]
+    for client_class in CLIENTS.values():
+        codec = client_class()
+        for method, response, upgrade, expected in steps:
+            got = _exchange(codec, method, response, upgrade)
+            assert got == expected, (client_class.__name__, method)
+        first, second = client_class(), client_class()
+        assert _exchange(first, b"GET", switch, upgrade=True)[0] == 101
+        assert _exchange(second, b"GET", switch, upgrade=False) == 502  # a 101 nobody asked for
+    codec = FastClient()
+    a = _exchange(codec, b"GET", ok + b"hello")
+    a[1].append((b"x-added", b"1"))  # a caller changing its list changes nothing for the next response
+    assert _exchange(codec, b"GET", ok + b"hello")[1] == [(b"server", b"up"), (b"content-length", b"5")]
