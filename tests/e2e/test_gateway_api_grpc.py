@@ -198,3 +198,24 @@ def test_grpcroute_weight(edge):
             counts[json.loads(call(b"", timeout=10))["pod"]] += 1
     assert counts["grpc-infra-backend-v3"] == 0 and sum(counts.values()) == 200
     assert 111 <= counts["grpc-infra-backend-v1"] <= 169, counts
+
+
+# Not a conformance test: a rule whose backendRefs all have weight 0 answers 500 (httproute_types.go BackendRefs;
+# Istio's direct response), which reaches a gRPC client as Envoy's local reply does: UNKNOWN (httpToGrpcStatus).
+NO_BACKENDS = f"""apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: no-backends, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  rules:
+  - matches: [{{method: {{service: {SERVICE}, method: EchoTwo}}}}]
+    backendRefs: [{{name: grpc-infra-backend-v1, port: 8080, weight: 0}}]
+  - backendRefs: [{{name: grpc-infra-backend-v3, port: 8080}}]
+"""
+
+
+def test_rule_without_backends_is_unknown_to_grpc_clients(edge):
+    edge.write_config("case.yaml", NO_BACKENDS)
+    assert "published" in edge.reload()
+    assert rpc(edge, "EchoTwo")[0] == grpc.StatusCode.UNKNOWN
+    expect(edge, "grpc-infra-backend-v3", "Echo")  # the match-less rule takes the rest
