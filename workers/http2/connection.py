@@ -11,7 +11,11 @@
 # - Every frame h2 or edge queues goes through `pump` into one outbound buffer, counted against the outbound
 #   budget (limits.OutboundBudget) until the writer has written it. The writer is the only task that sends on the
 #   socket; it is never cancelled while the connection lives (only when it closes), so no frame is ever cut.
-#   Streams wait while the buffer is over OUTBOUND_HIGH_WATER bytes.
+#   Streams wait while the buffer is over OUTBOUND_HIGH_WATER bytes. What streams queue (HEADERS, DATA,
+#   WINDOW_UPDATE acknowledging their request bodies) is moved out of h2 once per batch — by the writer before it
+#   writes, or by a stream before it waits for room — not per call: one data_to_send and one frame count for the
+#   frames of many streams. What the reader's input makes h2 queue (pings, settings, resets) is moved out at once,
+#   so floods are counted as they come.
 # - Graceful close (worker drain, the listener gone after a reload, the connection idle for the idle timeout):
 #   Envoy's two GOAWAYs — last-stream-id 2^31-1 first, then after DRAIN_GOAWAY_DELAY_S the highest stream id
 #   accepted — and the connection closes once the streams it accepted are done (the worker's drain deadline
@@ -63,6 +67,7 @@ class Http2Connection:
         self.out = bytearray()
         self.out_counts = [0, 0]  # frames, control frames in `out`
         self.wake = trio.Event()
+        self.unpumped = False  # h2 holds frames queued by streams that pump() has not moved out yet
         self.room = trio.Event()
         self.done = trio.Event()
         self.nursery: trio.Nursery | None = None
@@ -243,7 +248,7 @@ class Http2Connection:
     def acknowledge(self, stream_id: int, flow_length: int) -> None:
         if flow_length and not self.done.is_set():
             self.conn.acknowledge_received_data(flow_length, stream_id)
-            self.pump()
+            self._pump_later()
 
     def window(self, stream_id: int) -> int:
         try:
@@ -267,7 +272,11 @@ class Http2Connection:
             method(*args, **kwargs)
         except h2.exceptions.ProtocolError:
             raise TransportClosed("the stream is closed") from None  # reset by the client meanwhile
-        self.pump()
+        self._pump_later()
+
+    def _pump_later(self) -> None:
+        self.unpumped = True
+        self.wake.set()
 
     def reset_stream(self, stream_id: int, code: int) -> None:
         try:
@@ -277,6 +286,8 @@ class Http2Connection:
         self.pump()
 
     async def wait_room(self) -> None:
+        if self.unpumped:
+            self.pump()
         if len(self.out) > OUTBOUND_HIGH_WATER:
             self.room = trio.Event()
             await self.room.wait()
@@ -287,6 +298,7 @@ class Http2Connection:
 
     def pump(self) -> None:
         """Move what h2 queued to the outbound buffer, counted against the budget."""
+        self.unpumped = False
         data = self.conn.data_to_send()
         if data:
             self.queue_frame(data)
@@ -321,6 +333,8 @@ class Http2Connection:
     async def _write_loop(self) -> None:
         transport = self.transport
         while True:
+            if self.unpumped:
+                self.pump()
             if not self.out:
                 self.room.set()
                 self.wake = trio.Event()

@@ -41,6 +41,8 @@ from workers.http2.request import response_fields
 from workers.netio import TransportClosed
 
 BODY_CHUNK_BYTES = 64 * 1024  # response bytes queued before the proxy core is told to flush
+_SET = trio.Event()  # an Event already set: what a stream holds until someone waits
+_SET.set()
 _QUIET_ENDINGS = (trio.BrokenResourceError, trio.ClosedResourceError, TransportClosed, ClientGone, ResponseAborted)
 
 
@@ -79,8 +81,8 @@ class Http2Stream:
         self.inbound: deque = deque()  # (bytes, flow-controlled length) from DATA frames
         self.ended_in = ended_in  # the client's END_STREAM came
         self.unacked = 0  # flow-controlled bytes handed to the core and not yet acknowledged
-        self.body_event = trio.Event()
-        self.window_event = trio.Event()
+        self.body_event = _SET  # replaced by a fresh Event by whoever waits (most streams never wait)
+        self.window_event = _SET
         self.opened_at = self.activity
         self.discard_body = False  # the core is done with the body: acknowledge what comes at once
         self.trailers: list | None = None  # request trailers (not forwarded to HTTP/1 upstreams)
@@ -160,9 +162,10 @@ class Http2Stream:
             chunk, view = view[:window], view[window:]
             last = end and not view and not trailers  # trailers end the stream, not the last DATA frame
             h2c.send_data(self.stream_id, chunk, last)
+            self.activity = time.monotonic()
             if last:
                 self.ended_out = True
-            self.activity = time.monotonic()
+                return  # nothing follows: the writer takes it with its next batch
             await h2c.wait_room()
             if self.client_gone:
                 raise ClientGone()
