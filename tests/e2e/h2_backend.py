@@ -14,8 +14,12 @@ Rules:
   such streams on one connection are held, then GOAWAY names the lowest and only it is answered: the others
   must come back on another connection); anything else: 200 with a JSON echo {instance, method, path,
   authority, headers, body}.
-- Every request is recorded with its headers and body size; connections() counts connections accepted and
+- Every request is recorded with its headers, body size and protocol ("h2", or "http/1.1": a connection whose
+  first bytes are not the HTTP/2 preface is answered as HTTP/1.1 with the same JSON echo, so one backend shows
+  which protocol the gateway chose); connections() counts connections accepted, closed() those that ended, and
   max_streams() the most streams open at once on one connection.
+- PINGs are counted (pings()); with answer_pings = False they are dropped before h2 sees them, so no PING ACK
+  ever comes back (an upstream that stopped answering, for http2KeepAlive).
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ class H2Backend:
         self.goaway_after = goaway_after
         self.goaway_armed = True
         self.fail_grpc: int | None = None  # every answer trailers-only with this grpc-status (an unhealthy endpoint)
+        self.answer_pings = True
+        self._pings = 0
+        self._closed = 0
         self.lock = threading.Lock()
         self._requests: list[dict] = []
         self.resets: list[tuple[str, int]] = []
@@ -83,12 +90,22 @@ class H2Backend:
         with self.lock:
             return self._max_streams
 
+    def pings(self) -> int:
+        with self.lock:
+            return self._pings
+
+    def closed(self) -> int:
+        with self.lock:
+            return self._closed
+
     def reset(self) -> None:
         with self.lock:
             self._requests.clear()
             self.resets.clear()
             self._connections = 0
             self._max_streams = 0
+            self._pings = 0
+            self._closed = 0
 
     # ------------------------------------------------------------------------------------------ serving
 
@@ -111,6 +128,8 @@ class H2Backend:
             pass
         finally:
             sock.close()
+            with self.lock:
+                self._closed += 1
 
 
 class _Connection:
@@ -124,6 +143,8 @@ class _Connection:
         self.streams: dict[int, dict] = {}
         self.held: list[int] = []
         self.open = 0
+        self.raw = b""  # inbound bytes not yet split into whole frames
+        self.preface_left = 24
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -131,19 +152,64 @@ class _Connection:
             self.sock.sendall(data)
 
     def run(self) -> None:
+        with self.backend.lock:
+            self.backend._connections += 1
+        data = self.sock.recv(65536)
+        if data and not data.startswith(b"PRI "):
+            self.serve_http1(data)
+            return
         with self.lock:
             self.conn.initiate_connection()
             self.flush()
-        with self.backend.lock:
-            self.backend._connections += 1
         while True:
-            data = self.sock.recv(65536)
             if not data:
                 return
+            data = self.frames(data)
             with self.lock:
                 for event in self.conn.receive_data(data):
                     self.on_event(event)
                 self.flush()
+            data = self.sock.recv(65536)
+
+    def frames(self, data: bytes) -> bytes:
+        """Whole frames of the bytes so far (after the preface), PINGs counted and, unless answered, dropped."""
+        self.raw += data
+        out = bytearray()
+        if self.preface_left:
+            take = self.raw[: self.preface_left]
+            out += take
+            self.raw = self.raw[len(take) :]
+            self.preface_left -= len(take)
+        while len(self.raw) >= 9:
+            length = int.from_bytes(self.raw[:3], "big")
+            if len(self.raw) < 9 + length:
+                break
+            frame, self.raw = self.raw[: 9 + length], self.raw[9 + length :]
+            if frame[3] == 0x6 and not frame[4] & 0x1:  # PING, not an ACK
+                with self.backend.lock:
+                    self.backend._pings += 1
+                if not self.backend.answer_pings:
+                    continue
+            out += frame
+        return bytes(out)
+
+    def serve_http1(self, data: bytes) -> None:
+        """HTTP/1.1 requests without bodies, each answered with the JSON echo (keep-alive)."""
+        while True:
+            while b"\r\n\r\n" not in data:
+                more = self.sock.recv(65536)
+                if not more:
+                    return
+                data += more
+            head, data = data.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = [(k.strip().lower(), v.strip()) for k, v in (line.split(":", 1) for line in lines[1:])]
+            with self.backend.lock:
+                self.backend._requests.append({"headers": headers, "body_bytes": 0, "path": path, "stream": 0, "protocol": "http/1.1"})
+            body = json.dumps({"instance": self.backend.name, "method": method, "path": path, "protocol": "http/1.1"}).encode()
+            self.sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-served-by: %s\r\ncontent-length: %d\r\n\r\n"
+                              % (self.backend.name.encode(), len(body)) + body)
 
     def on_event(self, event) -> None:
         t = type(event)
@@ -167,7 +233,7 @@ class _Connection:
     def on_request(self, sid: int) -> None:
         stream = self.streams[sid]
         headers = dict(stream["headers"])
-        record = {"headers": stream["headers"], "body_bytes": len(stream["body"]), "path": headers.get(":path", ""), "stream": sid}
+        record = {"headers": stream["headers"], "body_bytes": len(stream["body"]), "path": headers.get(":path", ""), "stream": sid, "protocol": "h2"}
         with self.backend.lock:
             self.backend._requests.append(record)
         path = record["path"]
