@@ -13,9 +13,13 @@
 #   formatters (format_text, format_json) serve every other record and define the output: both give the same
 #   bytes, pinned for tricky records in tests/workers/test_access_log.py.
 # - Buffered like Envoy's --file-flush-interval-msec 1000: a line is appended to a bytearray; the buffer is written
-#   every FLUSH_INTERVAL_S, at once when it reaches FLUSH_BYTES, and on close (drain, exit). The write
-#   happens in a thread so a slow stdout pipe never stalls the event loop. While a write is stuck, at most
-#   MAX_PENDING_BYTES wait; lines beyond that are dropped and counted (dropped_lines), never buffered unbounded.
+#   every FLUSH_INTERVAL_S, at once when it reaches FLUSH_BYTES, and on close (drain, exit). A regular file is
+#   written from the event loop, as nginx writes its buffered access log (a 64 KiB write into the page cache costs
+#   tens of µs; a trio thread hand-over per flush cost more, issue 13); a write to it that takes longer than
+#   SLOW_WRITE_S (a stalled disk, a network file system) moves that log's writes to a thread from then on. Pipes
+#   and terminals are always written in a thread, so a slow stdout reader never stalls the event loop. While a
+#   threaded write is stuck, at most MAX_PENDING_BYTES wait; lines beyond that are dropped and counted
+#   (dropped_lines), never buffered unbounded.
 # - Pipes and terminals get writes of at most PIPE_BUF bytes cut at line ends (atomic for a pipe), so lines of
 #   several workers sharing stdout never interleave mid-line.
 # - reopen() (SIGUSR1, after logrotate moved the file): flush what is buffered into the old file, then open the
@@ -25,6 +29,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import time
 from typing import Callable
 
 import orjson
@@ -37,6 +42,7 @@ FLUSH_BYTES = 64 * 1024
 FLUSH_INTERVAL_S = 1.0
 MAX_PENDING_BYTES = 4 * 1024 * 1024
 PIPE_BUF_BYTES = 4096
+SLOW_WRITE_S = 0.005  # an inline write slower than this (5 ms: ~a hundred requests' time) moves writes to a thread
 OFF = "off"
 STDOUT = "-"
 
@@ -408,6 +414,7 @@ class AccessLog:
         self._fd = -1
         self._owns_fd = False
         self._pipe = False
+        self.threaded = False  # writes go through a thread (pipes, terminals, or a file that once wrote slowly)
         self._buffer = bytearray()  # the lines not handed to a write yet, back to back
         self._pending = 0  # bytes handed to a writer thread and not yet written
         self._wake = trio.Event() if self.enabled else None
@@ -432,6 +439,7 @@ class AccessLog:
             self._pipe = not stat.S_ISREG(os.fstat(fd).st_mode)
         except OSError:
             self._pipe = True
+        self.threaded = self._pipe
 
     def reopen(self) -> None:
         """After logrotate: flush into the old file, then open the path anew (stdout: just flush)."""
@@ -530,6 +538,11 @@ class AccessLog:
             if not self._buffer or self._fd < 0:
                 continue
             data = self._take()
+            if not self.threaded:
+                started = time.monotonic()
+                self._write(self._fd, False, data)
+                self.threaded = time.monotonic() - started > SLOW_WRITE_S
+                continue
             self._pending += len(data)
             try:
                 await trio.to_thread.run_sync(self._write, self._fd, self._pipe, data)

@@ -128,6 +128,44 @@ async def test_the_flusher_writes_within_the_interval_and_at_once_when_full(tmp_
     log.close()
 
 
+async def _flush_once(log: AccessLog, path) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log.serve_flusher)
+        log.write(istio_example_404())
+        with trio.fail_after(5):
+            while not path.read_bytes():
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_file_is_written_from_the_event_loop_until_a_write_is_slow(tmp_path, monkeypatch):
+    """Regular files are written inline (no thread hand-over per flush); a write slower than SLOW_WRITE_S moves the
+    log's later writes to a thread. A pipe is always written in a thread."""
+    monkeypatch.setattr(al, "FLUSH_INTERVAL_S", 0.02)
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), "json")
+    assert not log.threaded
+    await _flush_once(log, path)
+    assert not log.threaded  # a page-cache write is far below 5 ms
+    monkeypatch.setattr(al, "SLOW_WRITE_S", -1.0)  # every write now counts as slow
+    slow_path = tmp_path / "slow.log"
+    slow = AccessLog(str(slow_path), "json")
+    await _flush_once(slow, slow_path)
+    assert slow.threaded
+    slow.write(istio_example_404())
+    slow.close()
+    assert len(slow_path.read_bytes().splitlines()) == 2
+    log.close()
+    read_end, write_end = os.pipe()
+    try:
+        piped = AccessLog(f"/dev/fd/{write_end}", "json")
+        assert piped.threaded
+        piped.close()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
 def test_reopen_follows_logrotate(tmp_path):
     path = tmp_path / "access.log"
     log = AccessLog(str(path), "text")
