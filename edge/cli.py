@@ -4,7 +4,9 @@
 #
 # Rules:
 # - check: every error and warning as a `file:line: …` line on stderr, one summary line on stdout;
-#   exit 0 when there is no error (warnings allowed), 1 otherwise. Notes (skipped kinds…) only with -v.
+#   exit 0 when there is no error (warnings allowed), 1 otherwise. Notes (skipped kinds…) only with -v; with
+#   --listeners, the listeners and clusters follow the summary as tables with the protocols they speak
+#   (edge/explain_protocols.py).
 # - dump: the compiled RoutingTable as indented JSON with sorted keys on stdout; exit 1 (and the errors on
 #   stderr) when the configuration does not compile.
 # - route: explain which listener, filter chain, virtual host, VirtualService and route a request takes, and
@@ -63,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate configuration without serving it")
     config_args(p)
     p.add_argument("-v", "--verbose", action="store_true", help="also print notes (skipped objects and the like)")
+    p.add_argument("--listeners", action="store_true", help="also print the listeners and clusters with the protocols they speak (HTTP/1.1, h2c, h2 by ALPN, TCP; upstream HTTP/1.1 or HTTP/2 and why)")
     p.set_defaults(handler=cmd_check)
 
     p = sub.add_parser("dump", help="print the compiled routing table as JSON")
@@ -134,6 +137,10 @@ def cmd_check(args) -> int:
     verdict = "ok" if errors == 0 else "FAILED"
     summary += f"; {errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}: {verdict}"
     print(summary)
+    if args.listeners and result.table is not None:
+        from edge.explain_protocols import protocol_tables
+
+        print("\n".join(["", *protocol_tables(result.table)]))
     return EXIT_OK if errors == 0 else EXIT_FAILED
 
 

@@ -17,6 +17,7 @@ import time
 from typing import TextIO
 
 from edge import explain_authz, istio, table
+from edge.explain_protocols import PLAIN_HTTP, TCP, chain_protocols, cluster_protocol
 from edge.explain_jwt import authenticate
 from edge.flags import DEFAULT_GATEWAY_LABELS
 from workers.router import Router, describe_matcher
@@ -93,12 +94,13 @@ class RouteExplainer:
         extra = f" (also binds: {', '.join(l.bind for l in listeners[1:])})" if len(listeners) > 1 else ""
         self.say(f"listener {listener.name}: {listener.protocol}, from {', '.join(listener.gateways)}{extra}")
         if listener.protocol == table.PROTO_HTTP:
+            self.say(f"clients may speak {PLAIN_HTTP}", 1)
             request.scheme = self.args.scheme or "http"
             return self._http(listener.route_config, request, port)
         if listener.protocol == table.PROTO_TCP:
             if not explain_authz.explain_tcp(self.table, self.args, port, "", lambda text, extra=0: self.say(text, 1 + extra)):
                 return False
-            self.say("TCP proxy (opaque bytes, no HTTP routing):", 1)
+            self.say(f"TCP proxy ({TCP}, no HTTP routing):", 1)
             self._l4(listener.tcp, 2)
             return True
         sni = (self.args.sni if self.args.sni is not None else _host_only(request.authority)).lower()
@@ -109,6 +111,7 @@ class RouteExplainer:
             return False
         names = ", ".join(chain.server_names) or "any SNI"
         self.say(f"filter chain {chain.server_name} of Gateway {chain.gateway}{self.where('Gateway', chain.gateway)}: server names {names}", 1)
+        self.say(f"clients may speak {chain_protocols(chain)}", 2)
         if chain.tls is not None:
             cert = chain.tls.credential_name and f"credentialName {chain.tls.credential_name}" or chain.tls.cert_chain_file or "(no certificate)"
             self.say(f"TLS {chain.tls.mode}: terminated with {cert}, minimum {chain.tls.min_version}", 2)
@@ -233,6 +236,8 @@ class RouteExplainer:
             return
         hashing = f", consistent hash on {wc.hash_policy.kind} {wc.hash_policy.name}".rstrip() if wc.hash_policy else ""
         self.say(f"{share}{cluster.name} ({cluster.resolution}, {cluster.lb_policy}{hashing})", indent)
+        spoken, why = cluster_protocol(cluster)
+        self.say(f"upstream protocol {spoken} ({why})", indent + 1)
         if not cluster.endpoints:
             self.say("no endpoints → 503 (UH)", indent + 1)
         for ep in cluster.endpoints:
