@@ -171,12 +171,34 @@ def test_malformed_requests_are_stream_errors(gw, authority, path):
 # h2 refuses these as connection errors, as Envoy's default (override_stream_error_on_invalid_http_message off):
 # connection-specific fields (RFC 9113 §8.2.2), te other than trailers, uppercase names, a host naming another
 # authority than :authority (§8.3.1).
-@pytest.mark.parametrize("extra", [[("connection", "keep-alive")], [("te", "gzip")], [("X-Upper", "1")], [("host", "other.example.com")]])
+@pytest.mark.parametrize("extra", [[("connection", "keep-alive")], [("te", "gzip")], [("X-Upper", "1")], [("host", "other.example.com")],
+                                   [("x-crlf", "a\r\nb")], [("x-space", " a")], [("a b", "1")]])
 def test_connection_specific_and_uppercase_fields_are_protocol_errors(gw, extra):
     with H2Client(port(gw)) as client:
         client.request(1, "/headers", extra=extra)
         goaway = client.goaway()
         assert goaway is not None and goaway.error_code == PROTOCOL_ERROR
+
+
+def test_malformed_trailers_are_a_protocol_error(gw):
+    with H2Client(port(gw)) as client:
+        client.request(1, "/sha256", method="POST", end_stream=False)
+        trailers = HeadersFrame(1)
+        trailers.data = client.encoder.encode([(":path", "/again"), ("x", "y")])
+        trailers.flags.add("END_HEADERS")
+        trailers.flags.add("END_STREAM")
+        client.send(trailers)
+        goaway = client.goaway()
+        assert goaway is not None and goaway.error_code == PROTOCOL_ERROR
+    with H2Client(port(gw)) as client:  # well-formed trailers end the request as usual
+        client.request(1, "/sha256", method="POST", end_stream=False)
+        trailers = HeadersFrame(1)
+        trailers.data = client.encoder.encode([("x-checksum", "y")])
+        trailers.flags.add("END_HEADERS")
+        trailers.flags.add("END_STREAM")
+        client.send(trailers)
+        headers, _, reset = client.response(1)
+        assert reset is None and headers[":status"] == "200"
 
 
 def test_an_even_stream_id_from_a_client_is_a_protocol_error(gw):

@@ -8,6 +8,8 @@
 #   the worker's active-stream limit, is refused alone (RST_STREAM REFUSED_STREAM) instead of h2's connection error.
 # - The reader feeds the flood guard (limits.InboundGuard) before h2, then h2, then acts on its events. A protocol
 #   error h2 finds ends the connection with the GOAWAY h2 queued; a flood ends it with GOAWAY ENHANCE_YOUR_CALM.
+#   Header blocks (requests and their trailers) are checked by request.field_error, h2's inbound validation in
+#   one pass (h2's own is off): a malformed block ends the connection with GOAWAY PROTOCOL_ERROR as h2 would.
 # - Every frame h2 or edge queues goes through `pump` into one outbound buffer, counted against the outbound
 #   budget (limits.OutboundBudget) until the writer has written it. The writer is the only task that sends on the
 #   socket; it is never cancelled while the connection lives (only when it closes), so no frame is ever cut.
@@ -36,7 +38,7 @@ import trio
 from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 from workers.http2 import limits as lim
-from workers.http2.request import Malformed, h2_request
+from workers.http2.request import Malformed, field_error, h2_request
 from workers.http2.stream import Http2Stream, end_code, serve_stream
 from workers.netio import TransportClosed
 
@@ -46,7 +48,7 @@ DRAIN_GOAWAY_DELAY_S = 1.0  # between the two GOAWAYs of a graceful close (Envoy
 CLOSE_GRACE_S = 1.0  # the last frames (a GOAWAY) may take this long to leave before the socket closes
 LAST_STREAM_ANY = 2**31 - 1
 _SEND_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, TransportClosed)
-_H2_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True, normalize_inbound_headers=True, validate_outbound_headers=False, normalize_outbound_headers=False)
+_H2_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False, normalize_inbound_headers=True, validate_outbound_headers=False, normalize_outbound_headers=False)
 
 
 class Http2Connection:
@@ -155,6 +157,8 @@ class Http2Connection:
             return False
         for event in events:
             self._on_event(event)
+            if self.violation is not None:
+                break
         self.pump()
         return self.violation is None and not self.done.is_set()
 
@@ -180,15 +184,26 @@ class Http2Connection:
             self._on_reset(event.stream_id)
         elif kind is h2.events.TrailersReceived:
             stream = self.streams.get(event.stream_id)
-            if stream is not None:
+            if field_error(event.headers, True) is not None:
+                self._malformed()
+            elif stream is not None:
                 stream.trailers = event.headers
         elif kind is h2.events.ConnectionTerminated:
             self.peer_goaway = True
             self._maybe_done()
 
+    def _malformed(self) -> None:
+        """A malformed header block: GOAWAY PROTOCOL_ERROR, as h2's own validation answers it."""
+        self.conn.close_connection(error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self.pump()
+        self.violation = "protocol error"
+
     def _on_request(self, event) -> None:
         stream_id = event.stream_id
         self.highest_stream = max(self.highest_stream, stream_id)
+        if field_error(event.headers) is not None:
+            self._malformed()
+            return
         if stream_id > self.last_stream_id or len(self.streams) >= self.max_streams:
             self.reset_stream(stream_id, lim.REFUSED_STREAM)
             return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.http2.request import Malformed, h2_request, response_fields
+from workers.http2.request import Malformed, field_error, h2_request, response_fields
 
 BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/a?b=1"), (b":authority", b"App.Example.com:8443")]
 
@@ -74,3 +74,78 @@ def test_response_fields_drop_what_http2_forbids():
     fields = response_fields(200, [(b"content-type", b"text/plain"), (b"connection", b"close"), (b"transfer-encoding", b"chunked"), (b"keep-alive", b"5"), (b"te", b"trailers"), (b"te", b"gzip")])
     assert fields == [(b":status", b"200"), (b"content-type", b"text/plain"), (b"te", b"trailers")]
     assert response_fields(None, [(b"grpc-status", b"0")]) == [(b"grpc-status", b"0")]
+
+
+# field_error against h2's own inbound validation (the checks it replaces, h2.utilities.validate_headers) as the
+# oracle: the same blocks accepted and refused, requests and trailers.
+def _h2_refuses(fields, trailer: bool) -> bool:
+    import h2.exceptions
+    from h2.utilities import HeaderValidationFlags, validate_headers
+
+    flags = HeaderValidationFlags(is_client=False, is_trailer=trailer, is_response_header=False, is_push_promise=False)
+    try:
+        list(validate_headers(fields, flags))
+    except h2.exceptions.ProtocolError:
+        return True
+    return False
+
+
+GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a.example")]
+BLOCKS = [
+    GET,
+    GET + [(b"user-agent", b"x"), (b"cookie", b"a=1"), (b"te", b"trailers"), (b"te", b"Trailers"), (b"x", b"")],
+    GET + [(b"host", b"a.example")],
+    GET + [(b"host", b"A.example")],  # h2 compares bytes: a connection error
+    GET + [(b"host", b"a.example"), (b"host", b"a.example")],
+    [f for f in GET if f[0] != b":authority"] + [(b"host", b"a.example")],
+    [f for f in GET if f[0] != b":authority"],
+    [f for f in GET if f[0] != b":path"],
+    [f for f in GET if f[0] != b":scheme"],
+    [f for f in GET if f[0] != b":method"],
+    [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b""), (b":authority", b"a")],
+    GET + [(b":method", b"GET")],
+    GET + [(b":status", b"200")],
+    GET + [(b":custom", b"1")],
+    GET + [(b":protocol", b"websocket")],
+    [(b":method", b"CONNECT"), (b":authority", b"a.example:443")],
+    [(b":method", b"CONNECT"), (b":authority", b"a.example:443"), (b":path", b"/")],
+    [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"), (b":path", b"/"), (b":authority", b"a")],
+    [(b"x", b"1")] + GET,
+    GET + [(b"", b"1")],
+    GET + [(b"X-Upper", b"1")],
+    GET + [(b"a b", b"1")],
+    GET + [(b"a:b", b"1")],
+    GET + [(b"caf\xc3\xa9", b"1")],
+    GET + [(b"a\x7f", b"1")],
+    GET + [(b"x", b"a\x00b")],
+    GET + [(b"x", b"a\nb")],
+    GET + [(b"x", b"a\rb")],
+    GET + [(b"x", b" a")],
+    GET + [(b"x", b"a\t")],
+    GET + [(b"x", b"a b\x01\xff")],  # other controls and non-ASCII values are allowed
+    GET + [(b"connection", b"close")],
+    GET + [(b"keep-alive", b"1")],
+    GET + [(b"proxy-connection", b"1")],
+    GET + [(b"transfer-encoding", b"chunked")],
+    GET + [(b"upgrade", b"h2c")],
+    GET + [(b"te", b"gzip")],
+]
+TRAILERS = [
+    [(b"grpc-status", b"0"), (b"x", b"y")],
+    [(b":path", b"/")],
+    [(b"X", b"1")],
+    [(b"x", b"a\r")],
+    [(b"host", b"a"), (b"host", b"b")],
+    [(b"connection", b"x")],
+    [],
+]
+
+
+@pytest.mark.parametrize("fields", BLOCKS)
+def test_field_error_refuses_what_h2_refuses(fields):
+    assert (field_error(fields) is not None) == _h2_refuses(fields, False), field_error(fields)
+
+
+@pytest.mark.parametrize("fields", TRAILERS)
+def test_field_error_on_trailers_refuses_what_h2_refuses(fields):
+    assert (field_error(fields, True) is not None) == _h2_refuses(fields, True), field_error(fields, True)
