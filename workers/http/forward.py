@@ -129,11 +129,14 @@ async def try_once(ex: Exchange, attempt: int, index: int, try_deadline: float) 
         if ex.h2:  # an HTTP/2 cluster (or useClientProtocol with an HTTP/2 client): a stream, not a connection
             result = await try_h2(ex, attempt, state.endpoint, try_deadline)
             return result
-        acquired = await acquire(ex, state.endpoint, try_deadline)
-        if isinstance(acquired, TryResult):
-            result = acquired
-            return result
-        upstream = acquired
+        # An idle pooled connection is every request's case under load: taken without a coroutine of its own.
+        upstream = ex.down.ctx.pools.take_idle(ex.cluster_rt.origination(state.endpoint, ex.host)[0])
+        if upstream is None:
+            acquired = await acquire(ex, state.endpoint, try_deadline)
+            if isinstance(acquired, TryResult):
+                result = acquired
+                return result
+            upstream = acquired
         ex.log.upstream_local = upstream.local
         try:
             head = upstream.codec.send_request(ex.request.method, ex.target, ex.try_headers(attempt, try_deadline))
