@@ -48,7 +48,7 @@ DRAIN_GOAWAY_DELAY_S = 1.0  # between the two GOAWAYs of a graceful close (Envoy
 CLOSE_GRACE_S = 1.0  # the last frames (a GOAWAY) may take this long to leave before the socket closes
 LAST_STREAM_ANY = 2**31 - 1
 _SEND_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, TransportClosed)
-_H2_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False, normalize_inbound_headers=True, validate_outbound_headers=False, normalize_outbound_headers=False)
+_H2_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False, normalize_inbound_headers=False, validate_outbound_headers=False, normalize_outbound_headers=False)
 
 
 class Http2Connection:

@@ -11,7 +11,8 @@
 #   without CONNECT, an empty :path, no authority, a repeated host, a host other than :authority. These are h2's
 #   validate_inbound_headers checks, every one (tests/workers/http2/test_request.py holds h2's validator as the
 #   oracle), done in one pass instead of h2's chain of seven generators per field: the workers run h2 with its
-#   inbound validation off. h2 still joins split cookie fields with "; " (§8.2.3), as an HTTP/1 upstream needs.
+#   inbound validation and normalisation off. h2_request joins split cookie fields with "; " (§8.2.3), as an
+#   HTTP/1 upstream needs them, last in the list as h2's normalisation put them.
 # - What is left is a stream error (RST_STREAM PROTOCOL_ERROR, §8.1.1), decided here: a :path that is neither
 #   origin-form nor "*" for OPTIONS, or holds bytes outside visible ASCII; no authority (neither :authority nor
 #   host); a host that names another authority than :authority (§8.3.1); an invalid authority; a content-length
@@ -107,6 +108,7 @@ def h2_request(fields: list[tuple[bytes, bytes]], end_stream: bool) -> Request:
     headers: list[tuple[bytes, bytes]] = []
     host = length = xff = xfp = request_id = None
     underscore = False
+    cookies = None
     for name, value in fields:
         if name[0] == 0x3A:  # ":"
             if name == b":method":
@@ -118,6 +120,12 @@ def h2_request(fields: list[tuple[bytes, bytes]], end_stream: bool) -> Request:
             continue
         if name == b"host":
             host = value
+            continue
+        if name == b"cookie":
+            if cookies is None:
+                cookies = [value]
+            else:
+                cookies.append(value)
             continue
         if name == b"content-length":
             if length is not None or not value.isdigit() or not value.isascii() or len(value) > 19:
@@ -132,6 +140,8 @@ def h2_request(fields: list[tuple[bytes, bytes]], end_stream: bool) -> Request:
         elif b"_" in name:
             underscore = True
         headers.append((name, value))
+    if cookies is not None:
+        headers.append((b"cookie", b"; ".join(cookies)))
     if method == b"CONNECT":
         path = authority or b""  # refused by the proxy core (read_request: no extended CONNECT at an edge)
     elif path is None or not _valid_path(path, method):

@@ -32,6 +32,13 @@ def test_body_framing(extra, end_stream, length, chunked):
     assert (head.content_length, head.chunked) == (length, chunked)
 
 
+def test_split_cookie_fields_are_joined_last():
+    # RFC 9113 §8.2.3: crumbs joined with "; " for an HTTP/1 upstream, after the other fields (as h2's normalisation).
+    request = h2_request(BASE + [(b"cookie", b"a=1"), (b"x", b"1"), (b"cookie", b"b=2"), (b"cookie", b"c=3")], True)
+    assert request.headers == [(b"x", b"1"), (b"cookie", b"a=1; b=2; c=3")]
+    assert h2_request(BASE + [(b"cookie", b"a=1")], True).headers == [(b"cookie", b"a=1")]
+
+
 def test_host_is_the_authority_without_authority_and_is_never_forwarded():
     fields = [f for f in BASE if f[0] != b":authority"] + [(b"host", b"h.example.com")]
     request = h2_request(fields, True)
