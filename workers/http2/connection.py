@@ -124,6 +124,8 @@ class Http2Connection:
                 stream.client_reset()
 
     async def _flushed(self) -> None:
+        if self.unpumped:
+            self.pump()  # a stream's last frames may still be in h2 (the writer had no turn since)
         while self.out or self.budget.frames:
             self.room = trio.Event()
             await self.room.wait()
