@@ -2,8 +2,9 @@
 # workers/tls/transport.TLSTransport, which has the same surface).
 #
 # Rules:
-# - A socket call that succeeds at once costs no scheduler pass: try the non-blocking call first and wait
-#   (trio.lowlevel.wait_readable/wait_writable) only when it would block. To keep every connection fair to
+# - A socket call that succeeds at once costs no scheduler pass: try the non-blocking call first and wait only when
+#   it would block. Reads wait in workers/readiness.py (the socket registered once, edge-triggered: no epoll_ctl
+#   per wait), writes with trio.lowlevel.wait_writable (rare: a full send buffer). To keep every connection fair to
 #   the others, a transport yields with a real checkpoint after FAIRNESS_OPS calls in a row that did not
 #   wait (bulk streaming); a request/response exchange waits anyway, so it never pays for the checkpoint.
 # - recv() returns b"" at EOF and raises TransportClosed (a trio.BrokenResourceError) when the peer reset
@@ -18,6 +19,8 @@ import socket
 
 import trio
 
+from workers import readiness
+
 FAIRNESS_OPS = 16
 RECV_BYTES = 64 * 1024
 
@@ -31,13 +34,14 @@ class TransportClosed(trio.BrokenResourceError):
 class SocketTransport:
     """A connected non-blocking socket.socket used without trio's stream wrappers."""
 
-    __slots__ = ("sock", "_fast_ops", "closed")
+    __slots__ = ("sock", "_fast_ops", "closed", "_rs")
 
     def __init__(self, sock: socket.socket):
         sock.setblocking(False)
         self.sock = sock
         self._fast_ops = 0
         self.closed = False
+        self._rs: readiness.ReadState | None = None  # registered at the first wait for bytes
 
     async def _fairness(self) -> None:
         self._fast_ops += 1
@@ -50,10 +54,13 @@ class SocketTransport:
         try:
             data = sock.recv(max_bytes)
         except BlockingIOError:
-            pass
+            if self._rs is not None:
+                self._rs.ready = False  # drained: the next arrival is a new event
         except OSError as exc:
             raise self._broken(exc) from exc
         else:
+            if self._rs is not None:
+                self._rs.ready = len(data) == max_bytes  # a full read may leave bytes no new event announces
             await self._fairness()
             return data
         return await self.recv_waiting(max_bytes)
@@ -62,17 +69,29 @@ class SocketTransport:
         """recv() for when bytes are unlikely to be there yet: wait for readability first, saving the
         system call that would fail."""
         sock = self.sock
+        rs = self._rs
+        if rs is None:
+            if self.closed:
+                raise trio.ClosedResourceError("transport closed")
+            rs = self._rs = readiness.watch(sock)
         while True:
             if self.closed:
                 raise trio.ClosedResourceError("transport closed")
-            await trio.lowlevel.wait_readable(sock)
-            self._fast_ops = 0  # a real wait was a scheduler pass
+            if rs.ready:  # an event came while nobody waited: read at once (counted for fairness)
+                await self._fairness()  # (cancelled here, the flag stays set for the next reader)
+                rs.ready = False
+            else:
+                await rs.wait()
+                self._fast_ops = 0  # a real wait was a scheduler pass
             try:
-                return sock.recv(max_bytes)
+                data = sock.recv(max_bytes)
             except BlockingIOError:
                 continue
             except OSError as exc:
                 raise self._broken(exc) from exc
+            if len(data) == max_bytes:
+                rs.ready = True  # more may be queued, and no new event will say so
+            return data
 
     def has_unread(self) -> bool:
         """Whether the peer sent something we have not read (bytes, EOF or a reset), looking without taking it:
@@ -82,11 +101,16 @@ class SocketTransport:
     def recv_nowait(self, max_bytes: int = RECV_BYTES) -> bytes | None:
         """Bytes if some are ready now, b"" at EOF, None if the call would block."""
         try:
-            return self.sock.recv(max_bytes)
+            data = self.sock.recv(max_bytes)
         except BlockingIOError:
+            if self._rs is not None:
+                self._rs.ready = False
             return None
         except OSError as exc:
             raise self._broken(exc) from exc
+        if self._rs is not None:
+            self._rs.ready = len(data) == max_bytes
+        return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         sock = self.sock
@@ -128,7 +152,16 @@ class SocketTransport:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            rs, self._rs = self._rs, None
+            if rs is not None:
+                rs.forget()  # out of the readiness set first; a reader waiting there wakes with ClosedResourceError
             close_socket(self.sock)
+
+    def unwatch(self) -> None:
+        """Leave the readiness set (a parked connection: the parker watches it); the next wait registers again."""
+        rs, self._rs = self._rs, None
+        if rs is not None:
+            rs.forget()
 
     close_nowait = close  # what aclose does, without the checkpoint (a parked connection closed by a sweep)
 

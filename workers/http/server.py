@@ -130,6 +130,7 @@ def _park(down: Http1Downstream, since: float | None = None) -> bool:
     if down.ctx.draining:
         return False
     down.conn = None  # a fresh codec is made on resume: between requests it holds nothing
+    down.transport.unwatch()  # the parker watches it now (workers/readiness.py)
     down.state = STATE_IDLE
     down.since = time.monotonic() if since is None else since
     down.fresh = True  # the resumed task reads first: the parker saw the socket readable

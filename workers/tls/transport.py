@@ -259,6 +259,9 @@ class TLSTransport:
         self.close_nowait()
         await trio.lowlevel.checkpoint()
 
+    def unwatch(self) -> None:
+        """Nothing to leave: TLS reads wait on trio's own registration (workers/netio.SocketTransport.unwatch)."""
+
     def has_buffered(self) -> bool:
         """Whether ciphertext or plaintext already read waits in the session (a connection with some is not
         parked: its socket would not wake the parker)."""
