@@ -350,19 +350,18 @@ def _client_failed(down, body: BodyState, exchange: trio.CancelScope) -> None:
     exchange.cancel()
 
 
-async def relay_response(ex: Exchange, upstream: UpstreamConnection, response: Response) -> bool:
-    """The upstream's response, downstream: the head with the first body bytes in one send, the rest streamed.
-    Returns keep-alive. Raises ResponseAborted when the upstream broke mid-body, ClientGone when the client did."""
+def response_starts(ex: Exchange, status: int, headers: list) -> list:
+    """An upstream's response is about to go downstream (either upstream protocol): the log learns it came from the
+    upstream, and the headers the client gets are decided (returned). No I/O: nothing is sent yet."""
     down = ex.down
     log = ex.log
     ctx = down.ctx
-    codec = upstream.codec
-    log.status = response.status_code
+    log.status = status
     if log.flags != "DI":  # a fault delay stays on record, as in Envoy's %RESPONSE_FLAGS%
         log.flags = "-"
     log.details = "via_upstream"
     out_headers = hdr.downstream_response_headers(
-        response.headers,
+        headers,
         server=ctx.server_header,
         service_time_ms=log.service_time_ms if log.service_time_ms >= 0 else None,
         route_ops=ex.rt.response_ops,
@@ -374,6 +373,17 @@ async def relay_response(ex: Exchange, upstream: UpstreamConnection, response: R
         # A request body still arriving when the response starts: the connection cannot be reused (the rest of the
         # body is not read once the response is done), so the response says so.
         down.reset()
+    return out_headers
+
+
+async def relay_response(ex: Exchange, upstream: UpstreamConnection, response: Response) -> bool:
+    """The upstream's response, downstream: the head with the first body bytes in one send, the rest streamed.
+    Returns keep-alive. Raises ResponseAborted when the upstream broke mid-body, ClientGone when the client did."""
+    down = ex.down
+    log = ex.log
+    ctx = down.ctx
+    codec = upstream.codec
+    out_headers = response_starts(ex, response.status_code, response.headers)
     clean = False
     try:
         down.start_response(response.status_code, response.reason, out_headers)

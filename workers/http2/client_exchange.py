@@ -20,9 +20,8 @@ import time
 
 import trio
 
-from workers import headers as hdr
 from workers.http.codec import END_OF_MESSAGE, REASONS, Data, IncompleteMessage, ProtocolError
-from workers.http.exchange import RequestBodyError, timed_out
+from workers.http.exchange import RequestBodyError, response_starts, timed_out
 from workers.http.log import ClientGone, ResponseAborted
 from workers.http.retry import Outcome, TryResult, status_retriable
 from workers.http2.client import DATA, END, HEADERS, TRAILERS, StreamFailure, open_stream
@@ -147,23 +146,8 @@ async def relay_h2(ex, stream, status: int, headers: list) -> bool:
     """The upstream stream's response → the client, DATA acknowledged as it is queued; returns keep-alive."""
     down = ex.down
     log = ex.log
-    ctx = down.ctx
-    log.status = status
-    if log.flags != "DI":  # a fault delay stays on record, as in Envoy's %RESPONSE_FLAGS%
-        log.flags = "-"
-    log.details = "via_upstream"
     grpc = grpc_status_of(headers)
-    out_headers = hdr.downstream_response_headers(
-        headers,
-        server=ctx.server_header,
-        service_time_ms=log.service_time_ms if log.service_time_ms >= 0 else None,
-        route_ops=ex.rt.response_ops,
-        destination_ops=ex.dest.response_ops,
-        extra=ex.extra_response_headers,
-    )
-    log.response_headers = out_headers
-    if ctx.draining or not ex.body.complete:
-        down.reset()
+    out_headers = response_starts(ex, status, headers)
     trailers = None
     try:
         down.start_response(status, REASONS.get(status, b""), out_headers)
