@@ -246,6 +246,27 @@ def test_default_slots_are_large_but_only_touched_pages_are_allocated():
         assert info.st_blocks * 512 <= 16 * 1024  # the header page and one payload page, not 128 MiB
 
 
+
+def rss_shmem_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssShmem:"):
+            return int(line.split()[1]) * 1024
+    pytest.skip("no RssShmem in /proc/self/status")
+
+
+def test_writer_and_reader_do_not_keep_the_payload_pages_mapped():
+    # tmpfs holds the table once; the processes that copied it in or out drop its pages from their RSS.
+    payload = secrets.token_bytes(8 * 1024 * 1024)
+    with TableWriter.create() as big:
+        before = rss_shmem_bytes()
+        for _ in range(2):  # both slots
+            big.publish(payload)
+        with TableReader.attach(big.name) as reader:
+            assert reader.read() == (2, payload)
+            assert reader.read() == (2, payload)  # the dropped pages fault back in from the segment
+            assert rss_shmem_bytes() - before < 2 * 1024 * 1024
+        assert os.stat(shm_path(big.name)).st_blocks * 512 >= 2 * len(payload)  # the data stays in tmpfs
+
 # --- verification: never torn data -------------------------------------------------------------------------------
 
 
