@@ -202,6 +202,7 @@ class EdgeProcess:
         self.port_map = dict(zip(self.gateway_ports, ports))
         self.status_port, self.admin_port, self.metrics_port = ports[len(self.gateway_ports) :]
         self.log_path = self.workdir / "edge.log"
+        self._edited_at: int | None = None  # log offset at the first config edit since the last reload() returned
         self.out_path = self.workdir / "edge.out"
         self.process: subprocess.Popen | None = None
         self._log_file = None
@@ -354,7 +355,12 @@ class EdgeProcess:
 
     # ------------------------------------------------------------------------------------- config
 
+    def _note_edit(self) -> None:
+        if self._edited_at is None and self.log_path.exists():
+            self._edited_at = len(self.log_text())
+
     def write_config(self, name: str, text: str) -> Path:
+        self._note_edit()
         """Replace one config file atomically (write a hidden temp file, rename), as a careful editor does."""
         path = self.config_dir / name
         tmp = self.config_dir / f".{name}.tmp"
@@ -363,11 +369,14 @@ class EdgeProcess:
         return path
 
     def remove_config(self, name: str) -> None:
+        self._note_edit()
         (self.config_dir / name).unlink()
 
-    def _reload_progress(self, after: int) -> str | None:
+    def _reload_progress(self, after: int, edited_at: int | None = None) -> str | None:
         """The outcome of the first SIGHUP reload logged after offset `after`, once it is complete: for a
-        published generation, once every worker serves it (or a later one). None while not there yet."""
+        published generation, once every worker serves it (or a later one). None while not there yet.
+        `edited_at`: where the log stood when the config was first edited since the last reload() (the file watch
+        may have published that edit before the signal was even sent)."""
         log = self.log_text()
         for start in _RELOAD_START.finditer(log, after):
             if "SIGHUP" in start.group(2).split(", "):
@@ -382,10 +391,12 @@ class EdgeProcess:
             # The file watch may have picked up the same edit first (a reload already running when the file
             # was replaced reads the new text); then that reload's publication is this signal's outcome.
             earlier = re.compile(rf"^edge: reload #\d+: (generation {unchanged.group(1)} published.*)$", re.MULTILINE)
-            overtaken = earlier.search(log, after, outcome.start())
+            since = min(after, edited_at) if edited_at is not None else after
+            overtaken = earlier.search(log, since, outcome.start())
             if overtaken is None:
                 return outcome.group(1)
             outcome = overtaken
+            after = min(after, overtaken.start())
         published = _PUBLISHED.search(outcome.group(1))
         if published is None:
             return outcome.group(1)
@@ -398,9 +409,10 @@ class EdgeProcess:
         """SIGHUP; the supervisor's outcome line ("generation 3 published …", "configuration unchanged …",
         "failed; …"), returned once a published generation is served by every worker."""
         after = len(self.log_text())
+        edited_at, self._edited_at = self._edited_at, None
         self.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + timeout_s
-        while (outcome := self._reload_progress(after)) is None:
+        while (outcome := self._reload_progress(after, edited_at)) is None:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"SIGHUP reload not complete after {timeout_s} s\n{self.log_tail()}")
             time.sleep(POLL_S)
@@ -409,9 +421,10 @@ class EdgeProcess:
     async def areload(self, *, timeout_s: float = RELOAD_TIMEOUT_S) -> str:
         """reload() for use inside trio tasks."""
         after = len(self.log_text())
+        edited_at, self._edited_at = self._edited_at, None
         self.send_signal(signal.SIGHUP)
         with trio.fail_after(timeout_s):
-            while (outcome := self._reload_progress(after)) is None:
+            while (outcome := self._reload_progress(after, edited_at)) is None:
                 await trio.sleep(POLL_S)
         return outcome
 

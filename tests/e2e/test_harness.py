@@ -92,3 +92,19 @@ def test_a_start_that_fails_reports_the_log(tmp_path):
         pass
     assert "edge exited with 1 before it was ready" in str(info.value)
     assert "gw.yaml:" in str(info.value)
+
+
+def test_a_reload_overtaken_by_the_file_watch_before_the_signal_reports_that_publication(tmp_path):
+    """The file watch may publish an edit before reload() even sends its SIGHUP; the signal's own reload then finds
+    the configuration unchanged, and reload() reports the watch's publication of the edit (once served)."""
+    edge = EdgeProcess.__new__(EdgeProcess)  # only the log is read: no process
+    edge.log_path = tmp_path / "edge.log"
+    before_edit = "edge: ready: 2 worker(s) serve generation 2\n"
+    watch = "edge: reload #3 (file change)\nedge: reload #3: generation 3 published in 0.01 s; -listener 0.0.0.0:81\nedge: generation 3 is served by every worker\n"
+    signal_reload = "edge: reload #4 (SIGHUP)\nedge: reload #4: configuration unchanged; generation 3 stays\n"
+    edge.log_path.write_text(before_edit + watch + signal_reload)
+    edited_at = len(before_edit)
+    after = len(before_edit + watch)  # where reload() started reading: the watch had already published
+    assert edge._reload_progress(after, edited_at) == "generation 3 published in 0.01 s; -listener 0.0.0.0:81"
+    # Without an edit since the last reload, "unchanged" is the answer.
+    assert edge._reload_progress(after) == "configuration unchanged; generation 3 stays"
