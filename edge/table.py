@@ -464,6 +464,33 @@ _encoder = msgspec.msgpack.Encoder(order="sorted")
 _decoder = msgspec.msgpack.Decoder(RoutingTable)
 
 
+# Workers decode a table lazily: the same wire, decoded into variants of RoutingTable, Listener, FilterChain and
+# RouteConfig whose `virtual_hosts` stay msgspec.Raw (zero-copy slices of the payload, which they keep alive);
+# a worker decodes a virtual host with decode_virtual_host the first time a request names it (workers/router.py).
+# With 10,000 VirtualServices that is the difference between ~17 MiB of decoded hosts per worker and the 4.5 MiB
+# payload plus the hosts actually served. The variants are built from the fields of the classes above (only the
+# listed fields change type), so they cannot drift from them; the payload's checksum was verified by the reader.
+def _variant(cls: type, **types: Any) -> type:
+    fields = []
+    for f in msgspec.structs.fields(cls):
+        tp = types.get(f.name, f.type)
+        if f.default is not msgspec.NODEFAULT:
+            fields.append((f.name, tp, f.default))
+        elif f.default_factory is not msgspec.NODEFAULT:
+            fields.append((f.name, tp, msgspec.field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, tp))
+    return msgspec.defstruct("Lazy" + cls.__name__, fields, bases=(Frozen,), module=__name__)
+
+
+LazyRouteConfig = _variant(RouteConfig, virtual_hosts=tuple[msgspec.Raw, ...])
+LazyFilterChain = _variant(FilterChain, route_config=LazyRouteConfig | None)
+LazyListener = _variant(Listener, route_config=LazyRouteConfig | None, filter_chains=tuple[LazyFilterChain, ...])
+LazyRoutingTable = _variant(RoutingTable, listeners=tuple[LazyListener, ...])
+_lazy_decoder = msgspec.msgpack.Decoder(LazyRoutingTable)
+_vhost_decoder = msgspec.msgpack.Decoder(VirtualHost)
+
+
 def encode_table(table: RoutingTable) -> bytes:
     return _encoder.encode(table)
 
@@ -473,6 +500,19 @@ def decode_table(payload: bytes | memoryview) -> RoutingTable:
     if table.layout_version != TABLE_LAYOUT_VERSION:
         raise ValueError(f"table layout {table.layout_version} is not {TABLE_LAYOUT_VERSION}")
     return table
+
+
+def decode_table_lazy(payload: bytes) -> Any:
+    """A LazyRoutingTable: a RoutingTable whose route configs hold their virtual hosts still encoded."""
+    table = _lazy_decoder.decode(payload)
+    if table.layout_version != TABLE_LAYOUT_VERSION:
+        raise ValueError(f"table layout {table.layout_version} is not {TABLE_LAYOUT_VERSION}")
+    return table
+
+
+def decode_virtual_host(host: VirtualHost | msgspec.Raw) -> VirtualHost:
+    """A virtual host of a route config: as it is, or decoded from a lazy table's Raw."""
+    return _vhost_decoder.decode(host) if type(host) is msgspec.Raw else host
 
 
 def to_builtins(table: RoutingTable) -> Any:

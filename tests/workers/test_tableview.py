@@ -11,7 +11,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from edge.table import Endpoint, Options, decode_table
+from edge.table import Endpoint, Options, decode_table, decode_table_lazy, decode_virtual_host
 from tests.security.tools import gateway
 from tests.workers.http.proxy_pair import StaticReader, compile_payload, service_entry
 from workers.tableview import TableSnapshot, TableView
@@ -97,11 +97,13 @@ def payload(tmp_path):
 
 
 def routes_by_name(snapshot: TableSnapshot) -> dict:
-    return {rt.route.name: rt for rt in snapshot.routes.values()}
+    vhost = snapshot.listeners["0.0.0.0:80"].router.find_virtual_host("app.example.com")
+    return {route.name: snapshot.route_runtime(route) for route in vhost.routes}
 
 
-def test_a_snapshot_precomputes_what_requests_need(payload):
-    table = decode_table(payload())
+@pytest.mark.parametrize("decode", [decode_table, decode_table_lazy])
+def test_a_snapshot_precomputes_what_requests_need(payload, decode):
+    table = decode(payload())
     snapshot = TableSnapshot(7, table, None)
     assert snapshot.generation == 7 and snapshot.options.workers == 2 and snapshot.server_header == b"istio-envoy"
     assert list(snapshot.listeners) == ["0.0.0.0:80"] and snapshot.listeners["0.0.0.0:80"].router is not None
@@ -117,10 +119,32 @@ def test_a_snapshot_precomputes_what_requests_need(payload):
     # Every destination of the table shares its cluster's runtime (one balancer and one circuit per cluster).
     assert routes["rest"].destinations[0].cluster_runtime is snapshot.clusters["outbound|80||app.local"]
     # A route object the router built itself is compiled on first use, then kept.
-    built = msgspec.structs.replace(table.listeners[0].route_config.virtual_hosts[0].routes[0], name="built")
+    first_vhost = decode_virtual_host(table.listeners[0].route_config.virtual_hosts[0])
+    built = msgspec.structs.replace(first_vhost.routes[0], name="built")
     assert id(built) not in snapshot.routes
     rt = snapshot.route_runtime(built)
     assert rt.route is built and snapshot.route_runtime(built) is rt and rt.destinations[0].cluster_runtime is not None
+
+
+def test_a_lazy_table_decodes_a_virtual_host_and_its_routes_on_first_use(payload):
+    plain = decode_table(payload())
+    table = decode_table_lazy(payload())
+    [raw] = table.listeners[0].route_config.virtual_hosts
+    assert type(raw) is msgspec.Raw and decode_virtual_host(raw) == plain.listeners[0].route_config.virtual_hosts[0]
+    # Everything but the encoded hosts is the table as decode_table gives it.
+    lazy_rc, plain_rc = (msgspec.structs.replace(t.listeners[0].route_config, virtual_hosts=()) for t in (table, plain))
+    assert msgspec.to_builtins(lazy_rc) == msgspec.to_builtins(plain_rc) and lazy_rc.exact_hosts == {"app.example.com": 0}
+    assert table.clusters == plain.clusters and table.options == plain.options
+    snapshot = TableSnapshot(1, table, None)
+    assert snapshot.routes == {}  # nothing built before a request
+    router = snapshot.listeners["0.0.0.0:80"].router
+    vhost = router.find_virtual_host("app.example.com")
+    assert vhost == plain.listeners[0].route_config.virtual_hosts[0]
+    assert router.find_virtual_host("APP.example.com:80") is vhost  # decoded once, kept for the generation
+    route = router.match(vhost, type("Req", (), {"path": "/split/x", "headers": [], "query": ""})())
+    assert route.name == "split" and snapshot.route_runtime(route) is snapshot.route_runtime(route)
+    assert len(snapshot.routes) == 1
+    assert router.find_virtual_host("other.example.com") is None
 
 
 def test_circuit_limits_are_per_worker(payload):
