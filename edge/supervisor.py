@@ -159,6 +159,12 @@ def release_memory() -> None:
     """Give the compile's transient peak back to the system: the supervisor lives as long as the gateway, and
     glibc keeps freed arenas otherwise (a 1,000-VirtualService compile left ~20 MiB behind)."""
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """malloc_trim: hand glibc's free pages back (no collection: a table is acyclic and freed by refcount). Called
+    after a reload dropped the previous table too (10,000 VirtualServices: 5 MiB, well under a millisecond)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
@@ -430,6 +436,7 @@ class Supervisor:
             self.registry.close_keys(added)
             return self._reload_failed(number, [f"cannot publish the table: {exc}"])
         self._adopt(compiled, generation)
+        trim_heap()  # the previous table is gone now
         self.state.last_reload_ok = True
         for slot, handle in list(self.handles.items()):
             if handle.record.state == DRAINING:
