@@ -3,7 +3,8 @@
   - ready:   wall time from spawning `edge run` to its status port's /healthz/ready answering 200;
   - reload:  wall time from an edit of one VirtualService (written by rename, as editors do; the watcher sees
              it) to the supervisor logging that every worker serves the new generation;
-  - RSS of the supervisor and of each worker (VmRSS), read once the reload has settled.
+  - RSS of the supervisor and of the largest worker (VmRSS), read 1 s after ready ("ready" columns) and again
+    once the reload has settled (a reload leaves the previous table's freed memory behind).
 Median of R runs per figure. Several source trees (--tree, repeatable: a checkout of another commit, e.g. a
 `git worktree`) are measured interleaved, run by run, so that before/after share the machine's moment.
 
@@ -146,7 +147,12 @@ def time_run(tree: Path, config: Path, edited: Path, layout: str, workers: int, 
                 raise RuntimeError("edge run: not ready in time")
             time.sleep(0.005)
         t_ready = time.perf_counter() - t0
-        time.sleep(0.5)  # let the watcher settle before the edit
+        time.sleep(1.0)  # let the watcher settle before the edit
+        ready_pids = children(proc.pid)
+        ready_figures = {
+            "supervisor_ready_mib": rss_mib(proc.pid),
+            "worker_ready_mib": max((rss_mib(p) for p in ready_pids), default=float("nan")),
+        }
         t1 = time.perf_counter()
         edit(edited, layout)
         t2 = wait_log(log, re.compile(r"generation 2 is served by every worker"), proc)
@@ -157,6 +163,7 @@ def time_run(tree: Path, config: Path, edited: Path, layout: str, workers: int, 
             "reload": t2 - t1,
             "supervisor_mib": rss_mib(proc.pid),
             "worker_mib": max((rss_mib(p) for p in pids), default=float("nan")),
+            **ready_figures,
         }
         return figures
     finally:
@@ -194,10 +201,10 @@ def main() -> int:
                         results.setdefault((tree, size), {}).setdefault(key, []).append(value)
                     print(f"  {size:>6} VS  run {run + 1}  {tree}: " + "  ".join(f"{k} {v:.2f}" for k, v in figures.items()), flush=True)
     print(f"\nlayout {args.layout}, {args.workers} workers, median of {args.runs} runs")
-    print(f"{'tree':<28} {'VS':>6} {'check s':>8} {'ready s':>8} {'reload s':>9} {'super MiB':>10} {'worker MiB':>11}")
+    print(f"{'tree':<28} {'VS':>6} {'check s':>8} {'ready s':>8} {'reload s':>9} {'super MiB':>10} {'worker MiB':>11} {'super@ready':>12} {'worker@ready':>13}")
     for (tree, size), figures in results.items():
         m = {k: statistics.median(v) for k, v in figures.items()}
-        print(f"{str(tree)[-28:]:<28} {size:>6} {m['check']:>8.2f} {m['ready']:>8.2f} {m['reload']:>9.2f} {m['supervisor_mib']:>10.1f} {m['worker_mib']:>11.1f}")
+        print(f"{str(tree)[-28:]:<28} {size:>6} {m['check']:>8.2f} {m['ready']:>8.2f} {m['reload']:>9.2f} {m['supervisor_mib']:>10.1f} {m['worker_mib']:>11.1f} {m['supervisor_ready_mib']:>12.1f} {m['worker_ready_mib']:>13.1f}")
     return 0
 
 
