@@ -128,3 +128,86 @@ async def _recv(transport: SocketTransport, peer: socket.socket, data: bytes) ->
             await trio.sleep(0.01)
             peer.sendall(data)
     return result == [data]
+
+
+# TLS sessions (workers/tls/transport.TLSTransport) wait in the same set: the keep-alive wait, bytes that came while
+# nobody waited, close and parking.
+
+
+def tls_contexts():
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("web.example.com").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    return server_ctx, client_ctx
+
+
+async def tls_pair():
+    from workers.tls.transport import TLSTransport
+
+    server_ctx, client_ctx = tls_contexts()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    server = TLSTransport(a, server_ctx)
+    client = TLSTransport(b, client_ctx, server_side=False, server_hostname="web.example.com")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.do_handshake)
+            nursery.start_soon(client.do_handshake)
+    return server, client
+
+
+async def test_tls_keep_alive_waits_in_the_set_and_keeps_unannounced_records():
+    server, client = await tls_pair()
+    reactor = readiness._READINESS.get()
+    fd = server.sock.fileno()
+    assert reactor.states[fd] is server._rs  # the handshake's waits registered it, once
+    got = []
+
+    async def reader():
+        got.append(await server.recv_waiting())
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.sleep(0.05)
+            assert got == []  # waiting, not spinning
+            await client.send_all(b"first")
+        assert got == [b"first"]
+        await client.send_all(b"second")  # one event, taken by the readiness task while nobody waits
+        await trio.sleep(0.05)
+        assert await server.recv_waiting() == b"second"
+    server.unwatch()  # parked: out of the set; the next wait registers again
+    assert fd not in reactor.states
+    with trio.fail_after(5):
+        await client.send_all(b"third")
+        assert await server.recv_waiting() == b"third"
+    assert fd in reactor.states
+    server.close()
+    assert fd not in reactor.states
+    client.close()
+
+
+async def test_closing_a_tls_transport_wakes_its_waiting_reader():
+    server, client = await tls_pair()
+    errors = []
+
+    async def reader():
+        try:
+            await server.recv_waiting()
+        except trio.ClosedResourceError as exc:
+            errors.append(exc)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.sleep(0.05)
+            server.close()
+    assert len(errors) == 1
+    client.close()

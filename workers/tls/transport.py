@@ -4,6 +4,9 @@
 # Rules:
 # - An ssl.SSLObject between memory BIOs over the raw socket, try-first like workers/netio.py; a task waits only
 #   when a call would block, with a real checkpoint every FAIRNESS_OPS calls that did not wait.
+# - Reads wait in workers/readiness.py's edge-triggered set, as SocketTransport's do (the socket registered once at
+#   its first wait, no epoll_ctl per wait; the `ready` flag kept by every socket read here); writes wait with
+#   trio.lowlevel.wait_writable (rare: a full send buffer).
 # - Unlike trio.SSLStream it sends the alert of a failed handshake ("certificate required") instead of dropping
 #   it. (Requests/s measured on par with trio.SSLStream.)
 # - recv() returns b"" on close_notify and on a bare EOF (HTTPS peers often skip close_notify); send_eof is
@@ -16,6 +19,7 @@ import ssl
 
 import trio
 
+from workers import readiness
 from workers.netio import FAIRNESS_OPS, TransportClosed, close_socket, has_unread
 
 TRANSPORT_RECV_BYTES = 64 * 1024
@@ -25,7 +29,7 @@ class TLSTransport:
     """TLS over a connected non-blocking socket: an ssl.SSLObject between two memory BIOs, with the
     recv/recv_nowait/send_all/send_eof/close surface of workers/netio.py transports.
 
-    - Socket calls are try-first; a task waits (wait_readable/wait_writable) only when a call would block,
+    - Socket calls are try-first; a task waits (readiness set / wait_writable) only when a call would block,
       and yields with a real checkpoint every FAIRNESS_OPS calls that did not wait.
     - One reader and one writer may run at once (the HTTP proxy reads a request body while it relays the
       response). Encrypted bytes leave in the order OpenSSL produced them: whoever flushes takes every
@@ -36,7 +40,7 @@ class TLSTransport:
     - recv() returns b"" on close_notify and on a bare EOF (HTTPS clients often skip close_notify).
     """
 
-    __slots__ = ("_fast_ops", "_incoming", "_outgoing", "_send_lock", "closed", "sock", "ssl_object")
+    __slots__ = ("_fast_ops", "_incoming", "_outgoing", "_rs", "_send_lock", "closed", "sock", "ssl_object")
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext, prefix: bytes = b"", *, server_side: bool = True, server_hostname: str | None = None):
         self.sock = sock
@@ -48,28 +52,47 @@ class TLSTransport:
         self._send_lock = trio.Lock()
         self._fast_ops = 0
         self.closed = False
+        self._rs: readiness.ReadState | None = None  # registered at the first wait for bytes
 
     # -- socket edge
 
+    def _recv_socket(self) -> bool:
+        """One socket read into the incoming BIO (EOF marks it); False when it would block. Keeps the readiness
+        flag: cleared when the socket showed drained, set after a full read (more may be queued unannounced)."""
+        try:
+            data = self.sock.recv(TRANSPORT_RECV_BYTES)
+        except BlockingIOError:
+            if self._rs is not None:
+                self._rs.ready = False
+            return False
+        except OSError as exc:
+            raise self._broken(exc) from exc
+        if self._rs is not None:
+            self._rs.ready = len(data) == TRANSPORT_RECV_BYTES
+        if data:
+            self._incoming.write(data)
+        else:
+            self._incoming.write_eof()
+        return True
+
+    async def _wait_readable(self) -> None:
+        """Until the socket is readable, in the readiness set (registered at the first wait)."""
+        if self.closed:
+            raise trio.ClosedResourceError("transport closed")
+        rs = self._rs
+        if rs is None:
+            rs = self._rs = readiness.watch(self.sock)
+        await rs.wait()
+        self._fast_ops = 0
+
     async def _fill(self) -> None:
         """Move ciphertext from the socket into the incoming BIO (EOF marks the BIO)."""
-        sock = self.sock
         while True:
             if self.closed:
                 raise trio.ClosedResourceError("transport closed")
-            try:
-                data = sock.recv(TRANSPORT_RECV_BYTES)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-                self._fast_ops = 0
-                continue
-            except OSError as exc:
-                raise self._broken(exc) from exc
-            if data:
-                self._incoming.write(data)
-            else:
-                self._incoming.write_eof()
-            return
+            if self._recv_socket():
+                return
+            await self._wait_readable()
 
     async def _flush(self) -> None:
         """Send every byte OpenSSL has produced so far, in order."""
@@ -176,9 +199,7 @@ class TLSTransport:
         if not self._incoming.pending and not self.ssl_object.pending():
             if self._outgoing.pending:
                 await self._flush()  # a post-handshake reply queued by the last read (KeyUpdate)
-            if self.closed:
-                raise trio.ClosedResourceError("transport closed")
-            await trio.lowlevel.wait_readable(self.sock)
+            await self._wait_readable()
             await self._fill()
         return await self.recv(max_bytes)
 
@@ -199,16 +220,8 @@ class TLSTransport:
                 return b""
             except ssl.SSLError as exc:
                 raise TransportClosed(f"TLS error: {exc}") from exc
-            try:
-                data = self.sock.recv(TRANSPORT_RECV_BYTES)
-            except BlockingIOError:
+            if not self._recv_socket():
                 return None
-            except OSError as exc:
-                raise self._broken(exc) from exc
-            if data:
-                self._incoming.write(data)
-            else:
-                self._incoming.write_eof()
         return None
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -243,6 +256,7 @@ class TLSTransport:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self.unwatch()  # out of the readiness set first; a reader waiting there wakes with ClosedResourceError
             close_socket(self.sock)
 
     def close_nowait(self) -> None:
@@ -260,7 +274,10 @@ class TLSTransport:
         await trio.lowlevel.checkpoint()
 
     def unwatch(self) -> None:
-        """Nothing to leave: TLS reads wait on trio's own registration (workers/netio.SocketTransport.unwatch)."""
+        """Leave the readiness set (a parked connection: the parker watches it); the next wait registers again."""
+        rs, self._rs = self._rs, None
+        if rs is not None:
+            rs.forget()
 
     def has_buffered(self) -> bool:
         """Whether ciphertext or plaintext already read waits in the session (a connection with some is not
