@@ -267,15 +267,8 @@ def _source(at: Where, res: istio.Resource, src: spec_types.Source, path: str) -
         ("requestPrincipals", src.request_principals, src.not_request_principals, lambda v, n, s, f: request_principal_condition(v, n, s)),
         ("principals", src.principals, src.not_principals, lambda v, n, s, f: _principal_condition(string_forms(v, prefix=SPIFFE_PREFIX), n, s)),
     )
-    for name, values, not_values, make in fields:
-        for negate, vals in ((False, values), (True, not_values)):
-            if not vals:
-                continue
-            field = ("not" + name[0].upper() + name[1:]) if negate else name
-            if "" in vals:
-                at.error(f"empty value not allowed, found in {field[0].upper() + field[1:]}", f".{field}")
-                continue
-            out.append(make(vals, negate, f"{path}.{field}", f".{field}"))
+    for (_, _, _, make), negate, field, vals in _set_fields(at, fields):
+        out.append(make(vals, negate, f"{path}.{field}", f".{field}"))
     return out
 
 
@@ -287,7 +280,26 @@ def _operation(at: Where, op: spec_types.Operation, path: str) -> list[table.Aut
         ("paths", op.paths, op.not_paths, None, table.AUTHZ_PATH),
         ("ports", op.ports, op.not_ports, None, table.AUTHZ_DESTINATION_PORT),
     )
-    for name, values, not_values, make, attribute in fields:
+    for (_, _, _, make, attribute), negate, field, vals in _set_fields(at, fields):
+        if attribute == table.AUTHZ_PATH:
+            forms = path_forms(at, vals, f".{field}")
+            if forms is None:
+                continue
+            kwargs = dict(strings=forms)
+        elif attribute == table.AUTHZ_DESTINATION_PORT:
+            kwargs = dict(ports=parse_ports(at, vals, f".{field}"))
+        else:
+            kwargs = make(vals)
+        out.append(table.AuthzCondition(attribute=attribute, negate=negate, source=f"{path}.{field}", **kwargs))
+    return out
+
+
+def _set_fields(at: Where, fields):
+    """(the field's row, negate, its wire name, its values) for each field of `fields` (rows of name, values,
+    notValues, …) and its not-form that is set; a set field with an empty value is an error (Istio's validation)
+    and is left out."""
+    for row in fields:
+        name, values, not_values = row[0], row[1], row[2]
         for negate, vals in ((False, values), (True, not_values)):
             if not vals:
                 continue
@@ -295,17 +307,7 @@ def _operation(at: Where, op: spec_types.Operation, path: str) -> list[table.Aut
             if "" in vals:
                 at.error(f"empty value not allowed, found in {field[0].upper() + field[1:]}", f".{field}")
                 continue
-            if attribute == table.AUTHZ_PATH:
-                forms = path_forms(at, vals, f".{field}")
-                if forms is None:
-                    continue
-                kwargs = dict(strings=forms)
-            elif attribute == table.AUTHZ_DESTINATION_PORT:
-                kwargs = dict(ports=parse_ports(at, vals, f".{field}"))
-            else:
-                kwargs = make(vals)
-            out.append(table.AuthzCondition(attribute=attribute, negate=negate, source=f"{path}.{field}", **kwargs))
-    return out
+            yield row, negate, field, vals
 
 
 def _when(at: Where, res: istio.Resource, cond: spec_types.Condition, path: str) -> list[table.AuthzCondition]:
