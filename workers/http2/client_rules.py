@@ -15,7 +15,11 @@
 #   connection is assumed to take PEER_STREAMS_BEFORE_SETTINGS (RFC 9113 §6.5.2 advises 100 at least).
 from __future__ import annotations
 
-CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host", b"te"})
+from workers.http2.request import CONNECTION_SPECIFIC as _FORBIDDEN
+
+# Not carried over to an h2 upstream: RFC 9113 §8.2.2's connection-specific fields, Host (it becomes :authority)
+# and te (only "te: trailers" is sent, decided apart).
+CONNECTION_SPECIFIC = _FORBIDDEN | {b"host", b"te"}
 PEER_STREAMS_BEFORE_SETTINGS = 100
 
 
