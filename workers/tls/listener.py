@@ -132,10 +132,40 @@ async def _handshake(transport: TLSTransport, deadline: float) -> bool:
     with trio.move_on_at(deadline):
         try:
             await transport.do_handshake()
-        except (ssl.SSLError, TransportClosed, trio.ClosedResourceError):
+        except ssl.SSLError:
+            await _linger(transport.sock)  # the alert was sent: let the client read it
+            return False
+        except (TransportClosed, trio.ClosedResourceError):
             return False
         return True
     return False  # Options.tls_handshake_timeout_s
+
+
+LINGER_S = 1.0  # at most this long after a refused handshake (nginx's lingering close, bounded far below its 5 s)
+LINGER_BYTES = 64 * 1024  # and at most this much of what the client had already sent is read and dropped
+
+
+async def _linger(sock: socket.socket) -> None:
+    """A lingering close after a refused handshake's alert: FIN, then read and drop what the client sent meanwhile
+    (a TLS 1.3 client sends its request right after its Finished). Closing with those bytes unread would make the
+    kernel answer with a reset, which can destroy the alert ("certificate required") before the client reads it."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    taken = 0
+    with trio.move_on_after(LINGER_S):
+        while taken < LINGER_BYTES:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = sock.recv(LINGER_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            taken += len(data)
 
 
 def _client_cert_header(transport: TLSTransport, tls: ServerTLS) -> bytes | None:
