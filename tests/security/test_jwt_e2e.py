@@ -322,6 +322,18 @@ def test_jwks_uri_keys_rotate_and_survive_a_failing_server(gateway, jwks_server)
         jwks_server.failing = False
         jwks_server.keys = [old]
     edge.wait_for_log(r"generation \d+ published: JWKS keys changed", after=mark)
+    # Both sources serve these keys (the jwksUri and the discovered issuer's jwks_uri), and each is refreshed on
+    # its own schedule after the failures, so the first publication may carry only one of them: the next tests
+    # start once both accept the old key again.
+    wait_accepted(edge, {"x-robot-token": jwks_server.token(old)})
+    wait_accepted(edge, {"x-discovered-token": jwks_server.token(old, issuer=jwks_server.issuer)})
+
+
+def wait_accepted(edge, headers: dict, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (status := get(edge, "/ip", headers)[0]) != 200:
+        assert time.monotonic() < deadline, f"still {status} after {timeout_s} s"
+        time.sleep(0.1)
 
 
 def test_openid_discovery_finds_the_keys_and_a_failed_one_refuses_every_token(gateway, jwks_server):
