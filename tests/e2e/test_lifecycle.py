@@ -50,7 +50,9 @@ spec:
 
 
 class Load:
-    """A bounded client loop on fresh connections in a thread, recording (time, status or error, instance)."""
+    """A bounded client loop on fresh connections in a thread, recording (start time, status or error, instance).
+
+    The start time, not the completion: a request routed just before a switch may finish just after it."""
 
     def __init__(self, port: int, path: str = "/", *, host: str = "app.example.com", max_requests: int = 20_000, max_seconds: float = 20.0):
         self.port = port
@@ -65,12 +67,13 @@ class Load:
     def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
         while not self._stop.is_set() and len(self.results) < self.max_requests and time.monotonic() < deadline:
+            started = time.monotonic()
             try:
                 status, body, _ = http_get(self.port, self.path, host=self.host, timeout_s=5)
                 instance = json.loads(body).get("instance", "") if status == 200 else ""
-                self.results.append((time.monotonic(), status, instance))
+                self.results.append((started, status, instance))
             except (OSError, http.client.HTTPException) as exc:
-                self.results.append((time.monotonic(), repr(exc), ""))
+                self.results.append((started, repr(exc), ""))
 
     def __enter__(self) -> "Load":
         self._thread.start()
