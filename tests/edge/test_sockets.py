@@ -15,6 +15,7 @@ from edge.sockets import (
     parse_bind,
     parse_port_map,
 )
+from tests.e2e.harness import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONNECT_TIMEOUT_S = 5.0
@@ -23,9 +24,9 @@ NOBODY_UID = 65534
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free a moment ago, outside the kernel's ephemeral range: these tests bind it on wildcards, which an
+    ephemeral port may not allow (an outgoing connection of another process can hold it as its local port)."""
+    return free_ports(1)[0]
 
 
 def connect(port: int, host: str = "127.0.0.1") -> socket.socket:
