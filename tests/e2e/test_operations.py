@@ -15,7 +15,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import EdgeProcess, SampleBackends, free_ports, http_get
+from tests.e2e.harness import EdgeProcess, SampleBackends, http_get
 
 pytestmark = pytest.mark.e2e
 
@@ -87,17 +87,20 @@ def echo_service_entry(backends: SampleBackends) -> str:
 
 @pytest.fixture(scope="module")
 def backends(tmp_path_factory):
-    with SampleBackends(tmp_path_factory.mktemp("ops-backends"), http=["a"], tcp=["echo"]) as b:
+    # dead.local's endpoint: a port bound and held without listening, so a connect is refused and no other
+    # process can take the port meanwhile (a port that was merely free a moment ago could be).
+    with SampleBackends(tmp_path_factory.mktemp("ops-backends"), http=["a"], tcp=["echo"]) as b, socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        b.refused_port = refusing.getsockname()[1]
         yield b
 
 
 def config(backends) -> dict[str, str]:
-    (closed,) = free_ports(1)  # nothing listens there: connect failures
     return {
         "gw.yaml": GATEWAY,
         "routes.yaml": ROUTES,
         "app-se.yaml": backends.service_entry("app.local", ["a"]),
-        "dead-se.yaml": dead_service_entry(closed),
+        "dead-se.yaml": dead_service_entry(backends.refused_port),
         "echo-se.yaml": echo_service_entry(backends),
     }
 
