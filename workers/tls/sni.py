@@ -211,7 +211,7 @@ class _RecordScanner:
             self.message_bytes = message_bytes
             self.consumed = record_end
             if len(self.message) == message_bytes:
-                return _parse_body(memoryview(self.message)[HANDSHAKE_HEADER_BYTES:], length=record_end)
+                return _parse_body(self.message, HANDSHAKE_HEADER_BYTES, length=record_end)
 
 
 def _check_handshake_head(head: bytearray) -> int | None:
@@ -229,53 +229,49 @@ def _check_handshake_head(head: bytearray) -> int | None:
     return message_bytes
 
 
-class _Cursor:
-    """Bounds-checked reads over a memoryview; every overrun is an SNIParseError naming the field."""
-
-    __slots__ = ("_view", "_offset")
-
-    def __init__(self, view: memoryview) -> None:
-        self._view = view
-        self._offset = 0
-
-    @property
-    def remaining(self) -> int:
-        return len(self._view) - self._offset
-
-    def take(self, size: int, field: str) -> memoryview:
-        end = self._offset + size
-        if end > len(self._view):
-            raise SNIParseError(f"{field} runs past its enclosing length")
-        chunk = self._view[self._offset : end]
-        self._offset = end
-        return chunk
-
-    def uint(self, size: int, field: str) -> int:
-        return int.from_bytes(self.take(size, field), "big")
-
-    def vector(self, length_size: int, field: str) -> memoryview:
-        return self.take(self.uint(length_size, f"{field} length"), field)
+# The body is walked with integer offsets over the message bytes (indexing a bytes-like object gives an int):
+# ~5x cheaper than slicing memoryviews per field, and a new TLS connection pays this walk once. Every read is
+# bounds-checked against its enclosing length; the messages name the field, as `edge check`'s do.
 
 
-def _parse_body(body: memoryview, *, length: int) -> ClientHello:
-    cursor = _Cursor(body)
-    legacy_version = cursor.uint(2, "legacy_version")
+def _vector(data: bytearray, pos: int, end: int, length_size: int, field: str) -> tuple[int, int]:
+    """(start, stop) of the length-prefixed vector at `pos` that must end by `end`."""
+    start = pos + length_size
+    if start > end:
+        raise SNIParseError(f"{field} length runs past its enclosing length")
+    size = data[pos] if length_size == 1 else (data[pos] << 8) | data[pos + 1]
+    stop = start + size
+    if stop > end:
+        raise SNIParseError(f"{field} runs past its enclosing length")
+    return start, stop
+
+
+def _parse_body(data: bytearray, pos: int, *, length: int) -> ClientHello:
+    """The ClientHello body data[pos:]; `length` is the input bytes the hello's records occupy."""
+    end = len(data)
+    if pos + 2 > end:
+        raise SNIParseError("legacy_version runs past its enclosing length")
+    legacy_version = (data[pos] << 8) | data[pos + 1]
     if legacy_version >> 8 != 3:
         raise SNIParseError(f"legacy_version {legacy_version:#06x} is not TLS")
-    cursor.take(RANDOM_BYTES, "random")
-    if len(cursor.vector(1, "legacy_session_id")) > MAX_SESSION_ID_BYTES:
+    pos += 2 + RANDOM_BYTES
+    if pos > end:
+        raise SNIParseError("random runs past its enclosing length")
+    start, pos = _vector(data, pos, end, 1, "legacy_session_id")
+    if pos - start > MAX_SESSION_ID_BYTES:
         raise SNIParseError("legacy_session_id longer than 32 bytes")
-    cipher_suites = cursor.vector(2, "cipher_suites")
-    if len(cipher_suites) < 2 or len(cipher_suites) % 2:
+    start, pos = _vector(data, pos, end, 2, "cipher_suites")
+    if pos - start < 2 or (pos - start) % 2:
         raise SNIParseError("cipher_suites length must be even and at least 2")
-    if not cursor.vector(1, "compression_methods"):
+    start, pos = _vector(data, pos, end, 1, "compression_methods")
+    if pos == start:
         raise SNIParseError("compression_methods is empty")
     found: dict[int, object] = {}
-    if cursor.remaining:
-        extensions = cursor.vector(2, "extensions")
-        if cursor.remaining:
+    if pos < end:
+        start, pos = _vector(data, pos, end, 2, "extensions")
+        if pos < end:
             raise SNIParseError("extensions end before the ClientHello does")
-        found = _parse_extensions(extensions)
+        found = _parse_extensions(data, start, pos)
     return ClientHello(
         server_name=found.get(EXTENSION_SERVER_NAME),  # type: ignore[arg-type]
         alpn_protocols=found.get(EXTENSION_ALPN, ()),  # type: ignore[arg-type]
@@ -285,46 +281,54 @@ def _parse_body(body: memoryview, *, length: int) -> ClientHello:
     )
 
 
-def _parse_extensions(extensions: memoryview) -> dict[int, object]:
-    cursor = _Cursor(extensions)
+def _parse_extensions(data: bytearray, pos: int, end: int) -> dict[int, object]:
     seen: set[int] = set()
     found: dict[int, object] = {}
-    while cursor.remaining:
-        extension_type = cursor.uint(2, "extension type")
-        data = cursor.vector(2, f"extension {extension_type}")
+    readers = _EXTENSION_READERS
+    while pos < end:
+        if pos + 2 > end:
+            raise SNIParseError("extension type runs past its enclosing length")
+        extension_type = (data[pos] << 8) | data[pos + 1]
+        start = pos + 4
+        if start > end:  # the field name is formatted only on failure: this loop runs per extension
+            raise SNIParseError(f"extension {extension_type} length runs past its enclosing length")
+        pos = start + ((data[pos + 2] << 8) | data[pos + 3])
+        if pos > end:
+            raise SNIParseError(f"extension {extension_type} runs past its enclosing length")
         if extension_type in seen:
             raise SNIParseError(f"extension {extension_type} appears twice")
         seen.add(extension_type)
-        reader = _EXTENSION_READERS.get(extension_type)
+        reader = readers.get(extension_type)
         if reader is not None:
-            found[extension_type] = reader(data)
+            found[extension_type] = reader(data, start, pos)
     return found
 
 
-def _whole_list(data: memoryview, length_size: int, field: str) -> _Cursor:
-    """A cursor over a length-prefixed list that must fill the extension data exactly."""
-    cursor = _Cursor(data)
-    items = cursor.vector(length_size, field)
-    if cursor.remaining:
+def _whole_list(data: bytearray, pos: int, end: int, length_size: int, field: str) -> tuple[int, int]:
+    """(start, stop) of a length-prefixed list that must fill the extension data data[pos:end] exactly."""
+    start, stop = _vector(data, pos, end, length_size, field)
+    if stop != end:
         raise SNIParseError(f"{field} length disagrees with its extension length")
-    if not items:
+    if start == stop:
         raise SNIParseError(f"{field} is empty")
-    return _Cursor(items)
+    return start, stop
 
 
-def _read_server_name(data: memoryview) -> str:
-    names = _whole_list(data, 2, "server_name list")
+def _read_server_name(data: bytearray, pos: int, end: int) -> str:
+    pos, end = _whole_list(data, pos, end, 2, "server_name list")
     host_name: str | None = None
-    while names.remaining:
-        name_type = names.uint(1, "server_name type")
-        name = names.vector(2, "server_name")
+    while pos < end:
+        if pos + 1 > end:
+            raise SNIParseError("server_name type runs past its enclosing length")
+        name_type = data[pos]
+        start, pos = _vector(data, pos + 1, end, 2, "server_name")
         if name_type != NAME_TYPE_HOST_NAME:
             raise SNIParseError(f"server_name type {name_type} is not host_name")
         if host_name is not None:
             raise SNIParseError("more than one host_name in server_name")
-        if not name:
+        if start == pos:
             raise SNIParseError("empty host_name")
-        raw = bytes(name)
+        raw = bytes(data[start:pos])
         if min(raw) < 0x21 or max(raw) > 0x7E:
             raise SNIParseError("host_name has bytes outside printable ASCII")
         host_name = raw.decode("ascii").lower()
@@ -332,22 +336,22 @@ def _read_server_name(data: memoryview) -> str:
     return host_name
 
 
-def _read_alpn(data: memoryview) -> tuple[str, ...]:
-    names = _whole_list(data, 2, "ALPN protocol list")
+def _read_alpn(data: bytearray, pos: int, end: int) -> tuple[str, ...]:
+    pos, end = _whole_list(data, pos, end, 2, "ALPN protocol list")
     protocols = []
-    while names.remaining:
-        protocol = names.vector(1, "ALPN protocol")
-        if not protocol:
+    while pos < end:
+        start, pos = _vector(data, pos, end, 1, "ALPN protocol")
+        if start == pos:
             raise SNIParseError("empty ALPN protocol name")
-        protocols.append(bytes(protocol).decode("latin-1"))
+        protocols.append(data[start:pos].decode("latin-1"))
     return tuple(protocols)
 
 
-def _read_supported_versions(data: memoryview) -> tuple[int, ...]:
-    versions = _whole_list(data, 1, "supported_versions")
-    if versions.remaining % 2:
+def _read_supported_versions(data: bytearray, pos: int, end: int) -> tuple[int, ...]:
+    pos, end = _whole_list(data, pos, end, 1, "supported_versions")
+    if (end - pos) % 2:
         raise SNIParseError("supported_versions length is odd")
-    return tuple(versions.uint(2, "supported version") for _ in range(versions.remaining // 2))
+    return tuple((data[i] << 8) | data[i + 1] for i in range(pos, end, 2))
 
 
 _EXTENSION_READERS = {
