@@ -103,7 +103,8 @@ async def serve_tls(ctx: WorkerContext, sock: socket.socket, key: str) -> bool |
     transport = TLSTransport(sock, context, read.buffered)
     parked = None
     try:
-        if not await _handshake(transport, deadline) or _refused_client(transport, chain.tls):
+        # An HTTP client speaks first: the session tickets leave with the first response (TLSTransport.do_handshake).
+        if not await _handshake(transport, deadline, chain.route_config is not None) or _refused_client(transport, chain.tls):
             return None
         if chain.route_config is not None:
             down = Http1Downstream(ctx, transport, peer, local, "https", key, index, server_name or "", _client_cert_header(transport, chain.tls))
@@ -128,10 +129,10 @@ def _log_no_chain(ctx: WorkerContext, sock: socket.socket, key: str, server_name
     ctx.records.tcp_refused(log)
 
 
-async def _handshake(transport: TLSTransport, deadline: float) -> bool:
+async def _handshake(transport: TLSTransport, deadline: float, hold_last_flight: bool) -> bool:
     with trio.move_on_at(deadline):
         try:
-            await transport.do_handshake()
+            await transport.do_handshake(hold_last_flight=hold_last_flight)
         except ssl.SSLError:
             await _linger(transport.sock)  # the alert was sent: let the client read it
             return False

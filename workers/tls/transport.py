@@ -156,8 +156,11 @@ class TLSTransport:
 
     # -- TLS
 
-    async def do_handshake(self) -> None:
-        """Raises ssl.SSLError (after sending its alert) or TransportClosed."""
+    async def do_handshake(self, *, hold_last_flight: bool = False) -> None:
+        """Raises ssl.SSLError (after sending its alert) or TransportClosed. `hold_last_flight` (a server whose
+        client speaks first): what the handshake's end queued, a TLS 1.3 server's session tickets, stays queued
+        until the first send or the first wait for bytes (recv, recv_waiting: both flush first), so it leaves with
+        the first response: one send fewer per new connection, and no client waits on it."""
         ssl_object = self.ssl_object
         while True:
             try:
@@ -169,7 +172,8 @@ class TLSTransport:
             except ssl.SSLError:
                 self._flush_nowait()
                 raise
-        await self._flush()  # the last flight (TLS 1.3 session tickets)
+        if not hold_last_flight:
+            await self._flush()  # the last flight (TLS 1.3 session tickets; a client's Finished)
 
     async def recv(self, max_bytes: int = TRANSPORT_RECV_BYTES) -> bytes:
         ssl_object = self.ssl_object
@@ -179,7 +183,7 @@ class TLSTransport:
                 data = ssl_object.read(max_bytes)
             except ssl.SSLWantReadError:
                 if self._outgoing.pending:
-                    await self._flush()  # a post-handshake reply (KeyUpdate)
+                    await self._flush()  # held session tickets, or a post-handshake reply (KeyUpdate)
                 await self._fill()
                 waited = True
                 continue
@@ -198,7 +202,7 @@ class TLSTransport:
         fail with EAGAIN, as SocketTransport.recv_waiting does."""
         if not self._incoming.pending and not self.ssl_object.pending():
             if self._outgoing.pending:
-                await self._flush()  # a post-handshake reply queued by the last read (KeyUpdate)
+                await self._flush()  # held session tickets, or a post-handshake reply (KeyUpdate)
             await self._wait_readable()
             await self._fill()
         return await self.recv(max_bytes)
@@ -280,9 +284,9 @@ class TLSTransport:
             rs.forget()
 
     def has_buffered(self) -> bool:
-        """Whether ciphertext or plaintext already read waits in the session (a connection with some is not
-        parked: its socket would not wake the parker)."""
-        return bool(self._incoming.pending) or self.ssl_object.pending() > 0
+        """Whether ciphertext or plaintext already read waits in the session, or bytes to send (a held last flight):
+        a connection with some is not parked (its socket would not wake the parker; what is queued would not leave)."""
+        return bool(self._incoming.pending) or self.ssl_object.pending() > 0 or bool(self._outgoing.pending)
 
     # -- what the session negotiated
 

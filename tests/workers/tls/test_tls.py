@@ -5,6 +5,7 @@ socket pair. Handshakes run between two SSLObjects over memory BIOs: real OpenSS
 from __future__ import annotations
 
 import base64
+from functools import partial
 import hashlib
 import os
 import socket
@@ -768,3 +769,58 @@ async def test_tls_transport_peer_reset_is_transport_closed(creds, ca):
     server.close()
     with pytest.raises(trio.ClosedResourceError):
         await server.send_all(b"x")
+
+
+async def held_pair(creds, ca):
+    """A TLS 1.3 pair whose server holds its last flight (the session tickets), as an HTTP listener does."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    server = TLSTransport(a, server_ctx(creds))
+    client = TLSTransport(b, client_context(ca, version=ssl.TLSVersion.TLSv1_3), server_side=False, server_hostname="web.example.com")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(server.do_handshake, hold_last_flight=True))
+            nursery.start_soon(client.do_handshake)
+    return server, client
+
+
+def tickets_received(client: TLSTransport) -> bool:
+    """Whether the client has a resumable session: reading processes the NewSessionTicket records that arrived."""
+    client.recv_nowait()
+    return client.ssl_object.session is not None and client.ssl_object.session.has_ticket
+
+
+async def test_held_tickets_leave_with_the_first_send(creds, ca):
+    server, client = await held_pair(creds, ca)
+    assert server.version() == "TLSv1.3"
+    assert server.has_buffered()  # the tickets wait: such a connection is not parked
+    assert not tickets_received(client)
+    with pytest.raises(BlockingIOError):
+        client.sock.recv(1)  # nothing was sent after the server's Finished
+    await server.send_all(b"first response")
+    with trio.fail_after(5):
+        assert await read_exactly(client, 14) == b"first response"
+    assert tickets_received(client)
+    assert not server.has_buffered()
+    server.close()
+    client.close()
+
+
+async def test_held_tickets_leave_before_the_server_waits_for_bytes(creds, ca):
+    """A client that waits for its tickets before it speaks is not kept waiting: the first wait flushes them."""
+    server, client = await held_pair(creds, ca)
+    got = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def serve():
+                got.append(await server.recv_waiting())
+
+            nursery.start_soon(serve)
+            while not tickets_received(client):
+                await trio.sleep(0.005)
+            await client.send_all(b"request after the tickets")
+    assert got == [b"request after the tickets"]
+    server.close()
+    client.close()
