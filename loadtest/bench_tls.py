@@ -9,8 +9,9 @@
 #     edge-https   edge terminating TLS (Gateway HTTPS SIMPLE, --workers workers)
 #     edge-http    edge on plain HTTP, for the cost of TLS inside edge
 #   New TLS connections/s (issue 13, item 6): the same wrk with `-H "Connection: close"`, one request per connection:
-#     nginx-tls-close, edge-https-close. wrk keeps its SSL object across reconnects (SSL_clear), so it offers the
-#     last session again: these are mostly RESUMED TLS 1.2 handshakes, as a browser's would be. Hence also:
+#     nginx-tls-close, edge-https-close (and edge-http-close: plain HTTP, for what TLS adds to a new connection
+#     inside edge). wrk keeps its SSL object across reconnects (SSL_clear), so it offers the
+#     last session again: these are mostly RESUMED handshakes (TLS 1.3: PSK with ECDHE), as a browser's would be. Hence also:
 #   Handshakes/s with openssl s_time (one client, sequential, GET / per connection), against nginx-tls and
 #   edge-https: `-new` (full TLS 1.3 handshakes, ECDSA P-256 + X25519) and `-reuse` (session resumption), and a
 #   resumption check: RESUMPTION_PROBES Python clients each offer the session (ticket) of the previous
@@ -64,7 +65,7 @@ RESULTS_DIR = LOADTEST_DIR / "results"
 SNI = "bench.example"
 LOAD_GRACE_S = 30.0
 TRANSFER_TIMEOUT_S = 120.0
-RPS_TARGETS = ("nginx-tls", "edge-https", "edge-http", "nginx-tls-close", "edge-https-close")
+RPS_TARGETS = ("nginx-tls", "edge-https", "edge-http", "nginx-tls-close", "edge-https-close", "edge-http-close")
 HANDSHAKE_TARGETS = ("nginx-tls", "edge-https")
 HANDSHAKE_MODES = ("new", "reuse")
 RESUMPTION_PROBES = 20
@@ -364,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             "edge-http": (f"http://127.0.0.1:{gw[HTTP_PORT]}/", edge),
             "nginx-tls-close": (f"https://127.0.0.1:{nginx_port}/", nginx_tls),
             "edge-https-close": (f"https://127.0.0.1:{gw[HTTPS_PORT]}/", edge),
+            "edge-http-close": (f"http://127.0.0.1:{gw[HTTP_PORT]}/", edge),
         }
         handshake_ports = {"nginx-tls": (nginx_port, nginx_tls), "edge-https": (gw[HTTPS_PORT], edge)}
         transfer_urls = {
@@ -451,6 +453,10 @@ def summarize(rounds: list[dict]) -> dict:
     # Keep-alive HTTPS against plain HTTP inside edge: CPU per request, per round (target: within 10 %).
     ratios["https/http CPU per request (edge)"] = statistics.median(
         r["rps"]["edge-https"]["cpu_us_per_req"] / r["rps"]["edge-http"]["cpu_us_per_req"] for r in rounds)
+    # What TLS adds to a new connection inside edge (handshake, session, close_notify), in CPU µs: a new HTTPS
+    # connection with one request against a new plain-HTTP one, per round.
+    ratios["TLS CPU µs per new connection (edge)"] = statistics.median(
+        r["rps"]["edge-https-close"]["cpu_us_per_req"] - r["rps"]["edge-http-close"]["cpu_us_per_req"] for r in rounds)
     resumption = {n: [r["resumption_probe"][n] for r in rounds] for n in rounds[0]["resumption_probe"]}
     return {"medians": medians, "ratios": ratios, "resumption_probe": resumption}
 
@@ -473,7 +479,7 @@ def render(summary: dict, args: argparse.Namespace) -> str:
             lines.append(f"  {direction:<8} {name:<17} {value:>7.0f} MB/s" + (f"   edge {cpu:.2f} CPU s/GB" if cpu else ""))
     lines.append("ratios (median of per-round ratios)")
     for label, value in summary["ratios"].items():
-        lines.append(f"  {label:<28} {value:>6.2f}")
+        lines.append(f"  {label:<28} {value:>6.2f}" if "µs" not in label else f"  {label:<28} {value:>6.0f}")
     return "\n".join(lines)
 
 
