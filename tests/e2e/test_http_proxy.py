@@ -455,6 +455,19 @@ def test_http10_rejected_with_426_when_asked(tmp_path):
             assert _status_of(raw) == 426
 
 
+def test_http10_without_host_is_answered_400_even_by_a_catch_all_route(tmp_path):
+    """Envoy's missing_host_header: a Host-less HTTP/1.0 request is not routed (it used to match hosts ["*"] and go
+    upstream with an empty Host, which the backend refused)."""
+    with SampleBackends(tmp_path, http=["a"]) as backends:
+        vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: app}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route: [{destination: {host: app.local}}]\n"
+        config = {"gw.yaml": GATEWAY, "vs.yaml": vs, "se.yaml": _service_entry("app", "app.local", [(backends.port("a"), "a")])}
+        with EdgeProcess(tmp_path, config, gateway_ports=(80,)) as edge:
+            raw = _raw(edge.port(80), b"GET / HTTP/1.0\r\n\r\n")
+            assert _status_of(raw) == 400 and b"connection: close" in raw.lower()
+            raw = _raw(edge.port(80), b"GET / HTTP/1.0\r\nHost: anything.example\r\n\r\n")
+            assert _status_of(raw) == 200
+
+
 def test_posts_keep_the_connection_alive(stack):
     """Small request bodies arrive with their heads; the connection must stay usable for the next request
     (a response that went out while the body was still being forwarded used to close it unannounced)."""

@@ -39,6 +39,7 @@ LOCAL_REPLIES: dict[str, LocalReply] = {
     # Before routing (workers/http/request.read_request).
     "no_table": LocalReply(503, BODY_NO_HEALTHY_UPSTREAM, "UH", "no_table"),
     "http10_refused": LocalReply(426, b"", "-", "http1.0_not_allowed", close=True),
+    "missing_host": LocalReply(400, b"", "-", "missing_host_header", close=True),
     "underscore_header": LocalReply(400, b"", "-", "http1.invalid_characters", close=True),
     "connect_refused": LocalReply(404, b"", "NR", "route_not_found", close=True),
     # AuthorizationPolicy (workers/http/access.py): Envoy's RBAC filter, details naming the deciding rule.

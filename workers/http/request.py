@@ -5,9 +5,10 @@
 # Rules (the order of Envoy's connection manager and Istio's HTTP filter chain):
 #   1. No table yet → 503 UH. The forwarded facts (X-Forwarded-For/-Proto, x-request-id, the client address) are
 #      decided before routing: the scheme can come from a trusted proxy.
-#   2. HTTP/1.0 where Istio's default (PILOT_HTTP10 unset) refuses it → 426. Header names with "_" → 400 (Envoy's
-#      edge default). CONNECT → 404 NR and a close (no route takes it at an Istio gateway). A path that does not
-#      normalise (RFC 3986 dot segments, as Envoy's normalize_path) → 400.
+#   2. HTTP/1.0 where Istio's default (PILOT_HTTP10 unset) refuses it → 426; one without Host → 400 (Envoy's
+#      missing_host_header). Header names with "_" → 400 (Envoy's edge default). CONNECT → 404 NR and a close (no
+#      route takes it at an Istio gateway). A path that does not normalise (RFC 3986 dot segments, as Envoy's
+#      normalize_path) → 400.
 #   3. listener → filter chain → virtual host → route; a miss is 404 NR. httpsRedirect → 301 to https with the
 #      Host as sent, the normalised path and the query (Envoy's createSslRedirectPath).
 #   4. CORS preflight (answered, or forwarded when the origin is not ours), then redirect, direct response, fault
@@ -57,6 +58,10 @@ def read_request(request: Request, peer_ip: bytes, scheme: bytes, opts: Options,
     req.scheme = fwd.scheme
     if request.http_version == b"1.0" and not opts.accept_http10:
         return req, LOCAL_REPLIES["http10_refused"]
+    if not authority:
+        # HTTP/1.0 may omit Host (the codecs require it of HTTP/1.1). Envoy then answers 400 missing_host_header: Istio
+        # sets no default_host_for_http_10. Routed, the request would go upstream with an empty Host.
+        return req, LOCAL_REPLIES["missing_host"]
     req.body_present = head.chunked or head.content_length > 0
     req.chunked = head.chunked
     if head.underscore and opts.reject_underscore_headers:

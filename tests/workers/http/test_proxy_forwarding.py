@@ -282,6 +282,7 @@ LOCAL_REPLIES = [
     (get("direct.example.com", "/empty"), 80, 204, b"", {}, "-", "direct_response", True),
     (get("app.example.com"), 82, 404, b"", {}, "NR", "route_not_found", True),  # bound to gw only, not to gw2's port
     (get("app.example.com", "/", "x_under: 1"), 80, 400, b"", {}, "-", "http1.invalid_characters", False),
+    (b"GET / HTTP/1.0\r\n\r\n", 80, 400, b"", {}, "-", "missing_host_header", False),  # Envoy; not routed with an empty Host
     (get("app.example.com:443", method="CONNECT").replace(b"CONNECT /", b"CONNECT app.example.com:443"), 80, 404, b"", {}, "NR", "route_not_found", False),
 ]
 
@@ -289,7 +290,7 @@ LOCAL_REPLIES = [
 @pytest.mark.parametrize(("request_bytes", "port", "status", "body", "headers", "flags", "details", "keeps"), LOCAL_REPLIES, ids=[
     "no-route", "https-redirect", "redirect-uri", "redirect-authority", "redirect-prefix", "redirect-port", "redirect-308-headers",
     "direct-string", "direct-bytes", "direct-empty", "other-gateway",
-    "underscore-header", "connect",
+    "underscore-header", "http10-without-host", "connect",
 ])  # fmt: skip
 @pytest.mark.parametrize("split", ["whole", "bytes"])
 async def test_local_replies(autojump_clock, tmp_path, codec, split, request_bytes, port, status, body, headers, flags, details, keeps):
