@@ -11,11 +11,14 @@
 #   New TLS connections/s (issue 13, item 6): the same wrk with `-H "Connection: close"`, one request per connection:
 #     nginx-tls-close, edge-https-close (and edge-http-close: plain HTTP, for what TLS adds to a new connection
 #     inside edge). wrk keeps its SSL object across reconnects (SSL_clear), so it offers the
-#     last session again: these are mostly RESUMED handshakes (TLS 1.3: PSK with ECDHE), as a browser's would be. Hence also:
-#   Handshakes/s with openssl s_time (one client, sequential, GET / per connection), against nginx-tls and
-#   edge-https: `-new` (full TLS 1.3 handshakes, ECDSA P-256 + X25519) and `-reuse` (session resumption), and a
-#   resumption check: RESUMPTION_PROBES Python clients each offer the session (ticket) of the previous
-#   connection; how many were resumed (with several workers a ticket only resumes on the worker that issued it).
+#     last session again: these are mostly RESUMED handshakes (TLS 1.3: PSK with ECDHE), as a browser's would be.
+#     Hence also:
+#   Handshakes/s with openssl s_time (one client, sequential, GET / per connection; s_time's GET is HTTP/1.0
+#   without Host, which edge answers 400 itself as Envoy does, and nginx-tls forwards to the backend's 400), against
+#   nginx-tls and edge-https: `-new` (full TLS 1.3 handshakes, ECDSA P-256 + X25519) and `-reuse` (session
+#   resumption), and a resumption check: RESUMPTION_PROBES Python clients each offer the session (ticket) of the
+#   previous connection; how many were resumed (with several workers a ticket only resumes on the worker that
+#   issued it).
 #   Throughput in MB/s (curl, one stream, a --transfer-mb blob; download = backend → client, upload the other
 #   way):
 #     direct-tcp        curl http:// straight to the backend
