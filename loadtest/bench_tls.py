@@ -10,9 +10,8 @@
 #     edge-http    edge on plain HTTP, for the cost of TLS inside edge
 #   New TLS connections/s (issue 13, item 6): the same wrk with `-H "Connection: close"`, one request per connection:
 #     nginx-tls-close, edge-https-close (and edge-http-close: plain HTTP, for what TLS adds to a new connection
-#     inside edge). wrk keeps its SSL object across reconnects (SSL_clear), so it offers the
-#     last session again: these are mostly RESUMED handshakes (TLS 1.3: PSK with ECDHE), as a browser's would be.
-#     Hence also:
+#     inside edge). wrk keeps its SSL object across reconnects (SSL_clear), so it offers the last session again:
+#     these are mostly RESUMED handshakes (TLS 1.3: PSK with ECDHE), as a browser's would be. Hence also:
 #   Handshakes/s with openssl s_time (one client, sequential, GET / per connection; s_time's GET is HTTP/1.0
 #   without Host, which edge answers 400 itself as Envoy does, and nginx-tls forwards to the backend's 400), against
 #   nginx-tls and edge-https: `-new` (full TLS 1.3 handshakes, ECDSA P-256 + X25519) and `-reuse` (session

@@ -5,11 +5,11 @@ socket pair. Handshakes run between two SSLObjects over memory BIOs: real OpenSS
 from __future__ import annotations
 
 import base64
-from functools import partial
 import hashlib
 import os
 import socket
 import ssl
+from functools import partial
 from pathlib import Path
 
 import pytest
