@@ -318,8 +318,6 @@ def _read_server_name(data: bytearray, pos: int, end: int) -> str:
     pos, end = _whole_list(data, pos, end, 2, "server_name list")
     host_name: str | None = None
     while pos < end:
-        if pos + 1 > end:
-            raise SNIParseError("server_name type runs past its enclosing length")
         name_type = data[pos]
         start, pos = _vector(data, pos + 1, end, 2, "server_name")
         if name_type != NAME_TYPE_HOST_NAME:
